@@ -1,0 +1,1 @@
+"""Data preparation: readers, dataset registry, filters, deduplication and the corpus format."""
