@@ -192,6 +192,26 @@ class CanonicalCIF:
     sites: tuple[SiteRow, ...] = field(default_factory=tuple)
 
 
+def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, tol: float = 1e-3) -> list[list[int]]:
+    """Group atoms of a standardized cell into symmetry orbits (fractional tolerance ``tol``)."""
+    rots, trans = _symmetry_ops(sg_number)
+    n = len(frac)
+    orbit = np.full(n, -1)
+    groups: list[list[int]] = []
+    for j in range(n):
+        if orbit[j] >= 0:
+            continue
+        imgs = np.einsum("oij,j->oi", rots, frac[j]) + trans  # (n_ops, 3)
+        d = imgs[:, None, :] - frac[None, :, :]
+        d -= np.round(d)
+        hit = (np.abs(d).max(axis=2) < tol).any(axis=0) & (types == types[j]) & (orbit < 0)
+        hit[j] = True
+        members = np.flatnonzero(hit).tolist()
+        orbit[members] = len(groups)
+        groups.append(members)
+    return groups
+
+
 def _lattice_params(matrix: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     lat = Lattice(matrix)
     return tuple(lat.abc), tuple(lat.angles)
@@ -273,15 +293,9 @@ def structure_to_text(structure: Structure, symprec: float = 0.1, mode: str = "s
         abc, angles = _lattice_params(ds.std_lattice)
         std_frac = _wrap(np.asarray(ds.std_positions))
         std_types = np.asarray(ds.std_types)
-        # orbit of each std atom: via the primitive cell that both the input and std cells map to.
-        prim_to_orbit: dict[int, int] = {}
-        for i, p in enumerate(ds.mapping_to_primitive):
-            prim_to_orbit.setdefault(int(p), int(ds.equivalent_atoms[i]))
-        groups: dict[int, list[int]] = {}
-        for j, p in enumerate(ds.std_mapping_to_primitive):
-            groups.setdefault(prim_to_orbit[int(p)], []).append(j)
+        # orbits in the standardized cell: apply the space group's own operators (default Hall setting)
         orbits = []
-        for members in groups.values():
+        for members in _orbits(np.asarray(ds.std_positions), std_types, sg_number):
             coords = std_frac[members]
             rep = min(range(len(members)), key=lambda m: tuple(coords[m]))
             orbits.append((int(std_types[members[0]]), len(members), coords[rep]))

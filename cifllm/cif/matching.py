@@ -10,7 +10,7 @@ from pymatgen.core import Structure
 
 from cifllm.cif.canonical import CIFError, structure_to_text, text_to_structure
 
-__all__ = ["OccupancyComparator", "RoundTrip", "make_matcher", "round_trip", "MATCHER_SETTINGS"]
+__all__ = ["OccupancyComparator", "RoundTrip", "make_matcher", "reduce_for_matching", "fit_reduced", "round_trip", "MATCHER_SETTINGS"]
 
 #: Named tolerance sets: ltol (fractional), stol (fraction of (V/n)^(1/3)), angle_tol (degrees).
 MATCHER_SETTINGS: dict[str, dict[str, float]] = {
@@ -52,6 +52,19 @@ def make_matcher(kind: str = "dedup", scale: bool | None = None) -> StructureMat
     if scale is None:
         scale = kind != "roundtrip"
     return StructureMatcher(**tol, scale=scale, comparator=OccupancyComparator())
+
+
+def reduce_for_matching(sm: StructureMatcher, structure: Structure) -> Structure:
+    """Primitive + Niggli reduction as ``sm`` would do it inside every ``fit``; do it once per structure when one
+    structure is compared many times, then call :func:`fit_reduced`."""
+    return sm._get_reduced_structure(structure, sm._primitive_cell, niggli=True)
+
+
+def fit_reduced(sm: StructureMatcher, s1: Structure, s2: Structure) -> bool:
+    """``sm.fit`` on structures already passed through :func:`reduce_for_matching`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bool(sm.fit(s1, s2, skip_structure_reduction=True))
 
 
 @dataclass(frozen=True)

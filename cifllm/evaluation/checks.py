@@ -1,0 +1,439 @@
+"""Per-sample checks of generated canonical CIF text: each a pure function returning a :class:`CheckResult`.
+
+Checks, in order (a later check is skipped, ``ok=None``, when an earlier one it depends on failed):
+
+=================  ===========================================================================================
+parse              canonical text -> ``Structure``, sites re-derived from the stated space group
+cell               cell sanity: lengths 0.5-1000 Angstrom, angles 10-170 degrees
+volume             stated ``_cell_volume`` within 1% of the volume of the stated cell (informational)
+formula            CrystaLLM formula consistency: ``data_`` formula, ``_chemical_formula_structural`` and Z agree
+multiplicity       stated site multiplicities equal those the space group generates
+sites_formula      CrystaLLM multiplicity consistency: sum of multiplicity x occupancy per element == ``data_``
+space_group        stated space group == ``SpacegroupAnalyzer(symprec=0.1)`` of the parsed structure
+bond_length        CrystaLLM bond-length reasonableness: CrystalNN bonds within +-32% of summed radii (ionic radii
+                   when the electronegativity difference >= 1.7, atomic radii otherwise; bonds to H < 2.5x);
+                   score = fraction of such bonds, passes at >= 1.0 (all bonds); no bond found -> pass
+structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3
+compositional      CDVAE/DiffCSP: ``smact.screening.smact_validity`` (charge neutrality + Pauling test,
+                   single elements and all-metal alloys valid), SMACT 2014 oxidation states by default
+=================  ===========================================================================================
+
+Aggregates: ``consistent`` (CrystaLLM self-consistency: formula, multiplicity, sites_formula, space_group,
+bond_length), ``valid`` (CDVAE/DiffCSP validity: parse, cell, structural, compositional), ``valid_all`` (both).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+from cifllm.cif import CanonicalCIF, CIFError, expand_sites, format_formula, parse_canonical, text_to_structure
+
+__all__ = [
+    "CHECK_NAMES",
+    "CONSISTENCY_CHECKS",
+    "VALIDITY_CHECKS",
+    "CheckResult",
+    "CheckSettings",
+    "check_bond_lengths",
+    "check_cell",
+    "check_compositional",
+    "check_formula",
+    "check_multiplicity",
+    "check_parse",
+    "check_sample",
+    "check_sites_formula",
+    "check_space_group",
+    "check_structural",
+    "check_volume",
+    "text_density",
+]
+
+CHECK_NAMES = (
+    "parse",
+    "cell",
+    "volume",
+    "formula",
+    "multiplicity",
+    "sites_formula",
+    "space_group",
+    "bond_length",
+    "structural",
+    "compositional",
+)
+CONSISTENCY_CHECKS = ("formula", "multiplicity", "sites_formula", "space_group", "bond_length")
+VALIDITY_CHECKS = ("parse", "cell", "structural", "compositional")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Tolerances of the checks (defaults: CrystaLLM for consistency, CDVAE/DiffCSP for validity)."""
+
+    symprec: float = 0.1  # Angstrom, SpacegroupAnalyzer
+    angle_tolerance: float = 5.0  # degrees, SpacegroupAnalyzer
+    min_length: float = 0.5  # Angstrom
+    max_length: float = 1000.0  # Angstrom
+    min_angle: float = 10.0  # degrees
+    max_angle: float = 170.0  # degrees
+    volume_rtol: float = 0.01  # stated vs computed cell volume
+    formula_atol: float = 0.02  # atoms per element, stated vs sum of multiplicity x occupancy
+    bond_tolerance: float = 0.32  # bond length / expected within 1 +- this
+    bond_h_factor: float = 2.5  # bonds to H pass below this ratio
+    bond_cutoff: float = 1.0  # minimum bond-length score to pass
+    min_distance: float = 0.5  # Angstrom
+    min_volume: float = 0.1  # Angstrom^3
+    smact_oxidation_states: str = "smact14"  # smact oxidation-state set ("smact14" = CDVAE's; "icsd24" = smact 4 default)
+    max_sites: int = 1000  # parsed cells with more sites fail parse (too_many_sites)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one check. ``ok`` is None when the check was not run (``reason`` says why: ``skipped_<check>``)."""
+
+    name: str
+    ok: bool | None
+    reason: str = ""
+    detail: str = ""
+    value: float | None = None
+
+
+def _fail(name: str, reason: str, detail: str = "", value: float | None = None) -> CheckResult:
+    return CheckResult(name, False, reason, detail[:300], value)
+
+
+def _pass(name: str, value: float | None = None, detail: str = "") -> CheckResult:
+    return CheckResult(name, True, "", detail[:300], value)
+
+
+def _skip(name: str, because: str) -> CheckResult:
+    return CheckResult(name, None, f"skipped_{because}")
+
+
+def check_parse(text: str, settings: CheckSettings = CheckSettings()) -> tuple[CheckResult, CanonicalCIF | None, Any]:
+    """Parse canonical text (fields, then the structure re-derived from the space group). Never raises."""
+    try:
+        parsed = parse_canonical(text)
+    except CIFError as exc:
+        return _fail("parse", exc.reason, exc.detail), None, None
+    except Exception as exc:
+        return _fail("parse", "parse_crash", f"{type(exc).__name__}: {exc}"), None, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = text_to_structure(text, max_sites=settings.max_sites)
+    except CIFError as exc:
+        return _fail("parse", exc.reason, exc.detail), parsed, None
+    except Exception as exc:
+        return _fail("parse", "parse_crash", f"{type(exc).__name__}: {exc}"), parsed, None
+    return _pass("parse", float(len(structure))), parsed, structure
+
+
+def check_cell(parsed: CanonicalCIF, settings: CheckSettings = CheckSettings()) -> CheckResult:
+    """Cell lengths within [min_length, max_length] Angstrom and angles within [min_angle, max_angle] degrees."""
+    bad_len = [x for x in parsed.abc if not settings.min_length <= x <= settings.max_length]
+    if bad_len:
+        return _fail("cell", "cell_length", f"lengths {parsed.abc} outside [{settings.min_length}, {settings.max_length}] A")
+    bad_ang = [x for x in parsed.angles if not settings.min_angle <= x <= settings.max_angle]
+    if bad_ang:
+        return _fail("cell", "cell_angle", f"angles {parsed.angles} outside [{settings.min_angle}, {settings.max_angle}] deg")
+    return _pass("cell")
+
+
+def _cell_volume(abc: tuple[float, ...], angles: tuple[float, ...]) -> float:
+    a, b, c = abc
+    ca, cb, cg = (math.cos(math.radians(x)) for x in angles)
+    v2 = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
+    return a * b * c * math.sqrt(v2) if v2 > 0 else 0.0
+
+
+def check_volume(parsed: CanonicalCIF, settings: CheckSettings = CheckSettings()) -> CheckResult:
+    """Stated cell volume within ``volume_rtol`` (relative) of the volume of the stated lengths and angles."""
+    v = _cell_volume(parsed.abc, parsed.angles)
+    if v <= 0:
+        return _fail("volume", "degenerate_cell", f"angles {parsed.angles} give no volume")
+    rel = abs(parsed.volume - v) / v
+    if rel > settings.volume_rtol:
+        return _fail("volume", "volume_mismatch", f"stated {parsed.volume:.4f} vs cell {v:.4f} A^3", rel)
+    return _pass("volume", rel)
+
+
+def _composition(formula: str):
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    if len(comp) == 0 or any(a <= 0 for a in comp.values()):
+        raise ValueError(f"formula {formula!r} has no positive counts")
+    return comp
+
+
+def check_formula(parsed: CanonicalCIF, settings: CheckSettings = CheckSettings()) -> CheckResult:
+    """``data_`` formula, ``_chemical_formula_structural`` (reduced) and Z agree (CrystaLLM formula consistency)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cell = _composition(parsed.formula)
+            reduced = _composition(parsed.reduced_formula)
+    except Exception as exc:
+        return _fail("formula", "bad_formula", f"{type(exc).__name__}: {exc}")
+    red, factor = cell.get_reduced_composition_and_factor()
+    if not red.almost_equals(reduced, rtol=0.0, atol=settings.formula_atol):
+        return _fail("formula", "reduced_formula_mismatch", f"data_{parsed.formula} reduces to {format_formula(red, True)}, text says {parsed.reduced_formula}")
+    z = int(round(factor)) if abs(factor - round(factor)) < 1e-6 and round(factor) >= 1 else 1
+    if z != parsed.z:
+        return _fail("formula", "z_mismatch", f"data_{parsed.formula} has Z={z}, text says {parsed.z}")
+    return _pass("formula")
+
+
+def check_multiplicity(parsed: CanonicalCIF) -> CheckResult:
+    """Stated multiplicity of every atom-site row equals what the stated space group generates from it."""
+    try:
+        _, _, _, generated = expand_sites(parsed)
+    except CIFError as exc:
+        return _fail("multiplicity", exc.reason, exc.detail)
+    bad = [(r.label, r.multiplicity, g) for r, g in zip(parsed.sites, generated) if r.multiplicity != g]
+    if bad:
+        return _fail("multiplicity", "multiplicity_mismatch", f"{len(bad)} row(s), e.g. {bad[0][0]}: stated {bad[0][1]}, generated {bad[0][2]}")
+    return _pass("multiplicity")
+
+
+def check_sites_formula(parsed: CanonicalCIF, structure: Any, settings: CheckSettings = CheckSettings()) -> CheckResult:
+    """The atoms the sites generate (sum of multiplicity x occupancy per element) equal the ``data_`` formula."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stated = _composition(parsed.formula)
+    except Exception as exc:
+        return _fail("sites_formula", "bad_formula", f"{type(exc).__name__}: {exc}")
+    actual = structure.composition.element_composition
+    if not actual.almost_equals(stated, rtol=0.0, atol=settings.formula_atol):
+        return _fail("sites_formula", "formula_sites_mismatch", f"data_{parsed.formula}, sites give {format_formula(actual)}")
+    return _pass("sites_formula")
+
+
+def _sga(structure: Any, settings: CheckSettings):
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    return SpacegroupAnalyzer(structure, symprec=settings.symprec, angle_tolerance=settings.angle_tolerance)
+
+
+def check_space_group(parsed: CanonicalCIF, structure: Any, settings: CheckSettings = CheckSettings(), sga: Any = None) -> CheckResult:
+    """Stated space-group number equals the one ``SpacegroupAnalyzer(symprec)`` finds in the parsed structure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            detected = int((sga or _sga(structure, settings)).get_space_group_number())
+    except Exception as exc:
+        return _fail("space_group", "symmetry_failed", f"{type(exc).__name__}: {exc}")
+    if detected != parsed.sg_number:
+        return _fail("space_group", "space_group_mismatch", f"stated {parsed.sg_number} ({parsed.sg_symbol}), detected {detected}", float(detected))
+    return _pass("space_group", float(detected))
+
+
+def _expected_bond(el1: Any, el2: Any) -> float | None:
+    """CrystaLLM's expected bond length (Angstrom): ionic radii if |dX| >= 1.7, else atomic radii; None if unknown."""
+    x1, x2 = el1.X, el2.X
+    if x1 == x1 and x2 == x2 and abs(x1 - x2) >= 1.7:
+        cat, an = (el1, el2) if x1 < x2 else (el2, el1)
+        exp = float(cat.average_cationic_radius) + float(an.average_anionic_radius)
+    else:
+        r1, r2 = el1.atomic_radius, el2.atomic_radius
+        if r1 is None or r2 is None:
+            return None
+        exp = float(r1) + float(r2)
+    return exp if exp > 0 else None
+
+
+def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings(), equivalent_atoms: Any = None) -> CheckResult:
+    """CrystaLLM bond-length reasonableness score (see module table); passes when score >= ``bond_cutoff``.
+
+    Only one site per symmetry orbit (``equivalent_atoms``, from spglib) is analysed, weighted by the orbit size:
+    symmetry-equivalent sites have the same bonds, so the score equals CrystaLLM's all-site score. Disordered sites
+    count as their majority element; bonds whose expected length is unknown (no radius in pymatgen) are not counted.
+    """
+    from pymatgen.analysis.local_env import CrystalNN
+
+    s = structure
+    if not s.is_ordered:
+        s = structure.copy()
+        for i, site in enumerate(s):
+            major = max(site.species.element_composition.items(), key=lambda kv: kv[1])[0]
+            s.replace(i, major)
+    n = len(s)
+    if equivalent_atoms is None:
+        reps, weights = list(range(n)), [1] * n
+    else:
+        eq = np.asarray(equivalent_atoms)
+        uniq, counts = np.unique(eq, return_counts=True)
+        reps, weights = [int(u) for u in uniq], [int(c) for c in counts]
+    cnn = CrystalNN()
+    lo, hi = 1 - settings.bond_tolerance, 1 + settings.bond_tolerance
+    good = total = 0.0
+    worst = (1.0, "")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, w in zip(reps, weights):
+                el_i = s[i].specie
+                for nn in cnn.get_nn_info(s, i):
+                    if nn["site_index"] == i and np.allclose(nn["image"], 0):
+                        continue
+                    el_j = nn["site"].specie
+                    length = float(np.linalg.norm(nn["site"].coords - s[i].coords))
+                    exp = _expected_bond(el_i, el_j)
+                    if exp is None:
+                        continue
+                    ratio = length / exp
+                    ok = ratio < settings.bond_h_factor if "H" in (el_i.symbol, el_j.symbol) else lo < ratio < hi
+                    total += w
+                    good += w * ok
+                    if not ok and abs(ratio - 1) > abs(worst[0] - 1):
+                        worst = (ratio, f"{el_i.symbol}-{el_j.symbol} {length:.3f} A vs expected {exp:.3f} A (ratio {ratio:.2f})")
+    except Exception as exc:  # CrystalNN/Voronoi on a strange cell
+        return _fail("bond_length", "bond_analysis_failed", f"{type(exc).__name__}: {exc}")
+    if total == 0:
+        # CrystaLLM divides by zero here (its evaluation then counts the sample invalid); a cell in which CrystalNN
+        # finds no bond (e.g. CsCl-type TlI) has no unreasonable bond, so it passes, with a note.
+        return _pass("bond_length", None, "no CrystalNN bond with known radii")
+    score = good / total
+    if score < settings.bond_cutoff:
+        return _fail("bond_length", "bond_length_unreasonable", f"score {score:.3f}; worst {worst[1]}", score)
+    return _pass("bond_length", score)
+
+
+def check_structural(structure: Any, settings: CheckSettings = CheckSettings()) -> CheckResult:
+    """Every interatomic distance (periodic images included) >= ``min_distance`` Angstrom; volume >= ``min_volume``."""
+    vol = float(structure.volume)
+    if not vol >= settings.min_volume:
+        return _fail("structural", "small_volume", f"volume {vol:.4g} A^3 < {settings.min_volume}", vol)
+    centers, points, images, dists = structure.get_neighbor_list(settings.min_distance, exclude_self=False)
+    mask = ~((centers == points) & np.all(images == 0, axis=1)) if len(centers) else np.zeros(0, bool)
+    if mask.any():
+        d = float(dists[mask].min())
+        k = int(np.argmin(np.where(mask, dists, np.inf)))
+        a, b = structure[int(centers[k])].species_string, structure[int(points[k])].species_string
+        return _fail("structural", "atoms_too_close", f"{a}-{b} {d:.3f} A < {settings.min_distance} A", d)
+    return _pass("structural")
+
+
+def _integer_counts(comp: Any, max_total: int = 10_000) -> dict[str, int] | None:
+    amounts = {el.symbol: Fraction(float(a)).limit_denominator(1000) for el, a in comp.element_composition.items()}
+    denom = reduce(math.lcm, (f.denominator for f in amounts.values()), 1)
+    counts = {k: int(v * denom) for k, v in amounts.items()}
+    g = reduce(math.gcd, counts.values())
+    counts = {k: v // g for k, v in counts.items()}
+    return counts if sum(counts.values()) <= max_total else None
+
+
+def check_compositional(structure: Any, settings: CheckSettings = CheckSettings()) -> CheckResult:
+    """SMACT validity of the structure's composition (CDVAE/DiffCSP definition, see module table)."""
+    from pymatgen.core import Composition
+    from smact.screening import smact_validity
+
+    counts = _integer_counts(structure.composition)
+    if counts is None:
+        return _fail("compositional", "non_integer_composition", f"{structure.composition} has no small integer ratio")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ok = smact_validity(Composition(counts), use_pauling_test=True, include_alloys=True, oxidation_states_set=settings.smact_oxidation_states)
+    except Exception as exc:
+        return _fail("compositional", "smact_failed", f"{type(exc).__name__}: {exc}")
+    if not ok:
+        return _fail("compositional", "smact_invalid", f"{format_formula(Composition(counts), True)}: no charge-neutral, electronegativity-ordered oxidation states")
+    return _pass("compositional")
+
+
+def text_density(parsed: CanonicalCIF) -> float | None:
+    """Density in g/cm^3 from the stated formula and volume (no structure needed); None when unusable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mass = float(_composition(parsed.formula).weight)  # g/mol of the cell content
+        v = _cell_volume(parsed.abc, parsed.angles)
+        return mass / v * 1.66053906660 if v > 0 else None  # amu/A^3 -> g/cm^3
+    except Exception:
+        return None
+
+
+@dataclass
+class SampleVerdict:
+    """All check results of one sample plus the aggregates and descriptors used by the report."""
+
+    checks: dict[str, CheckResult] = field(default_factory=dict)
+    consistent: bool = False
+    valid: bool = False
+    valid_all: bool = False
+    reason: str = ""  # first failing check's reason ("" when valid_all)
+    reduced_formula: str | None = None  # of the parsed structure (format_formula, reduced)
+    n_elements: int | None = None
+    n_sites: int | None = None
+    sg_stated: int | None = None
+    sg_detected: int | None = None
+    density: float | None = None  # g/cm^3 of the parsed structure
+    time_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checks"] = {k: {kk: vv for kk, vv in asdict(v).items() if kk != "name"} for k, v in self.checks.items()}
+        return d
+
+
+def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> SampleVerdict:
+    """Run every check on one generated text. Never raises; bounded only by the caller's time limit."""
+    t0 = time.perf_counter()
+    v = SampleVerdict()
+    res, parsed, structure = check_parse(text, settings)
+    v.checks["parse"] = res
+    if parsed is not None:
+        v.sg_stated = parsed.sg_number
+    if structure is None:
+        for name in CHECK_NAMES[1:]:
+            v.checks[name] = _skip(name, "parse")
+        v.reason = res.reason
+        v.time_s = time.perf_counter() - t0
+        return v
+    assert parsed is not None
+    comp = structure.composition
+    v.reduced_formula = format_formula(comp, reduced=True)
+    v.n_elements = len(comp.elements)
+    v.n_sites = len(structure)
+    v.density = float(structure.density)
+    v.checks["cell"] = check_cell(parsed, settings)
+    v.checks["volume"] = check_volume(parsed, settings)
+    v.checks["formula"] = check_formula(parsed, settings)
+    v.checks["multiplicity"] = check_multiplicity(parsed)
+    v.checks["sites_formula"] = check_sites_formula(parsed, structure, settings)
+    v.checks["compositional"] = check_compositional(structure, settings)
+    if v.checks["cell"].ok:
+        sga = None
+        equivalent = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sga = _sga(structure, settings)
+                equivalent = sga.get_symmetry_dataset().equivalent_atoms
+        except Exception:
+            sga = None
+        v.checks["space_group"] = check_space_group(parsed, structure, settings, sga)
+        if v.checks["space_group"].value is not None:
+            v.sg_detected = int(v.checks["space_group"].value)
+        v.checks["structural"] = check_structural(structure, settings)
+        v.checks["bond_length"] = check_bond_lengths(structure, settings, equivalent)
+    else:
+        for name in ("space_group", "structural", "bond_length"):
+            v.checks[name] = _skip(name, "cell")
+    v.checks = {name: v.checks[name] for name in CHECK_NAMES}
+    v.consistent = all(v.checks[c].ok for c in CONSISTENCY_CHECKS)
+    v.valid = all(v.checks[c].ok for c in VALIDITY_CHECKS)
+    v.valid_all = v.consistent and v.valid
+    order = ("parse", "cell", "structural", "compositional", *CONSISTENCY_CHECKS)
+    v.reason = next((v.checks[c].reason for c in order if v.checks[c].ok is not True), "")
+    v.time_s = time.perf_counter() - t0
+    return v

@@ -1,0 +1,39 @@
+"""Sampling: prompts, engines (``hf`` batched generate, optional ``vllm``), and the ``sample`` stage."""
+
+from cifllm.sampling.engines import Engine, EngineError, Generation, GenerationParams, make_engine, plan_batches
+from cifllm.sampling.prompts import (
+    Condition,
+    Prompt,
+    PromptError,
+    build_prompt,
+    parse_composition,
+    parse_space_group,
+    prompts_from_structures,
+    read_prompt_file,
+    register_condition,
+    strip_conditions,
+)
+from cifllm.sampling.run import SampleConfig, collect_prompts, read_samples, sample
+
+__all__ = [
+    "Condition",
+    "Engine",
+    "EngineError",
+    "Generation",
+    "GenerationParams",
+    "Prompt",
+    "PromptError",
+    "SampleConfig",
+    "build_prompt",
+    "collect_prompts",
+    "make_engine",
+    "parse_composition",
+    "parse_space_group",
+    "plan_batches",
+    "prompts_from_structures",
+    "read_prompt_file",
+    "read_samples",
+    "register_condition",
+    "sample",
+    "strip_conditions",
+]

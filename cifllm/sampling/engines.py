@@ -1,0 +1,336 @@
+"""Sampling engines behind one interface: ``hf`` (batched ``transformers`` generate) and ``vllm`` (optional).
+
+Both load the same ``save_pretrained`` folder (model + cifllm tokenizer), tokenize prompts with the cifllm tokenizer
+(``<|bos|>`` prepended), stop at ``<|eos|>`` or after ``max_new_tokens``, and yield one :class:`Generation` per sample
+as soon as its batch is done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cifllm.sampling.prompts import Prompt
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "Generation",
+    "GenerationParams",
+    "HFEngine",
+    "VLLMEngine",
+    "make_engine",
+    "plan_batches",
+]
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be built or run (missing model folder, vLLM not installed, ...)."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters shared by the engines.
+
+    ``temperature`` 0 means greedy; ``top_k`` 0 and ``top_p`` 1.0 disable those filters; ``max_new_tokens`` counts
+    generated tokens (clipped to the model's context); ``batch_size`` is sequences per ``generate`` call (hf) and
+    prompts per ``LLM.generate`` call (vllm, which batches continuously itself).
+    """
+
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sample: ``text`` is the generated continuation (special tokens removed; the prompt is not included).
+
+    ``n_tokens``: generated tokens before ``<|eos|>``; ``finished``: stopped at ``<|eos|>`` (else ran out of tokens);
+    ``time_s``: wall seconds of its batch divided by the sequences in the batch; ``error``: set when the engine could
+    not sample for this prompt (e.g. prompt longer than the context), then ``text`` is empty.
+    """
+
+    prompt_index: int
+    sample_index: int
+    text: str
+    n_tokens: int
+    finished: bool
+    seed: int
+    time_s: float
+    batch: int
+    error: str = ""
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenerationParams, counts: Sequence[int] | None = None, progress: Callable[[int], None] | None = None
+    ) -> Iterator[Generation]:
+        """Yield ``counts[i]`` (default ``params.num_samples``) generations for every prompt ``i``."""
+        ...
+
+
+def plan_batches(counts: Sequence[int], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Split ``counts[i]`` samples of every prompt ``i`` into ``generate`` calls of at most ``batch_size`` sequences.
+
+    Returns batches of chunks ``(prompt index, first sample index, n)``; all chunks of one batch have the same ``n``
+    (``generate`` takes one ``num_return_sequences`` per call), and chunks are at most ``batch_size``.
+    """
+    chunks_by_n: dict[int, list[tuple[int, int, int]]] = {}
+    for i, total in enumerate(counts):
+        start = 0
+        while start < total:
+            n = min(batch_size, total - start)
+            chunks_by_n.setdefault(n, []).append((i, start, n))
+            start += n
+    batches: list[list[tuple[int, int, int]]] = []
+    for n, chunks in sorted(chunks_by_n.items(), key=lambda kv: -kv[0]):
+        per = max(1, batch_size // n)
+        batches.extend(chunks[j : j + per] for j in range(0, len(chunks), per))
+    return batches
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("device=cuda but no CUDA GPU is visible")
+    return device
+
+
+def _check_model_dir(model_dir: str | Path) -> Path:
+    p = Path(model_dir)
+    if not (p / "config.json").is_file():
+        raise EngineError(f"{p}: not a saved model folder (no config.json); pass the folder written by save_pretrained")
+    return p
+
+
+class HFEngine:
+    """``transformers`` ``generate`` in batches: left padding, KV cache, temperature/top-k/top-p, seeded per batch.
+
+    Seeding: batch ``b`` runs after ``torch.manual_seed(seed + b)``, so the same prompts, parameters and batch size
+    give the same samples (on the same device and library versions).
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        tokenizer_dir: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int = 0,
+        lora: str | Path | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from cifllm.tokenization import load_tokenizer
+
+        path = _check_model_dir(model_dir)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = _resolve_device(device)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        self.tokenizer = load_tokenizer(tokenizer_dir or path)
+        self.tokenizer.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        if lora:
+            try:
+                from peft import PeftModel
+            except ImportError:
+                raise EngineError("a LoRA adapter with engine=hf needs peft (pip install 'cifllm[train]')") from None
+            model = PeftModel.from_pretrained(model, str(lora)).merge_and_unload()
+        self.model = model.to(self.device).eval()
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenerationParams, counts: Sequence[int] | None = None, progress: Callable[[int], None] | None = None
+    ) -> Iterator[Generation]:
+        import torch
+
+        counts = list(counts) if counts is not None else [params.num_samples] * len(prompts)
+        encoded = [self.tokenizer(p.text)["input_ids"] for p in prompts]
+        too_long = {i for i, ids in enumerate(encoded) if len(ids) >= self.max_positions}
+        for i in sorted(too_long):
+            for k in range(counts[i]):
+                yield Generation(i, k, "", 0, False, params.seed, 0.0, -1, f"prompt of {len(encoded[i])} tokens fills the context of {self.max_positions}")
+            if progress:
+                progress(counts[i])
+        plan = plan_batches([0 if i in too_long else c for i, c in enumerate(counts)], params.batch_size)
+        sampling = params.temperature > 0
+        for b, batch in enumerate(plan):
+            n = batch[0][2]
+            rows = [encoded[i] for i, _, _ in batch]
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, ids in enumerate(rows):
+                input_ids[r, width - len(ids) :] = torch.tensor(ids)
+                attention[r, width - len(ids) :] = 1
+            max_new = min(params.max_new_tokens, self.max_positions - width)
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=max_new,
+                num_return_sequences=n,
+                do_sample=sampling,
+                use_cache=True,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+            )
+            if sampling:
+                kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+            else:
+                kwargs.update(temperature=None, top_k=None, top_p=None)
+            seed = params.seed + b
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs)
+            dt = time.perf_counter() - t0
+            new = out[:, width:].tolist()
+            per = dt / max(1, len(new))
+            for r, ids in enumerate(new):
+                prompt_i, start, _ = batch[r // n]
+                if self.eos_id in ids:
+                    ids = ids[: ids.index(self.eos_id)]
+                    finished = True
+                else:
+                    finished = False
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b)
+            if progress:
+                progress(len(new))
+
+
+class VLLMEngine:
+    """``vllm.LLM`` + ``SamplingParams`` (n, temperature, top_k, top_p, max_tokens, seed, stop at ``<|eos|>``).
+
+    vLLM is imported here only (optional extra, own virtual environment on CPU). LoRA adapters load through
+    ``enable_lora`` + ``LoRARequest``. ``gpu_memory_utilization`` is the share of GPU memory (on the CPU build: of
+    RAM) reserved for weights and KV cache. Prompt ``i`` is sampled with seed ``seed + i``. Scripts that build this
+    engine must run their work under ``if __name__ == "__main__":`` (vLLM starts worker processes).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        tokenizer_dir: str | Path | None = None,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        lora: str | Path | None = None,
+        max_lora_rank: int = 64,
+        seed: int = 0,
+        max_model_len: int | None = None,
+    ) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise EngineError(
+                f"engine=vllm needs vLLM ({exc}); install it in its own environment: `make vllm-setup` (CPU build) or "
+                "`pip install 'cifllm[vllm]'` on a CUDA machine"
+            ) from None
+        from cifllm.tokenization import load_tokenizer
+
+        path = _check_model_dir(model_dir)
+        self.tokenizer = load_tokenizer(tokenizer_dir or path)
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        kwargs: dict[str, Any] = dict(
+            model=str(path),
+            tokenizer=str(tokenizer_dir or path),
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        self.llm = LLM(**kwargs)
+        self.lora_request = None
+        if lora:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("cifllm-adapter", 1, str(lora))
+
+    def sampling_params(self, params: GenerationParams, n: int, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            temperature=params.temperature,
+            top_k=params.top_k if params.top_k > 0 else -1,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=seed,
+            stop_token_ids=[self.eos_id],
+            skip_special_tokens=True,
+        )
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenerationParams, counts: Sequence[int] | None = None, progress: Callable[[int], None] | None = None
+    ) -> Iterator[Generation]:
+        counts = list(counts) if counts is not None else [params.num_samples] * len(prompts)
+        for b, start in enumerate(range(0, len(prompts), params.batch_size)):
+            idx = list(range(start, min(start + params.batch_size, len(prompts))))
+            inputs = [{"prompt_token_ids": self.tokenizer(prompts[i].text)["input_ids"]} for i in idx]
+            sps = [self.sampling_params(params, counts[i], params.seed + i) for i in idx]
+            t0 = time.perf_counter()
+            outs = self.llm.generate(inputs, sps, lora_request=self.lora_request, use_tqdm=False)
+            dt = time.perf_counter() - t0
+            total = sum(len(o.outputs) for o in outs)
+            for i, o in zip(idx, outs):
+                for k, c in enumerate(o.outputs):
+                    ids = list(c.token_ids)
+                    finished = c.finish_reason == "stop"
+                    if self.eos_id in ids:
+                        ids = ids[: ids.index(self.eos_id)]
+                        finished = True
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    yield Generation(i, k, text, len(ids), finished, params.seed + i, dt / max(1, total), b)
+            if progress:
+                progress(total)
+
+
+def make_engine(name: str, model_dir: str | Path, **kwargs: Any) -> Engine:
+    """Build engine ``name`` (``hf`` or ``vllm``); ``kwargs`` go to its constructor (unknown ones are dropped)."""
+    import inspect
+
+    classes: dict[str, type] = {"hf": HFEngine, "vllm": VLLMEngine}
+    if name not in classes:
+        raise EngineError(f"unknown engine {name!r}; choose from {sorted(classes)}")
+    cls = classes[name]
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    return cls(model_dir, **{k: v for k, v in kwargs.items() if k in accepted})

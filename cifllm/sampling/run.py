@@ -1,0 +1,260 @@
+"""The ``sample`` stage: prompts -> engine -> ``samples.jsonl`` + one ``.cif`` per parsed sample.
+
+Run folder::
+
+    <out>/
+      config.yaml       resolved SampleConfig
+      prompts.jsonl     the validated prompts (id, kind, text, meta)
+      samples.jsonl     one record per sample (see SAMPLE_FIELDS), parsed or not
+      cifs/<sample_id>.cif   full CIF (with symmetry operators) of every sample that parses
+      summary.json      counts, tokens, wall time, tokens/s and samples/s
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cifllm.sampling.engines import Engine, GenerationParams, make_engine
+from cifllm.sampling.prompts import Prompt, PromptError, build_prompt, prompts_from_structures, read_prompt_file, strip_conditions
+
+__all__ = ["SAMPLE_FIELDS", "SampleConfig", "collect_prompts", "parse_generated", "read_samples", "sample"]
+
+#: Keys of every ``samples.jsonl`` record.
+SAMPLE_FIELDS = (
+    "sample_id",  # s000000, in generation order
+    "prompt_id",
+    "prompt_kind",
+    "prompt",  # prompt text (without <|bos|>)
+    "prompt_meta",  # formula, reduced_formula, sg_number, target_id, conditions, ...
+    "sample_index",  # k-th sample of this prompt
+    "generated",  # the model's continuation only
+    "text",  # prompt + generated: the sample as the model wrote it
+    "cif_text",  # text without conditioning lines: what the checks read
+    "n_tokens",  # generated tokens before <|eos|>
+    "finished",  # stopped at <|eos|> (false: ran out of max_new_tokens)
+    "engine",
+    "seed",
+    "batch",
+    "time_s",  # wall seconds of the batch / its sequences
+    "parse_ok",
+    "parse_error",  # "<reason>: <detail>" when parse_ok is false
+    "cif_file",  # relative path of the written .cif, or null
+)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Config of ``cifllm sample`` (YAML + ``key=value`` overrides).
+
+    Prompt source, first that is set: ``prompt_file``; ``csp_corpus`` (one composition prompt per structure of
+    ``csp_split``, ``csp_limit`` of them, 0 = all, with ``target_id`` for CSP evaluation); ``prefix``; ``composition``
+    (+ ``z``, ``space_group``); else de novo. ``num_samples`` per prompt (a prompt file's ``n`` overrides).
+    """
+
+    model: str = ""
+    tokenizer: str | None = None
+    out: str = "runs/samples"
+    engine: Literal["hf", "vllm"] = "hf"
+    prompt_file: str | None = None
+    csp_corpus: str | None = None
+    csp_split: str = "val"
+    csp_limit: int = 0
+    csp_space_group: bool = False
+    prefix: str | None = None
+    composition: str | None = None
+    z: int | None = None
+    space_group: str | None = None
+    num_samples: int = 1
+    batch_size: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 0
+    lora: str | None = None
+    gpu_memory_utilization: float = 0.5
+    write_cifs: bool = True
+    parse_max_sites: int = 2000
+
+    def generation_params(self) -> GenerationParams:
+        return GenerationParams(
+            num_samples=self.num_samples,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+            batch_size=self.batch_size,
+        )
+
+
+def _set(x: Any) -> bool:
+    return x is not None and x != ""
+
+
+def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
+    """Build and validate every prompt of ``cfg`` (raises :class:`PromptError` before any sampling)."""
+    if _set(cfg.prompt_file):
+        items = read_prompt_file(cfg.prompt_file)  # type: ignore[arg-type]
+        return [p for p, _ in items], [n or cfg.num_samples for _, n in items]
+    if _set(cfg.csp_corpus):
+        from cifllm.data.corpus import load_corpus
+
+        ds = load_corpus(cfg.csp_corpus, split=cfg.csp_split or None)  # type: ignore[arg-type]
+        if cfg.csp_limit > 0:
+            ds = ds.select(range(min(cfg.csp_limit, len(ds))))
+        prompts = prompts_from_structures(zip(ds["id"], ds["text"]), with_space_group=cfg.csp_space_group)
+        return prompts, [cfg.num_samples] * len(prompts)
+    if _set(cfg.prefix):
+        p = build_prompt(prefix=cfg.prefix)
+    elif _set(cfg.composition):
+        p = build_prompt(composition=cfg.composition, z=cfg.z or None, space_group=cfg.space_group or None)
+    else:
+        if _set(cfg.space_group) or cfg.z:
+            raise PromptError("space_group and z need a composition")
+        p = build_prompt()
+    return [p], [cfg.num_samples]
+
+
+def parse_generated(cif_text: str, max_sites: int = 2000) -> tuple[Any, str]:
+    """(Structure or None, "" or "<reason>: <detail>"): never raises, whatever the text."""
+    from cifllm.cif import CIFError, text_to_structure
+
+    try:
+        return text_to_structure(cif_text, max_sites=max_sites), ""
+    except CIFError as exc:
+        return None, f"{exc.reason}: {exc.detail}"[:500]
+    except Exception as exc:  # untrusted text: any failure is a verdict, not a crash
+        return None, f"parse_crash: {type(exc).__name__}: {exc}"[:500]
+
+
+def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Run the sample stage; returns the run folder. Pass ``engine`` to reuse a loaded model."""
+    from tqdm.auto import tqdm
+
+    from cifllm.cif.io import write_cif_file
+    from cifllm.config import save_config
+    from cifllm.utils import atomic_write_json, atomic_write_text
+
+    prompts, counts = collect_prompts(cfg)
+    params = cfg.generation_params()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(p.to_json()) + "\n" for p in prompts))
+    if engine is None:
+        if not cfg.model:
+            raise ValueError("model= is required (a save_pretrained folder)")
+        engine = make_engine(
+            cfg.engine,
+            cfg.model,
+            tokenizer_dir=cfg.tokenizer or None,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            threads=cfg.threads,
+            lora=cfg.lora or None,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+        )
+    cif_dir = out / "cifs"
+    if cfg.write_cifs:
+        cif_dir.mkdir(exist_ok=True)
+    partial = out / "samples.jsonl.partial"
+    n = n_parsed = n_tokens = n_finished = 0
+    t0 = time.perf_counter()
+    total = sum(counts)
+    bar = tqdm(total=total, desc=f"sample [{engine.name}]", unit="sample", disable=not progress, mininterval=1.0)
+    with partial.open("w") as fh:
+        for g in engine.generate(prompts, params, counts=counts, progress=bar.update):
+            p = prompts[g.prompt_index]
+            text = p.text + g.text
+            cif_text = strip_conditions(text)
+            sid = f"s{n:06d}"
+            if g.error:
+                structure, err = None, f"engine_error: {g.error}"
+            else:
+                structure, err = parse_generated(cif_text, cfg.parse_max_sites)
+            cif_file = None
+            if structure is not None and cfg.write_cifs:
+                try:
+                    write_cif_file(structure, cif_dir / f"{sid}.cif")
+                    cif_file = f"cifs/{sid}.cif"
+                except Exception as exc:  # CifWriter on a strange structure: keep the sample, note it
+                    err = f"cif_write_failed: {type(exc).__name__}: {exc}"[:500]
+            rec = {
+                "sample_id": sid,
+                "prompt_id": p.id,
+                "prompt_kind": p.kind,
+                "prompt": p.text,
+                "prompt_meta": p.meta,
+                "sample_index": g.sample_index,
+                "generated": g.text,
+                "text": text,
+                "cif_text": cif_text,
+                "n_tokens": g.n_tokens,
+                "finished": g.finished,
+                "engine": engine.name,
+                "seed": g.seed,
+                "batch": g.batch,
+                "time_s": round(g.time_s, 6),
+                "parse_ok": structure is not None,
+                "parse_error": err,
+                "cif_file": cif_file,
+            }
+            fh.write(json.dumps(rec) + "\n")
+            n += 1
+            n_parsed += structure is not None
+            n_tokens += g.n_tokens
+            n_finished += g.finished
+    bar.close()
+    wall = time.perf_counter() - t0
+    partial.replace(out / "samples.jsonl")
+    summary = {
+        "engine": engine.name,
+        "model": cfg.model,
+        "n_prompts": len(prompts),
+        "n_samples": n,
+        "n_parsed": n_parsed,
+        "parse_rate": n_parsed / n if n else 0.0,
+        "n_finished": n_finished,
+        "generated_tokens": n_tokens,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(n_tokens / wall, 2) if wall > 0 else None,
+        "samples_per_s": round(n / wall, 3) if wall > 0 else None,
+        "params": params.__dict__,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    log(f"{n} samples ({n_parsed} parse) in {wall:.1f} s, {summary['tokens_per_s']} tokens/s -> {out}")
+    return out
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """Read ``samples.jsonl`` (a file or a run folder); a broken line becomes a record with ``parse_error``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "samples.jsonl"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no samples.jsonl (run `cifllm sample` first)")
+    out: list[dict[str, Any]] = []
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            rec = {"sample_id": f"line{i + 1}", "cif_text": "", "parse_error": f"bad_jsonl: {exc}"}
+        rec.setdefault("sample_id", f"line{i + 1}")
+        if "cif_text" not in rec:
+            rec["cif_text"] = strip_conditions(str(rec.get("text", "")))
+        out.append(rec)
+    return out
