@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
         data_dir = resolve_data_dir(cfg.data_dir or None) if args.verify else (cfg.data_dir or None)
         if args.download:
-            for path in download_dataset(registry[args.download] if args.download in registry else args.download, data_dir or "data/raw"):
+            for path in download_dataset(registry.get(args.download, args.download), data_dir or "data/raw"):
                 print(f"ok {path}")
             return 0
         bad = 0

@@ -87,9 +87,8 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
         return reject(exc.reason if exc.reason in ("empty", "not_cif", "too_large", "binary") else "unparsable", exc.detail)
     except Exception as exc:  # defensive: a reader bug must not kill the run
         return reject("unparsable", f"{type(exc).__name__}: {exc}")
-    if not s.is_ordered:
-        if not cfg.keep_partial:
-            return reject("partial_occupancy", "disordered or partially occupied sites")
+    if not s.is_ordered and not cfg.keep_partial:
+        return reject("partial_occupancy", "disordered or partially occupied sites")
     bad = sorted({el.symbol for el in s.composition.elements if getattr(el, "Z", 999) > cfg.max_z})
     if bad:
         return reject("unsupported_element", f"{bad} (Z > {cfg.max_z})")

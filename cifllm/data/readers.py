@@ -96,19 +96,22 @@ def _iter_table(spec: DatasetSpec, fs: FileSpec, data_dir: Path, limit: int) -> 
     id_col = spec.id_column
     for row_i, row in enumerate(df.to_dict("records")):
         rid = str(_clean_value(row[id_col])) if id_col else str(row_i)
-        props = {}
+        props: dict[str, float] = {}
+        bad_props: dict[str, str] = {}
         for name, col in props_here.items():
             v = _clean_value(row.get(col))
             if v is not None:
                 try:
                     props[name] = float(v)
-                except (TypeError, ValueError):
-                    pass
+                except (TypeError, ValueError):  # kept, visibly, in the provenance instead of the numeric properties
+                    bad_props[name] = str(v)
         year = None
         if spec.year_column:
             y = _clean_value(row.get(spec.year_column))
             year = int(y) if y is not None else None
         extras = {k: _clean_value(row.get(c)) for k, c in spec.extra_columns.items()}
+        if bad_props:
+            extras["non_numeric_properties"] = bad_props
         cif = row.get(spec.cif_column) if spec.cif_column else None
         yield RawRecord(
             dataset=spec.name,

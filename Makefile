@@ -1,0 +1,70 @@
+# cifllm — every target installs what it needs (`make setup` is idempotent).
+# CPU machines: torch is pinned to the 2.13.0 CPU wheel through constraints/cpu.txt.
+# GPU machines: see README "GPU install" (install the CUDA wheel of torch 2.13.0 first, then `make setup`).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CIFLLM := $(VENV)/bin/cifllm
+EXTRAS ?= train,deepspeed,dev
+export CIFLLM_DATA_DIR ?= $(abspath ../shared/data)
+CORPUS ?= data/corpus
+export TORCH_EXTENSIONS_DIR ?= $(abspath .torch_extensions)
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-slow lint format data data-smoke tokenizer tokenizer-check bench-prep demo clean help
+
+help:
+	@echo "make demo        the main job on built-in defaults (small corpus from CIFLLM_DATA_DIR -> tokenizer check -> ...)"
+	@echo "make test        install and run the default test suite (CPU, < 10 min)"
+	@echo "make setup       create $(VENV) with torch 2.13.0 CPU + cifllm[$(EXTRAS)]"
+	@echo "make data        build the pooled corpus from CIFLLM_DATA_DIR=$(CIFLLM_DATA_DIR) into $(CORPUS)"
+	@echo "make tokenizer   save tokenizer/cif-v1 and check the round trip on $(CORPUS)"
+	@echo "make lint        ruff"
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints/cpu.txt torch==2.13.0
+	$(PIP) install -q -c constraints/cpu.txt -e ".[$(EXTRAS)]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check cifllm tests benchmarks data_prep tokenizer train eval
+
+format: setup
+	$(VENV)/bin/ruff format cifllm tests benchmarks
+
+data: setup
+	$(CIFLLM) data --config data_prep/pooled.yaml out=$(CORPUS)
+
+# a quick corpus from the first rows of every source (used by the demo)
+data-smoke: setup
+	$(CIFLLM) data --config data_prep/pooled.yaml out=data/corpus-smoke limit_per_file=40
+
+tokenizer: setup
+	$(CIFLLM) tokenizer --out tokenizer/cif-v1 $(if $(wildcard $(CORPUS)/manifest.json),--corpus $(CORPUS))
+
+bench-prep: setup
+	$(PY) benchmarks/bench_prep.py --out benchmarks/results/prep_cpu.json
+
+demo: setup data-smoke
+	$(CIFLLM) tokenizer --out tokenizer/cif-v1 --corpus data/corpus-smoke
+	@echo "demo corpus: data/corpus-smoke (report: data/corpus-smoke/report.md)"
+
+clean:
+	rm -rf runs results data/corpus-smoke .pytest_cache .ruff_cache
+
+# stage fragments (pretraining, sampling/evaluation)
+-include train/pretrain.mk
+-include eval/sample.mk
