@@ -1,0 +1,1 @@
+"""The discovery benchmark: task definitions (``eval/tasks/*.yaml``), leakage-checked splits, metrics, runner."""
