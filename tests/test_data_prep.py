@@ -96,9 +96,13 @@ def test_prepare_counts_every_drop_and_merges_duplicates(toy_source, tmp_path):
     prov = json.loads(merged[0]["provenance"])
     assert {p["id"] for p in prov} == {"t-0", "t-dup"} and {p["properties"]["band_gap"] for p in prov} == {0.0, 99.0}
     assert "rows in" in (res.out / "report.md").read_text() and (res.out / "config.yaml").is_file()
-    # ids are stable: the same input gives the same corpus ids
+    # ids are stable, and a re-run resumes from the canonicalization checkpoint (a line cut by a kill is ignored)
+    cache = next((res.out / ".prep_cache").glob("canonical-*.jsonl"))
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][: len(lines[-3]) // 2])
     res2 = prepare_corpus(cfg, progress=False)
-    assert load_corpus(res2.out)["id"] == ds["id"]
+    assert res2.report["timing"]["records_from_checkpoint"] == 21 - 3
+    assert load_corpus(res2.out)["id"] == ds["id"] and res2.report["drops_by_reason"] == rep["drops_by_reason"]
 
 
 def test_parallel_workers_give_the_same_corpus(toy_source, tmp_path):

@@ -10,7 +10,7 @@ from pymatgen.core import Structure
 
 from cifllm.cif.canonical import CIFError, structure_to_text, text_to_structure
 
-__all__ = ["OccupancyComparator", "RoundTrip", "make_matcher", "reduce_for_matching", "fit_reduced", "round_trip", "MATCHER_SETTINGS"]
+__all__ = ["OccupancyComparator", "RoundTrip", "make_matcher", "reduce_for_matching", "fit_reduced", "lattice_signature", "may_match", "round_trip", "MATCHER_SETTINGS"]
 
 #: Named tolerance sets: ltol (fractional), stol (fraction of (V/n)^(1/3)), angle_tol (degrees).
 MATCHER_SETTINGS: dict[str, dict[str, float]] = {
@@ -65,6 +65,20 @@ def fit_reduced(sm: StructureMatcher, s1: Structure, s2: Structure) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return bool(sm.fit(s1, s2, skip_structure_reduction=True))
+
+
+def lattice_signature(reduced: Structure, scale: bool = True) -> tuple[float, float, float]:
+    """Sorted Niggli lengths of a :func:`reduce_for_matching` structure, divided by V^(1/3) when ``scale``."""
+    abc = sorted(reduced.lattice.abc)
+    f = reduced.volume ** (1 / 3) if scale else 1.0
+    return (abc[0] / f, abc[1] / f, abc[2] / f)
+
+
+def may_match(sig1: tuple[float, ...], sig2: tuple[float, ...], ltol: float = 0.2, margin: float = 0.1) -> bool:
+    """Cheap necessary condition for a ``StructureMatcher`` match: the successive minima of two matching lattices
+    agree within the length tolerance (``margin`` added for safety). ``False`` means "cannot match"."""
+    lim = 1.0 + ltol + margin
+    return all(max(a / b, b / a) <= lim for a, b in zip(sig1, sig2))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,14 @@ def _group_bucket(args: tuple[list[str], str, bool]) -> list[list[int]]:
     if len(texts) == 1:
         return [[0]]
     from cifllm.cif import CIFError, text_to_structure
-    from cifllm.cif.matching import fit_reduced, make_matcher, reduce_for_matching
+    from cifllm.cif.matching import (
+        MATCHER_SETTINGS,
+        fit_reduced,
+        lattice_signature,
+        make_matcher,
+        may_match,
+        reduce_for_matching,
+    )
 
     sm = make_matcher(kind, scale=scale)
     structs = []
@@ -47,13 +54,17 @@ def _group_bucket(args: tuple[list[str], str, bool]) -> list[list[int]]:
             structs.append(reduce_for_matching(sm, text_to_structure(t)))
         except (CIFError, ValueError):
             structs.append(None)
+    sigs = [lattice_signature(s, scale) if s is not None else None for s in structs]
+    ltol = MATCHER_SETTINGS[kind]["ltol"]
     reps: list[int] = []
     groups: list[list[int]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, s in enumerate(structs):
             for g, r in enumerate(reps):
-                if s is not None and structs[r] is not None and fit_reduced(sm, structs[r], s):
+                if s is None or structs[r] is None or not may_match(sigs[r], sigs[i], ltol):
+                    continue
+                if fit_reduced(sm, structs[r], s):
                     groups[g].append(i)
                     break
             else:

@@ -6,6 +6,7 @@ and reason, and counted per source in ``report.json``/``report.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -13,7 +14,7 @@ import platform
 import statistics
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class PrepConfig:
     max_volume_per_atom: float = 250.0
     max_tokens: int = 2048
     dedup: bool = True
-    dedup_max_bucket: int = 200
+    dedup_max_bucket: int = 100
     val_fraction: float = 0.05
     seed: int = 0
     workers: int = 0  # 0: all CPU cores
@@ -101,6 +102,61 @@ def _stats(values: list[int]) -> dict[str, float]:
         return {}
     v = sorted(values)
     return {"min": v[0], "median": statistics.median(v), "p95": v[min(len(v) - 1, int(0.95 * len(v)))], "max": v[-1], "mean": round(sum(v) / len(v), 1)}
+
+
+def _record_key(rec: RawRecord) -> str:
+    payload = rec.cif if rec.structure is None else json.dumps(rec.structure, sort_keys=True)
+    digest = hashlib.sha1((payload or "").encode("utf-8", errors="replace")).hexdigest()[:16]
+    return f"{rec.dataset}|{rec.file}|{rec.row}|{rec.record_id}|{digest}|{rec.extras.get('read_error') or ''}"
+
+
+def _to_cache(key: str, r: Canonical | Reject) -> str:
+    if isinstance(r, Reject):
+        return json.dumps({"k": key, "reject": [r.reason, r.detail]})
+    return json.dumps({"k": key, "ok": [r.text, r.reduced_formula, r.elements, r.n_sites, r.n_prim_sites, r.sg_number, r.round_trip]})
+
+
+def _from_cache(obj: dict[str, Any], rec: RawRecord) -> Canonical | Reject:
+    if "reject" in obj:
+        return Reject(rec.dataset, rec.file, rec.row, rec.record_id, *obj["reject"])
+    text, formula, elements, n_sites, n_prim, sg, rt = obj["ok"]
+    return Canonical(text, formula, elements, n_sites, n_prim, sg, rec, rt)
+
+
+def _canonicalize(records: list[RawRecord], settings: FilterSettings, workers: int, out: Path, progress: bool) -> tuple[list[Canonical | Reject], int]:
+    """Process every record, resuming from ``<out>/.prep_cache/<settings>.jsonl``: each result is appended there as it
+    completes (keyed by record and a hash of its content), so a killed run restarts where it stopped."""
+    cache_dir = out / ".prep_cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    cache_file = cache_dir / f"canonical-{tag}.jsonl"
+    cached: dict[str, dict[str, Any]] = {}
+    if cache_file.exists():
+        with open(cache_file) as fh:
+            for line in fh:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                cached[obj["k"]] = obj
+    keys = [_record_key(r) for r in records]
+    results: list[Canonical | Reject | None] = [(_from_cache(cached[k], r) if k in cached else None) for k, r in zip(keys, records)]
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = (lambda it, **kw: tqdm(it, **kw)) if progress else (lambda it, **kw: it)
+    with open(cache_file, "a") as fh:
+        if workers > 1 and len(todo) > 1:
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+                stream = pool.imap(_work, (records[i] for i in todo), chunksize=32)
+                for i, r in zip(todo, bar(stream, total=len(todo), desc="canonicalize", unit="cif")):
+                    results[i] = r
+                    fh.write(_to_cache(keys[i], r) + "\n")
+        else:
+            _init_worker(settings)
+            for i in bar(todo, desc="canonicalize", unit="cif"):
+                results[i] = _work(records[i])
+                fh.write(_to_cache(keys[i], results[i]) + "\n")  # type: ignore[arg-type]
+    return results, len(records) - len(todo)  # type: ignore[return-value]
 
 
 def collect_records(cfg: PrepConfig) -> tuple[list[RawRecord], dict[str, Any]]:
@@ -164,17 +220,8 @@ def prepare_corpus(cfg: PrepConfig, progress: bool = True) -> PrepResult:
     out.mkdir(parents=True, exist_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     settings = cfg.filter_settings()
-    results: list[Canonical | Reject] = []
     t_read = time.time()
-    bar = (lambda it, **kw: tqdm(it, **kw)) if progress else (lambda it, **kw: it)
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
-            for r in bar(pool.imap(_work, records, chunksize=32), total=len(records), desc="canonicalize", unit="cif"):
-                results.append(r)
-    else:
-        _init_worker(settings)
-        for rec in bar(records, desc="canonicalize", unit="cif"):
-            results.append(_work(rec))
+    results, n_cached = _canonicalize(records, settings, workers, out, progress)
     t_canon = time.time() - t_read
 
     tok = build_tokenizer()
@@ -298,7 +345,7 @@ def prepare_corpus(cfg: PrepConfig, progress: bool = True) -> PrepResult:
         "tokens": _stats([r.n_tokens for r in rows]),
         "splits": dict(Counter(r.split for r in rows)),
         "round_trip": ({"checked": sum(rt_counter.values()), "ok": rt_counter["ok"], "ok_fraction": rt_counter["ok"] / max(1, sum(rt_counter.values())), "by_reason": dict(rt_counter), "failures": rt_failures} if rt_counter else None),
-        "timing": {"seconds_total": round(elapsed, 1), "seconds_canonicalize": round(t_canon, 1), "cifs_per_second_canonicalize": round(len(records) / max(t_canon, 1e-9), 1), "workers": workers},
+        "timing": {"seconds_total": round(elapsed, 1), "seconds_canonicalize": round(t_canon, 1), "cifs_per_second_canonicalize": round((len(records) - n_cached) / max(t_canon, 1e-9), 1), "records_from_checkpoint": n_cached, "workers": workers},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "skipped_missing": meta["skipped_missing"],
         "missing_files": meta["missing_files"],
