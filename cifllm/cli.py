@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "pretrain": ("cifllm.training.cli", "pretrain a Llama model on a corpus"),
     "sample": ("cifllm.sampling.cli", "sample CIFs from a model (HF generate or vLLM)"),
     "evaluate": ("cifllm.evaluation.cli", "check and score sampled CIFs"),
+    "split": ("cifllm.bench.cli", "build leakage-checked discovery-task splits from a corpus"),
 }
 
 

@@ -12,7 +12,8 @@ sites_formula      CrystaLLM multiplicity consistency: sum of multiplicity x occ
 space_group        stated space group == ``SpacegroupAnalyzer(symprec=0.1)`` of the parsed structure
 bond_length        CrystaLLM bond-length reasonableness: CrystalNN bonds within +-32% of summed radii (ionic radii
                    when the electronegativity difference >= 1.7, atomic radii otherwise; bonds to H < 2.5x);
-                   score = fraction of such bonds, passes at >= 1.0 (all bonds); no bond found -> pass
+                   score = fraction of such bonds, passes at >= 1.0 (all bonds); a site without
+                   CrystalNN neighbours is judged by its nearest neighbour
 structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3
 compositional      CDVAE/DiffCSP: ``smact.screening.smact_validity`` (charge neutrality + Pauling test,
                    single elements and all-metal alloys valid), SMACT 2014 oxidation states by default
@@ -42,6 +43,7 @@ __all__ = [
     "VALIDITY_CHECKS",
     "CheckResult",
     "CheckSettings",
+    "SampleVerdict",
     "check_bond_lengths",
     "check_cell",
     "check_compositional",
@@ -197,7 +199,7 @@ def check_multiplicity(parsed: CanonicalCIF) -> CheckResult:
         _, _, _, generated = expand_sites(parsed)
     except CIFError as exc:
         return _fail("multiplicity", exc.reason, exc.detail)
-    bad = [(r.label, r.multiplicity, g) for r, g in zip(parsed.sites, generated) if r.multiplicity != g]
+    bad = [(r.label, r.multiplicity, g) for r, g in zip(parsed.sites, generated, strict=True) if r.multiplicity != g]
     if bad:
         return _fail("multiplicity", "multiplicity_mismatch", f"{len(bad)} row(s), e.g. {bad[0][0]}: stated {bad[0][1]}, generated {bad[0][2]}")
     return _pass("multiplicity")
@@ -237,17 +239,34 @@ def check_space_group(parsed: CanonicalCIF, structure: Any, settings: CheckSetti
 
 
 def _expected_bond(el1: Any, el2: Any) -> float | None:
-    """CrystaLLM's expected bond length (Angstrom): ionic radii if |dX| >= 1.7, else atomic radii; None if unknown."""
+    """CrystaLLM's expected bond length (Angstrom): ionic radii (average cationic + average anionic) if |dX| >= 1.7,
+    else atomic radii; None if unknown.
+
+    One deviation: where pymatgen has no ionic radius for the pair (e.g. the auride anion in CsAu: its average
+    anionic radius is 0), CrystaLLM's code adds a zero radius and rejects every such bond; here the atomic radii are
+    used instead.
+    """
     x1, x2 = el1.X, el2.X
     if x1 == x1 and x2 == x2 and abs(x1 - x2) >= 1.7:
         cat, an = (el1, el2) if x1 < x2 else (el2, el1)
-        exp = float(cat.average_cationic_radius) + float(an.average_anionic_radius)
-    else:
-        r1, r2 = el1.atomic_radius, el2.atomic_radius
-        if r1 is None or r2 is None:
-            return None
-        exp = float(r1) + float(r2)
+        rc, ra = float(cat.average_cationic_radius), float(an.average_anionic_radius)
+        if rc > 0 and ra > 0:
+            return rc + ra
+    r1, r2 = el1.atomic_radius, el2.atomic_radius
+    if r1 is None or r2 is None:
+        return None
+    exp = float(r1) + float(r2)
     return exp if exp > 0 else None
+
+
+def _nearest(structure: Any, i: int) -> list[tuple[Any, float]]:
+    """The nearest neighbour of site ``i`` (periodic images included) as [(element, distance)], or []."""
+    for r in (6.0, 12.0, 24.0):
+        nbrs = [n for n in structure.get_neighbors(structure[i], r) if n.nn_distance > 1e-8]
+        if nbrs:
+            n = min(nbrs, key=lambda x: x.nn_distance)
+            return [(n.specie, float(n.nn_distance))]
+    return []
 
 
 def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings(), equivalent_atoms: Any = None) -> CheckResult:
@@ -256,6 +275,8 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     Only one site per symmetry orbit (``equivalent_atoms``, from spglib) is analysed, weighted by the orbit size:
     symmetry-equivalent sites have the same bonds, so the score equals CrystaLLM's all-site score. Disordered sites
     count as their majority element; bonds whose expected length is unknown (no radius in pymatgen) are not counted.
+    A site for which CrystalNN finds no neighbour (e.g. CsCl-type TlI, or atoms far apart) is judged by its nearest
+    neighbour instead (CrystaLLM would divide by zero there and count the sample invalid).
     """
     from pymatgen.analysis.local_env import CrystalNN
 
@@ -279,13 +300,14 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for i, w in zip(reps, weights):
+            for i, w in zip(reps, weights, strict=True):
                 el_i = s[i].specie
-                for nn in cnn.get_nn_info(s, i):
-                    if nn["site_index"] == i and np.allclose(nn["image"], 0):
+                pairs = [(nn["site"].specie, float(np.linalg.norm(nn["site"].coords - s[i].coords))) for nn in cnn.get_nn_info(s, i)]
+                if not pairs:
+                    pairs = _nearest(s, i)
+                for el_j, length in pairs:
+                    if length <= 0:
                         continue
-                    el_j = nn["site"].specie
-                    length = float(np.linalg.norm(nn["site"].coords - s[i].coords))
                     exp = _expected_bond(el_i, el_j)
                     if exp is None:
                         continue
@@ -298,9 +320,8 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     except Exception as exc:  # CrystalNN/Voronoi on a strange cell
         return _fail("bond_length", "bond_analysis_failed", f"{type(exc).__name__}: {exc}")
     if total == 0:
-        # CrystaLLM divides by zero here (its evaluation then counts the sample invalid); a cell in which CrystalNN
-        # finds no bond (e.g. CsCl-type TlI) has no unreasonable bond, so it passes, with a note.
-        return _pass("bond_length", None, "no CrystalNN bond with known radii")
+        # no neighbour with known radii (e.g. only noble gases): nothing to judge
+        return _pass("bond_length", None, "no bond with known radii")
     score = good / total
     if score < settings.bond_cutoff:
         return _fail("bond_length", "bond_length_unreasonable", f"score {score:.3f}; worst {worst[1]}", score)

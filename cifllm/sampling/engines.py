@@ -311,7 +311,7 @@ class VLLMEngine:
             outs = self.llm.generate(inputs, sps, lora_request=self.lora_request, use_tqdm=False)
             dt = time.perf_counter() - t0
             total = sum(len(o.outputs) for o in outs)
-            for i, o in zip(idx, outs):
+            for i, o in zip(idx, outs, strict=True):
                 for k, c in enumerate(o.outputs):
                     ids = list(c.token_ids)
                     finished = c.finish_reason == "stop"

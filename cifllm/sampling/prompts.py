@@ -39,8 +39,10 @@ __all__ = [
     "parse_space_group",
     "read_prompt_file",
     "register_condition",
+    "prompts_from_structures",
     "registered_conditions",
     "strip_conditions",
+    "unregister_condition",
 ]
 
 PromptKind = Literal["de_novo", "composition", "composition_sg", "prefix"]
@@ -74,6 +76,11 @@ _CONDITIONS: dict[str, Condition] = {}
 def register_condition(condition: Condition) -> None:
     """Make ``condition.name`` a valid key of :func:`build_prompt` ``conditions`` and of prompt files."""
     _CONDITIONS[condition.name] = condition
+
+
+def unregister_condition(name: str) -> None:
+    """Remove a registered condition (tests; a model stage that registers conditions keeps them)."""
+    _CONDITIONS.pop(name, None)
 
 
 def registered_conditions() -> dict[str, Condition]:

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cifllm.sampling.engines import Engine, GenerationParams, make_engine
-from cifllm.sampling.prompts import Prompt, PromptError, build_prompt, prompts_from_structures, read_prompt_file, strip_conditions
+from cifllm.sampling.prompts import (
+    Prompt,
+    PromptError,
+    build_prompt,
+    prompts_from_structures,
+    read_prompt_file,
+    strip_conditions,
+)
 
 __all__ = ["SAMPLE_FIELDS", "SampleConfig", "collect_prompts", "parse_generated", "read_samples", "sample"]
 
@@ -111,7 +118,7 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
         ds = load_corpus(cfg.csp_corpus, split=cfg.csp_split or None)  # type: ignore[arg-type]
         if cfg.csp_limit > 0:
             ds = ds.select(range(min(cfg.csp_limit, len(ds))))
-        prompts = prompts_from_structures(zip(ds["id"], ds["text"]), with_space_group=cfg.csp_space_group)
+        prompts = prompts_from_structures(zip(ds["id"], ds["text"], strict=True), with_space_group=cfg.csp_space_group)
         return prompts, [cfg.num_samples] * len(prompts)
     if _set(cfg.prefix):
         p = build_prompt(prefix=cfg.prefix)

@@ -1,0 +1,31 @@
+"""``cifllm split``: build discovery-task splits (leakage-checked) from a corpus; ``--pretrain-corpus`` also writes
+each task's pretraining corpus (the corpus minus everything the task excludes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", action="append", default=None, help="task name or YAML path (repeatable; default: all in eval/tasks)")
+    p.add_argument("--corpus", default="data/corpus")
+    p.add_argument("--out", default="data/tasks", help="folder for <task>/{train,val,test}.jsonl + manifest.json")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pretrain-corpus", action="store_true", help="also write <out>/<task>/pretrain_corpus/")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cifllm.bench.splits import build_split, task_pretrain_corpus
+    from cifllm.bench.tasks import list_tasks, load_task
+
+    names = args.task or list_tasks()
+    for name in names:
+        task = load_task(name)
+        man = build_split(task, args.corpus, args.out, workers=args.workers)
+        print(json.dumps({"task": task.name, "counts": man["counts"], "leaks_found": man["leak_check"]["leaks_found"], "rule": {k: v for k, v in man["rule"].items() if k != "elements"}}))
+        if args.pretrain_corpus:
+            task_pretrain_corpus(args.corpus, Path(args.out) / task.name, Path(args.out) / task.name / "pretrain_corpus")
+    return 0

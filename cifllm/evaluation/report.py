@@ -1,0 +1,150 @@
+"""Markdown and HTML reports with plots (matplotlib, Agg backend): validity funnel, density, number of elements and
+space-group distributions of the valid samples against the reference corpus."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_report", "FUNNEL"]
+
+#: (label, key in metrics["counts"]) from all samples down to unique and novel ones.
+FUNNEL: tuple[tuple[str, str], ...] = (
+    ("parsed", "parse"),
+    ("cell sane", "cell"),
+    ("structurally valid", "structural"),
+    ("compositionally valid", "compositional"),
+    ("valid (CDVAE)", "valid"),
+    ("+ self-consistent (CrystaLLM)", "valid_all"),
+    ("valid & unique", "unique"),
+    ("valid & novel", "novel"),
+    ("valid, unique & novel", "unique_novel"),
+)
+
+
+def _plots(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str, Any]], ref: dict[str, list[float]] | None) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pdir = out / "plots"
+    pdir.mkdir(exist_ok=True)
+    made: list[tuple[str, str]] = []
+    n = metrics["n_samples"]
+    counts = metrics["counts"]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = ["all samples"] + [lab for lab, _ in FUNNEL]
+    values = [n] + [counts.get(k, 0) for _, k in FUNNEL]
+    ax.barh(labels[::-1], values[::-1], color="#4477aa")
+    for y, v in enumerate(values[::-1]):
+        ax.text(v, y, f" {v} ({100 * v / n:.1f}%)" if n else " 0", va="center", fontsize=8)
+    ax.set_xlabel("samples")
+    ax.set_title("Validity funnel")
+    ax.set_xlim(0, max(values + [1]) * 1.3)
+    fig.tight_layout()
+    fig.savefig(pdir / "funnel.png", dpi=100)
+    plt.close(fig)
+    made.append(("Validity funnel", "plots/funnel.png"))
+
+    valid = [v for v in verdicts if v.get("valid")]
+    series = {
+        "density": ([v["density"] for v in valid if v.get("density") is not None], "density (g/cm$^3$)"),
+        "n_elements": ([float(v["n_elements"]) for v in valid if v.get("n_elements") is not None], "number of elements"),
+        "sg_number": ([float(v["sg_detected"] or v["sg_stated"]) for v in valid if (v.get("sg_detected") or v.get("sg_stated"))], "space-group number"),
+    }
+    for key, (vals, xlabel) in series.items():
+        ref_vals = (ref or {}).get(key) or []
+        if not vals and not ref_vals:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        if key == "n_elements":
+            hi = int(max(vals + ref_vals + [1]))
+            bins: Any = [x + 0.5 for x in range(0, hi + 1)]
+        elif key == "sg_number":
+            bins = [x + 0.5 for x in range(0, 231)]
+        else:
+            lo_, hi_ = 0.0, max(vals + ref_vals + [1.0])
+            hi_ = min(hi_, 30.0)
+            bins = [lo_ + (hi_ - lo_) * k / 50 for k in range(51)]
+        if ref_vals:
+            ax.hist(ref_vals, bins=bins, density=True, alpha=0.5, label=f"reference (n={len(ref_vals)})", color="#999999")
+        if vals:
+            ax.hist(vals, bins=bins, density=True, alpha=0.6, label=f"valid samples (n={len(vals)})", color="#ee6677")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("share")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(pdir / f"{key}.png", dpi=100)
+        plt.close(fig)
+        made.append((xlabel.replace("$^3$", "^3").capitalize(), f"plots/{key}.png"))
+    return made
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.4f}"
+    return str(x)
+
+
+def _tables(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    n = metrics["n_samples"]
+    defs = metrics.get("definitions", {})
+    rows = [[k, str(c), _fmt(metrics["rates"].get(k)), defs.get(k, "")] for k, c in metrics["counts"].items()]
+    tables = [("Counts and rates (over all samples)", ["metric", "count", f"rate (n={n})", "definition"], rows)]
+    rv = metrics.get("rates_among_valid", {})
+    tables.append(("Rates among valid samples", ["metric", "rate"], [[k, _fmt(v)] for k, v in rv.items()]))
+    fr = []
+    for check, reasons in metrics.get("failure_reasons", {}).items():
+        for reason, c in reasons.items():
+            fr.append([check, reason, str(c)])
+    tables.append(("Failures by check and reason", ["check", "reason", "samples"], fr))
+    if "csp" in metrics:
+        tables.append(("Crystal structure prediction", ["metric", "value"], [[k, _fmt(v)] for k, v in metrics["csp"].items()]))
+    t = metrics.get("timing", {})
+    tables.append(("Timing", ["stage", "seconds"], [[k, _fmt(v)] for k, v in t.get("stages_s", {}).items()] + [["total", _fmt(t.get("wall_s"))]]))
+    return tables
+
+
+def write_report(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str, Any]], ref: dict[str, list[float]] | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` (plots in ``plots/``) and a self-contained ``report.html``; returns both paths."""
+    from cifllm.utils import atomic_write_text
+
+    out = Path(out)
+    plots = _plots(out, metrics, verdicts, ref)
+    tables = _tables(metrics)
+    md = ["# cifllm evaluation report", "", f"{metrics['n_samples']} samples. Definitions and tolerances: `metrics.json`.", ""]
+    for title, header, rows in tables:
+        md += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        md.append("")
+    md.append("## Plots")
+    md.append("")
+    for title, rel in plots:
+        md += [f"### {title}", "", f"![{title}]({rel})", ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+
+    h = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>cifllm evaluation report</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left}</style></head><body>",
+        "<h1>cifllm evaluation report</h1>",
+        f"<p>{metrics['n_samples']} samples. Definitions and tolerances: <code>metrics.json</code>.</p>",
+    ]
+    for title, header, rows in tables:
+        h.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+        h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+        h.append("</table>")
+    h.append("<h2>Plots</h2>")
+    for title, rel in plots:
+        data = base64.b64encode((out / rel).read_bytes()).decode()
+        h.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    h.append("</body></html>")
+    atomic_write_text(out / "report.html", "\n".join(h))
+    return out / "report.md", out / "report.html"

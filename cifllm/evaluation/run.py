@@ -1,0 +1,399 @@
+"""The ``evaluate`` stage: checks, uniqueness, novelty and CSP match of sampled CIFs -> metrics and a report.
+
+Output folder (default ``<samples run>/eval``)::
+
+    config.yaml     resolved EvalConfig
+    checks.jsonl    one record per sample: every check (ok, reason, detail, value), aggregates, unique, novel, CSP RMS
+    metrics.json    counts and rates with their definitions and tolerances
+    report.md       the same for people, with plots/; report.html is self-contained (plots embedded)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cifllm.evaluation.checks import CHECK_NAMES, CONSISTENCY_CHECKS, VALIDITY_CHECKS, CheckSettings, check_sample
+from cifllm.evaluation.limits import default_workers, map_with_time_limit
+from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task, uniqueness_task
+
+__all__ = ["EvalConfig", "evaluate", "evaluate_texts", "novelty_stage"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Config of ``cifllm evaluate`` (YAML + ``key=value`` overrides).
+
+    ``samples``: a sample run folder or its ``samples.jsonl``. ``reference``: corpus folder for novelty and the
+    reference distributions (``reference_split`` of it; null = all rows). ``ground_truth``: corpus folder whose ``id``
+    column the samples' ``prompt_meta.target_id`` refers to (CSP). ``csp_k``: k of match@k (0 = all samples per
+    target). ``workers``: processes (0 = in this process). ``time_limit_s``: per sample and check stage (uniqueness
+    of a bucket gets ``time_limit_s`` per sample in it). The remaining keys are :class:`CheckSettings`.
+    """
+
+    samples: str = ""
+    out: str | None = None
+    reference: str | None = None
+    reference_split: str | None = None
+    ground_truth: str | None = None
+    csp_k: int = 0
+    workers: int = -1
+    time_limit_s: float = 60.0
+    uniqueness: bool = True
+    novelty: bool = True
+    max_samples: int = 0
+    report: bool = True
+    reference_plot_rows: int = 20000
+    symprec: float = 0.1
+    angle_tolerance: float = 5.0
+    min_length: float = 0.5
+    max_length: float = 1000.0
+    min_angle: float = 10.0
+    max_angle: float = 170.0
+    volume_rtol: float = 0.01
+    formula_atol: float = 0.02
+    bond_tolerance: float = 0.32
+    bond_h_factor: float = 2.5
+    bond_cutoff: float = 1.0
+    min_distance: float = 0.5
+    min_volume: float = 0.1
+    smact_oxidation_states: str = "smact14"
+    max_sites: int = 1000
+
+    def check_settings(self) -> CheckSettings:
+        names = {f.name for f in fields(CheckSettings)}
+        return CheckSettings(**{k: getattr(self, k) for k in names})
+
+    def n_workers(self) -> int:
+        return default_workers() if self.workers < 0 else self.workers
+
+
+DEFINITIONS: dict[str, str] = {
+    "parse": "canonical text parses and the structure is re-derived from the stated space group",
+    "cell": "cell lengths in [min_length, max_length] A and angles in [min_angle, max_angle] degrees",
+    "volume": "stated _cell_volume within volume_rtol of the stated cell's volume (informational, in no aggregate)",
+    "formula": "data_ formula, _chemical_formula_structural and Z agree (CrystaLLM formula consistency)",
+    "multiplicity": "stated site multiplicities equal those the space group generates",
+    "sites_formula": "sum of multiplicity x occupancy per element equals the data_ formula within formula_atol (CrystaLLM)",
+    "space_group": "stated space group equals SpacegroupAnalyzer(symprec, angle_tolerance) of the structure (CrystaLLM)",
+    "bond_length": "CrystaLLM bond-length score (CrystalNN bonds within 1 +- bond_tolerance of summed radii) >= bond_cutoff",
+    "structural": "all interatomic distances >= min_distance A and volume >= min_volume A^3 (CDVAE/DiffCSP)",
+    "compositional": "smact_validity with Pauling test, alloys valid, oxidation states smact_oxidation_states (CDVAE/DiffCSP)",
+    "consistent": "formula, multiplicity, sites_formula, space_group and bond_length all pass (CrystaLLM self-consistency)",
+    "valid": "parse, cell, structural and compositional all pass (CDVAE/DiffCSP validity)",
+    "valid_all": "consistent and valid",
+    "unique": "valid and not matched (StructureMatcher ltol 0.2, stol 0.3, angle_tol 5) by an earlier valid sample",
+    "novel": "valid and matched by no reference structure of the same reduced formula (same matcher, MatterGen)",
+    "unique_novel": "unique and novel",
+    "match@k": "share of CSP targets with a valid prediction among their first k samples that matches the target "
+    "(StructureMatcher ltol 0.3, stol 0.5, angle_tol 10; DiffCSP/CrystaLLM)",
+    "rmse@k": "mean over matched targets of the smallest normalized RMS displacement among the first k samples",
+}
+
+
+def _failure_verdict(text: str, reason: str, detail: str) -> dict[str, Any]:
+    """The record of a sample whose checks timed out or crashed: every check failed with that reason."""
+    checks = {name: {"ok": False if name == "parse" else None, "reason": reason if name == "parse" else f"skipped_{reason}", "detail": detail[:300], "value": None} for name in CHECK_NAMES}
+    return {
+        "checks": checks,
+        "consistent": False,
+        "valid": False,
+        "valid_all": False,
+        "reason": reason,
+        "reduced_formula": None,
+        "n_elements": None,
+        "n_sites": None,
+        "sg_stated": None,
+        "sg_detected": None,
+        "density": None,
+        "time_s": 0.0,
+    }
+
+
+class _CheckTask:
+    """Picklable callable: text -> verdict dict."""
+
+    def __init__(self, settings: CheckSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, text: str) -> dict[str, Any]:
+        return check_sample(text, self.settings).to_json()
+
+
+def evaluate_texts(
+    texts: list[str],
+    settings: CheckSettings = CheckSettings(),
+    workers: int = 0,
+    time_limit_s: float = 60.0,
+    reference: ReferenceIndex | None = None,
+    uniqueness: bool = True,
+    progress: Callable[[str, int], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Checks (+ uniqueness among the valid texts, + novelty against ``reference``) for every text, in order.
+
+    Returns one verdict dict per text (:meth:`SampleVerdict.to_json` plus ``unique``, ``duplicate_of``, ``novel``,
+    ``novel_match``). ``progress(stage, total)`` returns a per-item callback (or None).
+    """
+    verdicts: list[dict[str, Any]] = [{} for _ in texts]
+    cb = progress("checks", len(texts)) if progress else None
+    for i, v in map_with_time_limit(
+        _CheckTask(settings), texts, time_limit_s, workers, on_failure=lambda t, r, d: _failure_verdict(t, r, d), progress=cb
+    ):
+        verdicts[i] = v
+    valid = [i for i, v in enumerate(verdicts) if v["valid"]]
+    buckets: dict[str, list[int]] = {}
+    for i in valid:
+        buckets.setdefault(verdicts[i]["reduced_formula"], []).append(i)
+    for v in verdicts:
+        v.update(unique=None, duplicate_of=None, novel=None, novel_match=None)
+    if uniqueness and valid:
+        for members in buckets.values():
+            if len(members) == 1:  # alone in its formula bucket: unique without a comparison
+                verdicts[members[0]]["unique"] = True
+        member_lists = [m for m in buckets.values() if len(m) > 1]
+        items = [[texts[i] for i in members] for members in member_lists]
+        cb = progress("uniqueness", len(items)) if progress else None
+        for b, first in map_with_time_limit(
+            uniqueness_task, items, lambda it: time_limit_s * len(it), workers, on_failure=lambda it, r, d: [None] * len(it), progress=cb
+        ):
+            members = member_lists[b]
+            for k, f in enumerate(first):
+                i = members[k]
+                if f is None:
+                    verdicts[i]["unique"] = None
+                    verdicts[i]["uniqueness_error"] = "timeout"
+                else:
+                    verdicts[i]["unique"] = f == k
+                    verdicts[i]["duplicate_of"] = None if f == k else members[f]
+    if reference is not None and valid:
+        formulas = [verdicts[i]["reduced_formula"] for i in valid]
+        results = novelty_stage([texts[i] for i in valid], formulas, reference, workers, time_limit_s, progress)
+        for i, (novel, match) in zip(valid, results, strict=True):
+            verdicts[i]["novel"] = novel
+            verdicts[i]["novel_match"] = match
+            if novel is None:
+                verdicts[i]["novelty_error"] = "timeout or error"
+    return verdicts
+
+
+def novelty_stage(
+    texts: list[str],
+    formulas: list[str],
+    reference: ReferenceIndex,
+    workers: int = 0,
+    time_limit_s: float = 60.0,
+    progress: Callable[[str, int], Any] | None = None,
+) -> list[tuple[bool | None, str | None]]:
+    """Novelty of each (valid) text against ``reference``: (novel, id of the matching reference or None).
+
+    A text whose reduced formula has no reference is novel without a comparison; the others are compared with their
+    bucket only, in ``workers`` processes, ``time_limit_s`` per text (a timeout gives ``(None, None)``).
+    """
+    out: list[tuple[bool | None, str | None]] = [(True, None)] * len(texts)
+    compare = [k for k, f in enumerate(formulas) if reference.buckets.get(f)]
+    items = [(texts[k], reference.bucket(formulas[k])) for k in compare]
+    cb = progress("novelty", len(items)) if progress else None
+    for j, hit in map_with_time_limit(novelty_task, items, time_limit_s, workers, on_failure=lambda it, r, d: -2, progress=cb):
+        k = compare[j]
+        if hit == -2:
+            out[k] = (None, None)
+        else:
+            out[k] = (hit == -1, None if hit == -1 else reference.bucket_ids(formulas[k])[hit])
+    return out
+
+
+def _rate(n: int, d: int) -> float | None:
+    return n / d if d else None
+
+
+def summarize(verdicts: list[dict[str, Any]], samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Counts, rates and failure reasons over all samples (rates over all samples unless named otherwise)."""
+    n = len(verdicts)
+    counts: dict[str, int] = {}
+    for name in CHECK_NAMES:
+        counts[name] = sum(v["checks"][name]["ok"] is True for v in verdicts)
+    for agg in ("consistent", "valid", "valid_all"):
+        counts[agg] = sum(bool(v[agg]) for v in verdicts)
+    counts["unique"] = sum(v.get("unique") is True for v in verdicts)
+    counts["novel"] = sum(v.get("novel") is True for v in verdicts)
+    counts["unique_novel"] = sum(v.get("unique") is True and v.get("novel") is True for v in verdicts)
+    counts["timeouts"] = sum(v["reason"] in ("timeout", "worker_crash", "error") for v in verdicts)
+    rates = {k: _rate(c, n) for k, c in counts.items()}
+    nv = counts["valid"]
+    reasons: dict[str, dict[str, int]] = {}
+    for name in CHECK_NAMES:
+        c = Counter(v["checks"][name]["reason"] for v in verdicts if v["checks"][name]["ok"] is False)
+        if c:
+            reasons[name] = dict(c.most_common())
+    first = Counter(v["reason"] or "ok" for v in verdicts)
+    out: dict[str, Any] = {
+        "n_samples": n,
+        "counts": counts,
+        "rates": rates,
+        "rates_among_valid": {
+            "unique": _rate(counts["unique"], nv),
+            "novel": _rate(counts["novel"], nv),
+            "unique_novel": _rate(counts["unique_novel"], nv),
+            "consistent": _rate(sum(bool(v["valid_all"]) for v in verdicts), nv),
+        },
+        "failure_reasons": reasons,
+        "first_failure": dict(first.most_common()),
+    }
+    if samples:
+        toks = [int(s.get("n_tokens") or 0) for s in samples]
+        out["generation"] = {
+            "finished_at_eos": sum(bool(s.get("finished")) for s in samples),
+            "mean_tokens": sum(toks) / len(toks) if toks else None,
+            "engines": dict(Counter(str(s.get("engine")) for s in samples)),
+        }
+    return out
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Run the evaluate stage; returns the output folder."""
+    from tqdm.auto import tqdm
+
+    from cifllm.config import config_to_dict, save_config
+    from cifllm.sampling.run import read_samples
+    from cifllm.utils import atomic_write_json, atomic_write_text
+
+    if not cfg.samples:
+        raise ValueError("samples= is required (a `cifllm sample` run folder or its samples.jsonl)")
+    src = Path(cfg.samples)
+    run_dir = src if src.is_dir() else src.parent
+    out = Path(cfg.out) if cfg.out else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    samples = read_samples(src)
+    if cfg.max_samples > 0:
+        samples = samples[: cfg.max_samples]
+    texts = [str(s.get("cif_text") or "") for s in samples]
+    settings = cfg.check_settings()
+    workers = cfg.n_workers()
+    t0 = time.perf_counter()
+    reference = None
+    if cfg.reference and cfg.novelty:
+        reference = ReferenceIndex.from_corpus(cfg.reference, split=cfg.reference_split)
+        log(f"reference: {len(reference)} structures in {len(reference.buckets)} formula buckets ({time.perf_counter() - t0:.1f} s)")
+    timings: dict[str, float] = {}
+    bars: list[Any] = []
+
+    def make_bar(stage: str, total: int) -> Callable[[int], Any]:
+        timings[stage] = time.perf_counter()
+        bar = tqdm(total=total, desc=f"evaluate: {stage}", unit="item", disable=not progress, mininterval=1.0)
+        bars.append(bar)
+        return bar.update
+
+    verdicts = evaluate_texts(texts, settings, workers, cfg.time_limit_s, reference, cfg.uniqueness, progress=make_bar)
+    for b in bars:
+        b.close()
+    stages = list(timings)
+    stage_s = {s: round((timings[stages[k + 1]] if k + 1 < len(stages) else time.perf_counter()) - timings[s], 3) for k, s in enumerate(stages)}
+    # CSP
+    csp: dict[str, Any] | None = None
+    csp_rms: dict[str, list[float | None]] = {}
+    if cfg.ground_truth:
+        t1 = time.perf_counter()
+        csp, csp_rms = _csp(cfg, samples, texts, verdicts, workers)
+        stage_s["csp"] = round(time.perf_counter() - t1, 3)
+    metrics = summarize(verdicts, samples)
+    metrics["definitions"] = DEFINITIONS
+    metrics["settings"] = {**config_to_dict(settings), "matchers": _matcher_settings(), "workers": workers, "time_limit_s": cfg.time_limit_s}
+    metrics["reference"] = {"corpus": cfg.reference, "split": cfg.reference_split, "n": len(reference) if reference else 0}
+    if csp is not None:
+        metrics["csp"] = csp
+    wall = time.perf_counter() - t0
+    metrics["timing"] = {"wall_s": round(wall, 3), "stages_s": stage_s, "samples_per_s": round(len(samples) / wall, 2) if wall > 0 else None}
+    lines = []
+    for s, v in zip(samples, verdicts, strict=True):
+        rec = {"sample_id": s.get("sample_id"), "prompt_id": s.get("prompt_id"), **v}
+        tid = (s.get("prompt_meta") or {}).get("target_id")
+        if tid is not None and tid in csp_rms:
+            rec["target_id"] = tid
+        lines.append(json.dumps(rec))
+    atomic_write_text(out / "checks.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_json(out / "metrics.json", metrics)
+    if cfg.report:
+        from cifllm.evaluation.report import write_report
+
+        ref_stats = _reference_stats(cfg) if cfg.reference else None
+        write_report(out, metrics, verdicts, ref_stats)
+    r = metrics["rates"]
+    log(
+        f"{len(samples)} samples: parse {_pct(r['parse'])}, valid {_pct(r['valid'])}, consistent {_pct(r['consistent'])}, "
+        f"unique {_pct(r['unique'])}, novel {_pct(r['novel'])} ({wall:.1f} s) -> {out}"
+    )
+    if csp:
+        log("CSP: " + ", ".join(f"{k} {v:.3f}" for k, v in csp.items() if k.startswith("match@") and v is not None))
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _matcher_settings() -> dict[str, Any]:
+    from cifllm.cif.matching import MATCHER_SETTINGS
+
+    return {"novelty_uniqueness": MATCHER_SETTINGS["novelty"], "csp": MATCHER_SETTINGS["csp"]}
+
+
+def _csp(cfg: EvalConfig, samples: list[dict[str, Any]], texts: list[str], verdicts: list[dict[str, Any]], workers: int) -> tuple[dict[str, Any], dict[str, list[float | None]]]:
+    """Pair samples with ground truth through ``prompt_meta.target_id`` and compute match@1, match@k and RMSE."""
+    from cifllm.data.corpus import load_corpus
+
+    ds = load_corpus(cfg.ground_truth).select_columns(["id", "text"])  # type: ignore[arg-type]
+    truth = dict(zip(ds["id"], ds["text"], strict=True))
+    preds: dict[str, list[tuple[int, str | None]]] = {}
+    unknown = 0
+    for s, t, v in zip(samples, texts, verdicts, strict=True):
+        tid = (s.get("prompt_meta") or {}).get("target_id")
+        if tid is None:
+            continue
+        if tid not in truth:
+            unknown += 1
+            continue
+        preds.setdefault(tid, []).append((int(s.get("sample_index") or 0), t if v["valid"] else None))
+    k = cfg.csp_k or max((len(v) for v in preds.values()), default=1)
+    items = [(tid, [p for _, p in sorted(v, key=lambda x: x[0])][:k]) for tid, v in preds.items()]
+    rms: dict[str, list[float | None]] = {}
+    for i, r in map_with_time_limit(
+        csp_match_task, [(truth[tid], ps) for tid, ps in items], lambda it: cfg.time_limit_s * max(1, len(it[1])), workers, on_failure=lambda it, r, d: [None] * len(it[1])
+    ):
+        rms[items[i][0]] = r
+    ks = sorted({1, k})
+    out = csp_metrics(rms, ks)
+    out.update(k=k, targets_missing_in_ground_truth=unknown, n_predictions=sum(len(p) for _, p in items))
+    return out, rms
+
+
+def _reference_stats(cfg: EvalConfig) -> dict[str, list[float]] | None:
+    """Density (g/cm^3, from text), number of elements and space-group numbers of up to ``reference_plot_rows``
+    reference rows (seeded random subset)."""
+    from cifllm.cif import parse_canonical
+    from cifllm.data.corpus import load_corpus
+    from cifllm.evaluation.checks import text_density
+
+    try:
+        ds = load_corpus(cfg.reference, split=cfg.reference_split)  # type: ignore[arg-type]
+    except Exception:
+        return None
+    if len(ds) > cfg.reference_plot_rows:
+        ds = ds.shuffle(seed=0).select(range(cfg.reference_plot_rows))
+    dens: list[float] = []
+    for t in ds["text"]:
+        try:
+            d = text_density(parse_canonical(t))
+        except Exception:
+            d = None
+        if d is not None:
+            dens.append(d)
+    return {"density": dens, "n_elements": [float(x) for x in ds["n_elements"]], "sg_number": [float(x) for x in ds["sg_number"]]}
+
+
+__all__ += ["DEFINITIONS", "summarize", "CONSISTENCY_CHECKS", "VALIDITY_CHECKS"]

@@ -1,0 +1,77 @@
+"""Sample with the vLLM engine (run it with the vLLM venv's python: `.venv-vllm/bin/python eval/vllm_smoke.py`).
+
+    .venv-vllm/bin/python eval/vllm_smoke.py --model <save_pretrained folder> --out <run folder> [--lora <adapter>]
+
+Runs the `sample` stage through :class:`cifllm.sampling.engines.VLLMEngine` on a composition prompt and a de novo
+prompt, then samples the same prompts again to check the seeding, and writes ``<out>/vllm_smoke.json`` (vLLM version,
+counts, tokens/s, reproducibility). vLLM starts worker processes, hence the ``__main__`` guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lora", default=None)
+    ap.add_argument("--n", type=int, default=8, help="samples per prompt")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
+    ap.add_argument("--prompts", type=int, default=2, help="prompts (alternating composition and de novo)")
+    args = ap.parse_args()
+
+    import vllm
+
+    from cifllm.sampling.engines import GenerationParams, VLLMEngine
+    from cifllm.sampling.prompts import build_prompt
+    from cifllm.sampling.run import SampleConfig, sample
+
+    t0 = time.perf_counter()
+    engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, lora=args.lora, max_lora_rank=16, seed=0)
+    load_s = time.perf_counter() - t0
+    prompt_file = Path(args.out) / "prompts_in.txt"
+    prompt_file.parent.mkdir(parents=True, exist_ok=True)
+    prompt_file.write_text("".join("NaCl\n" if i % 2 == 0 else "*\n" for i in range(args.prompts)))
+    cfg = SampleConfig(model=args.model, engine="vllm", out=args.out, prompt_file=str(prompt_file), num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, lora=args.lora)
+    out = sample(cfg, engine=engine, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    prompts = [build_prompt(composition="NaCl") if i % 2 == 0 else build_prompt() for i in range(args.prompts)]
+    again = list(engine.generate(prompts, GenerationParams(num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, batch_size=32)))
+    first = sorted((r["prompt_id"], r["sample_index"], r["generated"]) for r in recs)
+    second = sorted((prompts[g.prompt_index].id, g.sample_index, g.text) for g in again)
+    lora_changes_output = None
+    if args.lora:  # the same requests without the adapter must give other samples
+        adapter, engine.lora_request = engine.lora_request, None
+        base = list(engine.generate(prompts, GenerationParams(num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, batch_size=32)))
+        engine.lora_request = adapter
+        lora_changes_output = sorted((prompts[g.prompt_index].id, g.sample_index, g.text) for g in base) != second
+    report = {
+        "vllm_version": vllm.__version__,
+        "lora": args.lora,
+        "load_s": round(load_s, 2),
+        "n_samples": summary["n_samples"],
+        "generated_tokens": summary["generated_tokens"],
+        "wall_s": summary["wall_s"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "samples_per_s": summary["samples_per_s"],
+        "engines": sorted({r["engine"] for r in recs}),
+        "reproducible": first == second,
+        "lora_changes_output": lora_changes_output,
+        "max_tokens_respected": all(r["n_tokens"] <= args.max_new_tokens for r in recs),
+        "composition_prompts_kept": all(r["text"].startswith("data_Na1Cl1\n") for r in recs if r["prompt_kind"] == "composition"),
+    }
+    (out / "vllm_smoke.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
