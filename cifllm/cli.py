@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sample": ("cifllm.sampling.cli", "sample CIFs from a model (HF generate or vLLM)"),
     "evaluate": ("cifllm.evaluation.cli", "check and score sampled CIFs"),
     "split": ("cifllm.bench.cli", "build leakage-checked discovery-task splits from a corpus"),
+    "bench": ("cifllm.bench.bench_cli", "run discovery tasks for a model and the template baseline"),
 }
 
 

@@ -1,0 +1,224 @@
+"""``cifllm bench``: run one discovery task for a model (optionally with a LoRA adapter) and the template baseline.
+
+For each generator ("model" rows: ``base`` = the model as given, ``lora`` with ``adapter``; plus ``template``):
+
+* **CSP** on ``n_prompts`` test compositions (prompt ``data_<cell formula>``), ``n_samples`` each: match@1, match@k and
+  RMSE with ``StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)``; a prediction counts only if it is valid.
+* **De novo**: ``n_denovo`` unconditioned samples (BOS only): validity, uniqueness, novelty against the task's training
+  side (train + val + its pretraining corpus, MatterGen tolerances ltol 0.2, stol 0.3, angle 5).
+* **Rediscovery**: share of held-out test structures matched (novelty tolerances) by at least one valid sample among
+  the first N of all samples (CSP + de novo), reported for a range of N.
+* **Property** (Case 2): an oracle (:mod:`cifllm.bench.oracle`) trained on all rows carrying the property (the test
+  tail included; accuracy on a held-out 20% reported) scores valid novel samples; hit rate = share of them predicted
+  above the task's threshold.
+
+Writes ``<out>/<task>/metrics.json`` and refreshes ``<out>/BENCH.md`` from every task's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cifllm.bench.splits import load_split
+from cifllm.bench.tasks import TaskSpec, load_task
+from cifllm.utils import atomic_write_json, atomic_write_text
+
+__all__ = ["BenchConfig", "run_bench", "render_bench_md"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Budgets: 0 means the task file's default."""
+
+    task: str = "id_random"
+    model: str = ""  # save_pretrained folder; empty = template baseline only
+    adapter: str | None = None
+    splits: str = "data/tasks"
+    corpus: str = "data/corpus"
+    out: str = "results"
+    n_prompts: int = 0
+    n_samples: int = 0
+    n_denovo: int = 0
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_k: int = 0
+    batch_size: int = 32
+    seed: int = 0
+    threads: int = 1
+    workers: int = 1
+    time_limit_s: float = 30.0
+    template_baseline: bool = True
+
+
+def _generate_llm(model: str, adapter: str | None, prompts: list[str], n_each: int, cfg: BenchConfig) -> list[list[str]]:
+    """Full texts (prompt + continuation) per prompt."""
+    from cifllm.sampling.engines import GenerationParams, HFEngine
+    from cifllm.sampling.prompts import Prompt
+
+    engine = HFEngine(model, threads=cfg.threads, lora=adapter)
+    params = GenerationParams(num_samples=n_each, temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
+    out: list[list[str]] = [[] for _ in prompts]
+    for g in engine.generate(ps, params):
+        out[g.prompt_index].append(prompts[g.prompt_index] + g.text if not g.error else "")
+    return out
+
+
+def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[str], csp_texts: list[list[str]], denovo: list[str], ref, test_rows: list[dict], cfg: BenchConfig, oracle=None, threshold: float | None = None) -> dict[str, Any]:
+    from cifllm.evaluation.matching import csp_match_task, csp_metrics, novelty_task
+    from cifllm.evaluation.run import evaluate_texts, summarize
+
+    res: dict[str, Any] = {"generator": name}
+    flat = [t for ts in csp_texts for t in ts]
+    verd = evaluate_texts(flat + denovo, workers=cfg.workers, time_limit_s=cfg.time_limit_s, reference=ref)
+    v_csp, v_dn = verd[: len(flat)], verd[len(flat) :]
+    k = max((len(ts) for ts in csp_texts), default=0)
+    if csp_prompts:
+        rms = {}
+        pos = 0
+        for i, ts in enumerate(csp_texts):
+            preds = [t if v["valid"] else None for t, v in zip(ts, v_csp[pos : pos + len(ts)])]
+            pos += len(ts)
+            rms[str(i)] = csp_match_task((csp_targets[i], preds)) if preds else []
+        res["csp"] = {**csp_metrics(rms, sorted({1, k})), "n_prompts": len(csp_prompts), "samples_per_prompt": k, "validity": summarize(v_csp)["rates"]["valid"] if v_csp else None}
+    if denovo:
+        s = summarize(v_dn)
+        res["denovo"] = {"n": len(denovo), "valid": s["rates"]["valid"], "unique": s["rates"]["unique"], "novel": s["rates"]["novel"], "unique_novel": s["rates"]["unique_novel"]}
+    # rediscovery over all valid samples, in generation order (CSP first, then de novo)
+    by_formula: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for idx, (t, v) in enumerate(zip(flat + denovo, verd)):
+        if v["valid"]:
+            by_formula[v["reduced_formula"]].append((idx, t))
+    first_hit: list[int] = []
+    for row in test_rows:
+        cands = by_formula.get(row["reduced_formula"], [])
+        hit = None
+        for idx, t in cands:
+            if novelty_task((t, [row["text"]])) == 0:
+                hit = idx
+                break
+        if hit is not None:
+            first_hit.append(hit)
+    n_total = len(flat) + len(denovo)
+    grid = sorted({max(1, n_total // 8), max(1, n_total // 4), max(1, n_total // 2), max(1, n_total)})
+    res["rediscovery"] = {
+        "n_test": len(test_rows),
+        "curve": {str(n): sum(1 for h in first_hit if h < n) / max(1, len(test_rows)) for n in grid},  # N samples -> rate
+        "rate": len(first_hit) / max(1, len(test_rows)),
+    }
+    if oracle is not None and threshold is not None:
+        novel_valid = [t for t, v in zip(flat + denovo, verd) if v["valid"] and v.get("novel") is not False]
+        preds = oracle.predict(novel_valid) if novel_valid else []
+        finite = [float(p) for p in preds if p == p]
+        res["property"] = {
+            "n_scored": len(finite),
+            "hit_rate": (sum(p > threshold for p in finite) / len(finite)) if finite else None,
+            "median_pred": (sorted(finite)[len(finite) // 2] if finite else None),
+            "threshold": threshold,
+            "unit": task.unit,
+        }
+    return res
+
+
+def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
+    """Run one task (see module docstring); returns the metrics dict."""
+    from cifllm.bench.baselines import TemplateBaseline
+    from cifllm.evaluation.matching import ReferenceIndex
+
+    t0 = time.time()
+    task = load_task(cfg.task)
+    d = Path(cfg.splits) / task.name
+    if not (d / "manifest.json").is_file():
+        raise FileNotFoundError(f"{d}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
+    if cfg.model and not (Path(cfg.model) / "config.json").is_file():
+        raise FileNotFoundError(f"{cfg.model}: not a save_pretrained model folder")
+    if cfg.model:
+        from cifllm.tokenization import load_tokenizer, tokenizer_fingerprint
+
+        tok = load_tokenizer(cfg.model)
+        if tokenizer_fingerprint(tok.backend_tokenizer) != tokenizer_fingerprint():
+            raise ValueError(f"{cfg.model}: its tokenizer does not match this cifllm's tokenizer")
+    man = json.loads((d / "manifest.json").read_text())
+    train = load_split(d, "train") + load_split(d, "val")
+    test = load_split(d, "test")
+    n_prompts = cfg.n_prompts or task.n_prompts
+    n_samples = cfg.n_samples or task.n_samples
+    n_denovo = cfg.n_denovo or task.n_denovo
+    targets = test[:n_prompts]
+    prompts = [t["text"].split("\n", 1)[0] + "\n" for t in targets]
+    # novelty reference: what the model may have seen = corpus minus the task's exclusions
+    excl = set((d / "pretrain_exclude.txt").read_text().split())
+    from cifllm.data.corpus import load_corpus
+
+    ds = load_corpus(cfg.corpus).select_columns(["id", "text", "reduced_formula"])
+    keep = [i for i, x in enumerate(ds["id"]) if x not in excl]
+    ref = ReferenceIndex.from_records([ds["text"][i] for i in keep], [ds["reduced_formula"][i] for i in keep], [ds["id"][i] for i in keep])
+    oracle = None
+    threshold = man["rule"].get("threshold")
+    out: dict[str, Any] = {"task": asdict(task), "config": asdict(cfg), "split_counts": man["counts"], "leak_check": {k: v for k, v in man["leak_check"].items() if k != "removed_from_test"}, "rows": []}
+    if "property" in task.metrics and threshold is not None:
+        from cifllm.bench.oracle import PropertyOracle
+
+        rows = [r for r in train + test if r.get("value") is not None]
+        oracle = PropertyOracle(log_target=task.property in ("tc", "thermal_conductivity"), seed=cfg.seed)
+        out["oracle"] = asdict(oracle.fit([r["text"] for r in rows], [r["value"] for r in rows], threshold))
+    gens: list[tuple[str, Any]] = []
+    if cfg.model:
+        gens.append(("base", lambda: (_generate_llm(cfg.model, None, prompts, n_samples, cfg), [x for xs in _generate_llm(cfg.model, None, [""], n_denovo, cfg) for x in xs])))
+        if cfg.adapter:
+            gens.append(("lora", lambda: (_generate_llm(cfg.model, cfg.adapter, prompts, n_samples, cfg), [x for xs in _generate_llm(cfg.model, cfg.adapter, [""], n_denovo, cfg) for x in xs])))
+    if cfg.template_baseline:
+        tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
+        gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))
+    for name, make in gens:
+        t1 = time.time()
+        log(f"[bench {task.name}] generating: {name}")
+        csp_texts, denovo = make()
+        row = _score(task, name, prompts, [t["text"] for t in targets], csp_texts, denovo, ref, test, cfg, oracle, threshold)
+        row["seconds"] = round(time.time() - t1, 1)
+        out["rows"].append(row)
+    out["seconds"] = round(time.time() - t0, 1)
+    res_dir = Path(cfg.out) / task.name
+    atomic_write_json(res_dir / "metrics.json", out)
+    atomic_write_text(Path(cfg.out) / "BENCH.md", render_bench_md(Path(cfg.out)))
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def render_bench_md(results_dir: Path) -> str:
+    """One table, task x generator x metric, from every ``<results>/<task>/metrics.json``."""
+    lines = [
+        "# Discovery benchmark results",
+        "",
+        "CSP match with StructureMatcher(ltol 0.3, stol 0.5, angle 10); novelty/uniqueness/rediscovery with (0.2, 0.3, 5);",
+        "rediscovery = share of test structures matched by >= 1 valid sample; property hit rate = share of valid novel",
+        "samples that the oracle places above the task's threshold. Rates in %.",
+        "",
+        "| task | case | generator | CSP match@1 | match@k | RMSE@k | de novo valid | unique | novel | rediscovery | property hit rate | oracle MAE / R2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in sorted(results_dir.glob("*/metrics.json")):
+        m = json.loads(f.read_text())
+        orc = m.get("oracle")
+        orc_s = f"{orc['mae']:.3g} / {orc['r2']:.2f}" if orc else "-"
+        for r in m["rows"]:
+            c, dn = r.get("csp", {}), r.get("denovo", {})
+            k = c.get("samples_per_prompt", 1)
+            lines.append(
+                f"| {m['task']['name']} | {m['task']['case']} | {r['generator']} | {_pct(c.get('match@1'))} | {_pct(c.get(f'match@{k}'))} | "
+                f"{_num(c.get(f'rmse@{k}'))} | {_pct(dn.get('valid'))} | {_pct(dn.get('unique'))} | {_pct(dn.get('novel'))} | "
+                f"{_pct(r['rediscovery']['rate'])} | {_pct(r.get('property', {}).get('hit_rate'))} | {orc_s} |"
+            )
+    return "\n".join(lines) + "\n"
