@@ -68,3 +68,14 @@ clean:
 # stage fragments (pretraining, sampling/evaluation)
 -include train/pretrain.mk
 -include eval/sample.mk
+
+# discovery benchmark: splits from the corpus, then every task with the pretrained tiny model at a small CPU budget
+BENCH_MODEL ?= runs/pretrain-tiny/model
+BENCH_ARGS ?= n_prompts=8 n_samples=2 n_denovo=16 max_new_tokens=768
+.PHONY: splits bench
+splits: setup
+	$(CIFLLM) split --corpus $(CORPUS) --out data/tasks
+
+bench: setup
+	test -f data/tasks/id_random/manifest.json || $(MAKE) splits
+	$(CIFLLM) bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL)) splits=data/tasks corpus=$(CORPUS) out=results $(BENCH_ARGS)
