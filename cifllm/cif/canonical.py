@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 DECIMALS = 4
+#: Bumped whenever the text a structure serializes to changes (cached canonicalizations are keyed on it).
+CANONICAL_VERSION = 2
 #: Cartesian distance (Angstrom) under which two symmetry images are the same site when expanding a parsed CIF.
 MERGE_TOL_ANGSTROM = 0.02
 LOOP_TAGS = (
@@ -212,6 +214,17 @@ def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, tol: float = 1e
     return groups
 
 
+def _idealize(frac: np.ndarray, lattice: np.ndarray, sg_number: int, tol: float) -> np.ndarray:
+    """Move a site onto its special position: average its images under the space-group operators that land within
+    ``tol`` Angstrom of it (its site-symmetry group). spglib's standardized positions can sit up to ``symprec`` off."""
+    rots, trans = _symmetry_ops(sg_number)
+    imgs = np.einsum("oij,j->oi", rots, frac) + trans
+    d = imgs - frac
+    d -= np.round(d)
+    close = np.linalg.norm(d @ lattice, axis=1) < tol
+    return frac + d[close].mean(axis=0)
+
+
 def _lattice_params(matrix: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     lat = Lattice(matrix)
     return tuple(lat.abc), tuple(lat.angles)
@@ -295,10 +308,13 @@ def structure_to_text(structure: Structure, symprec: float = 0.1, mode: str = "s
         std_types = np.asarray(ds.std_types)
         # orbits in the standardized cell: apply the space group's own operators (default Hall setting)
         orbits = []
-        for members in _orbits(np.asarray(ds.std_positions), std_types, sg_number):
+        std_pos = np.asarray(ds.std_positions)
+        std_lat = np.asarray(ds.std_lattice)
+        for members in _orbits(std_pos, std_types, sg_number, tol=symprec / max(min(np.linalg.norm(std_lat, axis=1)), 1e-6)):
             coords = std_frac[members]
             rep = min(range(len(members)), key=lambda m: tuple(coords[m]))
-            orbits.append((int(std_types[members[0]]), len(members), coords[rep]))
+            ideal = _idealize(std_pos[members[rep]], std_lat, sg_number, symprec)
+            orbits.append((int(std_types[members[0]]), len(members), _wrap(ideal[None, :])[0]))
 
     rows: list[tuple[str, int, np.ndarray, float]] = []
     cell_amounts: dict[str, float] = {}

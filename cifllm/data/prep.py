@@ -128,7 +128,9 @@ def _canonicalize(records: list[RawRecord], settings: FilterSettings, workers: i
     completes (keyed by record and a hash of its content), so a killed run restarts where it stopped."""
     cache_dir = out / ".prep_cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tag = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    from cifllm.cif.canonical import CANONICAL_VERSION
+
+    tag = hashlib.sha1(json.dumps({**asdict(settings), "canonical_version": CANONICAL_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
     cache_file = cache_dir / f"canonical-{tag}.jsonl"
     cached: dict[str, dict[str, Any]] = {}
     if cache_file.exists():
