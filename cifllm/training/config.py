@@ -24,7 +24,8 @@ class PretrainConfig:
     corpus: str = "data/corpus"  #: corpus folder (``cifllm data`` output)
     out: str = "runs/pretrain-tiny"  #: run folder: config.yaml, log.jsonl, checkpoint-*/, model/
     tokenizer: str | None = None  #: saved tokenizer folder; None = the built-in CIF tokenizer
-    data_mode: Literal["packed", "grouped"] = "packed"  #: whole CIFs packed into blocks, or length-grouped batches
+    #: length-grouped batches (measured faster on CPU, benchmarks/results/train_cpu.md) or whole CIFs packed into blocks
+    data_mode: Literal["grouped", "packed"] = "grouped"
     block_size: int = 0  #: tokens per packed block; 0 = the model's max_position_embeddings
     eval_max_sequences: int = 0  #: cap on validation blocks/CIFs per evaluation (0 = the whole val split)
     # -- model --------------------------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class PretrainConfig:
 
 #: keys that may change when a run is resumed (they do not change the data order or the loss curve)
 RESUME_MUTABLE_KEYS = frozenset(
-    {"corpus", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "num_workers", "tensorboard", "progress"}
+    {"corpus", "out", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "num_workers", "tensorboard", "progress"}
 )
 
 

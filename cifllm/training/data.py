@@ -1,6 +1,7 @@
 """Training data: the corpus tokenized as ``BOS + tokens + EOS`` per CIF, then packed or length-grouped.
 
-Two ways to batch variable-length CIFs (``PretrainConfig.data_mode``):
+Two ways to batch variable-length CIFs (``PretrainConfig.data_mode``; ``grouped`` is the default because it measured
+faster on CPU: packed blocks pay for attention over the whole block, ``benchmarks/results/train_cpu.md``):
 
 ``packed``
     Whole CIFs are bin-packed (best fit, longest first) into fixed blocks of ``block_size`` tokens; the tail of a block
@@ -10,7 +11,8 @@ Two ways to batch variable-length CIFs (``PretrainConfig.data_mode``):
     gives the same order after a resume.
 ``grouped``
     One CIF per row; a seeded sampler groups rows of similar length into the same batch (mega-batches of
-    ``50 x batch_size`` sorted by length), batches are padded on the right with an attention mask.
+    ``50 x batch_size`` sorted by length, then the batches shuffled), batches are padded on the right with an
+    attention mask.
 
 In both modes the label of a BOS token is ignored (the ``EOS -> next BOS`` transition is not a target).
 Token counts are int32 numpy arrays; nothing here depends on the number of processes.
@@ -224,8 +226,9 @@ class PadCollator:
 
 class GroupedSampler(Sampler[int]):
     """Length-grouped random order, reproducible from ``(seed, epoch)``: a seeded permutation is cut into mega-batches
-    of ``mega_factor x batch_size`` rows, each sorted by length (longest first), so consecutive ``batch_size`` rows
-    have similar lengths. The mega-batch holding the longest row goes first (out-of-memory shows at step 1)."""
+    of ``mega_factor x batch_size`` rows, each sorted by length and cut into batches of ``batch_size`` rows of similar
+    length; the batches are then shuffled, except that the one holding the longest row goes first (out-of-memory
+    shows at step 1). Rows are yielded batch after batch, so consecutive ``batch_size`` rows form one batch."""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, mega_factor: int = 50):
         self.lengths = np.asarray(lengths)
@@ -242,10 +245,15 @@ class GroupedSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(len(self.lengths))
         mega = self.batch_size * self.mega_factor
-        groups = [perm[i : i + mega] for i in range(0, len(perm), mega)]
-        groups = [g[np.argsort(-self.lengths[g], kind="stable")] for g in groups]
-        longest = int(np.argmax([self.lengths[g[0]] for g in groups])) if groups else 0
-        if groups:
-            groups[0], groups[longest] = groups[longest], groups[0]
-        for g in groups:
-            yield from g.tolist()
+        batches: list[np.ndarray] = []
+        for i in range(0, len(perm), mega):
+            g = perm[i : i + mega]
+            g = g[np.argsort(-self.lengths[g], kind="stable")]
+            batches += [g[j : j + self.batch_size] for j in range(0, len(g), self.batch_size)]
+        if not batches:
+            return
+        order = rng.permutation(len(batches))
+        longest = int(np.argmax([self.lengths[batches[k][0]] for k in order]))
+        order[0], order[longest] = order[longest], order[0]
+        for k in order:
+            yield from batches[k].tolist()

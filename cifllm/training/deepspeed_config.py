@@ -117,4 +117,8 @@ def load_deepspeed_config(path: str | Path, **run: Any) -> dict[str, Any]:
     problems = check_deepspeed_config(ds, name=str(p), **run)
     if problems:
         raise DeepSpeedConfigError("contradictory DeepSpeed config:\n  " + "\n  ".join(problems))
+    if ds.get("train_batch_size") == "auto":
+        # DeepSpeed derives it from micro batch x accumulation x world size; the Trainer's "auto" fill can run before
+        # the process group exists (world size 1 on DeepSpeed's CPU accelerator) and then contradicts DeepSpeed
+        del ds["train_batch_size"]
     return ds
