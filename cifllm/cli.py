@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if wanted is None:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_args(argv)
     return int(importlib.import_module(stages[wanted][0]).run(args) or 0)
 
 
