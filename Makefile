@@ -50,7 +50,7 @@ data: setup
 
 # a quick corpus from the first rows of every source (used by the demo)
 data-smoke: setup
-	$(CIFLLM) data --config data_prep/pooled.yaml out=data/corpus-smoke limit_per_file=40
+	$(CIFLLM) data --config data_prep/pooled.yaml out=data/corpus-smoke limit_per_file=40 --no-progress
 
 tokenizer: setup
 	$(CIFLLM) tokenizer --out tokenizer/cif-v1 $(if $(wildcard $(CORPUS)/manifest.json),--corpus $(CORPUS))
@@ -58,9 +58,16 @@ tokenizer: setup
 bench-prep: setup
 	$(PY) benchmarks/bench_prep.py --out benchmarks/results/prep_cpu.json
 
+# The main job on built-in defaults: a small real corpus -> tokenizer check -> tiny model pretrained for a few hundred
+# steps on CPU -> samples (de novo + a few compositions) -> checks, uniqueness, novelty against the corpus -> report.
+DEMO_STEPS ?= 200
+DEMO_SAMPLES ?= 8
 demo: setup data-smoke
 	$(CIFLLM) tokenizer --out tokenizer/cif-v1 --corpus data/corpus-smoke
-	@echo "demo corpus: data/corpus-smoke (report: data/corpus-smoke/report.md)"
+	$(MAKE) --no-print-directory pretrain CORPUS=data/corpus-smoke OUT=runs/demo-tiny STEPS=$(DEMO_STEPS) PRETRAIN_ARGS="eval_steps=100 save_steps=100"
+	$(CIFLLM) sample --config eval/sample.yaml model=runs/demo-tiny/model out=runs/demo-samples prompt_file=eval/demo_prompts.txt num_samples=$(DEMO_SAMPLES) max_new_tokens=768
+	$(CIFLLM) evaluate --config eval/eval.yaml samples=runs/demo-samples reference=data/corpus-smoke
+	@echo "demo done: CIFs in runs/demo-samples/cifs, metrics in runs/demo-samples/eval/metrics.json, report runs/demo-samples/eval/report.md"
 
 clean:
 	rm -rf runs results data/corpus-smoke .pytest_cache .ruff_cache
