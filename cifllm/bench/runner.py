@@ -55,16 +55,16 @@ class BenchConfig:
     template_baseline: bool = True
 
 
-def _generate_llm(model: str, adapter: str | None, prompts: list[str], n_each: int, cfg: BenchConfig) -> list[list[str]]:
-    """Full texts (prompt + continuation) per prompt."""
+def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: list[int], cfg: BenchConfig) -> list[list[str]]:
+    """Full texts (prompt + continuation) per prompt, ``counts[i]`` samples for prompt ``i``."""
     from cifllm.sampling.engines import GenerationParams, HFEngine
     from cifllm.sampling.prompts import Prompt
 
     engine = HFEngine(model, threads=cfg.threads, lora=adapter)
-    params = GenerationParams(num_samples=n_each, temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    params = GenerationParams(num_samples=max(counts), temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
     ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
     out: list[list[str]] = [[] for _ in prompts]
-    for g in engine.generate(ps, params):
+    for g in engine.generate(ps, params, counts=counts):
         out[g.prompt_index].append(prompts[g.prompt_index] + g.text if not g.error else "")
     return out
 
@@ -168,10 +168,16 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         oracle = PropertyOracle(log_target=task.property in ("tc", "thermal_conductivity"), seed=cfg.seed)
         out["oracle"] = asdict(oracle.fit([r["text"] for r in rows], [r["value"] for r in rows], threshold))
     gens: list[tuple[str, Any]] = []
+
+    def llm(adapter: str | None):
+        """CSP and de novo samples from one loaded engine: the CSP prompts, then the empty (BOS-only) prompt."""
+        texts = _generate_llm(cfg.model, adapter, [*prompts, ""], [n_samples] * len(prompts) + [n_denovo], cfg)
+        return texts[:-1], texts[-1]
+
     if cfg.model:
-        gens.append(("base", lambda: (_generate_llm(cfg.model, None, prompts, n_samples, cfg), [x for xs in _generate_llm(cfg.model, None, [""], n_denovo, cfg) for x in xs])))
+        gens.append(("base", lambda: llm(None)))
         if cfg.adapter:
-            gens.append(("lora", lambda: (_generate_llm(cfg.model, cfg.adapter, prompts, n_samples, cfg), [x for xs in _generate_llm(cfg.model, cfg.adapter, [""], n_denovo, cfg) for x in xs])))
+            gens.append(("lora", lambda: llm(cfg.adapter)))
     if cfg.template_baseline:
         tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
         gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))

@@ -88,11 +88,15 @@ class RoundTrip:
     text: str = ""
 
 
-def round_trip(structure: Structure, symprec: float = 0.1, mode: str = "symmetrized", matcher: StructureMatcher | None = None) -> RoundTrip:
-    """structure -> canonical text -> structure; ``ok`` when the result matches the original (``roundtrip`` tolerances)."""
+def round_trip(
+    structure: Structure, symprec: float = 0.1, mode: str = "symmetrized", matcher: StructureMatcher | None = None, text: str | None = None
+) -> RoundTrip:
+    """structure -> canonical text -> structure; ``ok`` when the result matches the original (``roundtrip`` tolerances).
+    Pass ``text`` when the structure was already serialized (with the same ``symprec``/``mode``)."""
     sm = matcher or make_matcher("roundtrip")
     try:
-        text = structure_to_text(structure, symprec=symprec, mode=mode)
+        if text is None:
+            text = structure_to_text(structure, symprec=symprec, mode=mode)
         back = text_to_structure(text)
     except CIFError as exc:
         return RoundTrip(False, exc.reason)

@@ -117,7 +117,7 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
     comp = s.composition
     rt = None
     if cfg.verify_round_trip:
-        rt = _round_trip_reason(s, text, cfg.symprec)
+        rt = _round_trip_reason(s, text, cfg.symprec, cfg.mode)
     return Canonical(
         text=text,
         reduced_formula=format_formula(comp, reduced=True),
@@ -133,27 +133,15 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
 _MATCHER: Any = None
 
 
-def _round_trip_reason(structure, text: str, symprec: float) -> str:
+def _round_trip_reason(structure, text: str, symprec: float, mode: str) -> str:
+    """"" when ``text`` parses back to a match of ``structure``; else ``parse:<reason>``, ``no_match`` or
+    ``symmetrization_changed_structure`` (see :func:`cifllm.cif.matching.round_trip`)."""
     global _MATCHER
-    from cifllm.cif import text_to_structure
-    from cifllm.cif.matching import make_matcher
+    from cifllm.cif.matching import make_matcher, round_trip
 
     if _MATCHER is None:
         _MATCHER = make_matcher("roundtrip")
-    try:
-        back = text_to_structure(text)
-    except CIFError as exc:
-        return f"parse:{exc.reason}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if _MATCHER.fit(structure, back):
-            return ""
-        try:
-            from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-            refined = SpacegroupAnalyzer(structure, symprec=symprec).get_refined_structure()
-            if not _MATCHER.fit(structure, refined):
-                return "symmetrization_changed_structure"
-        except Exception:
-            pass
-    return "no_match"
+    rt = round_trip(structure, symprec=symprec, mode=mode, matcher=_MATCHER, text=text)
+    if rt.ok:
+        return ""
+    return rt.reason if rt.reason in ("no_match", "symmetrization_changed_structure") else f"parse:{rt.reason}"

@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +64,8 @@ class PrepConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def filter_settings(self) -> FilterSettings:
-        return FilterSettings(
-            symprec=self.symprec,
-            mode=self.mode,
-            keep_partial=self.keep_partial,
-            max_atoms=self.max_atoms,
-            max_z=self.max_z,
-            min_distance=self.min_distance,
-            min_volume_per_atom=self.min_volume_per_atom,
-            max_volume_per_atom=self.max_volume_per_atom,
-            verify_round_trip=self.verify_round_trip,
-        )
+        """The per-record thresholds: the fields this config shares with :class:`FilterSettings`."""
+        return FilterSettings(**{f.name: getattr(self, f.name) for f in fields(FilterSettings)})
 
 
 @dataclass
