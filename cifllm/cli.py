@@ -20,6 +20,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("cifllm.evaluation.cli", "check and score sampled CIFs"),
     "split": ("cifllm.bench.cli", "build leakage-checked discovery-task splits from a corpus"),
     "bench": ("cifllm.bench.bench_cli", "run discovery tasks for a model and the template baseline"),
+    "finetune": ("cifllm.training.finetune_cli", "LoRA fine-tune a pretrained model on a discovery task"),
+    "scaling": ("cifllm.scaling.cli", "transfer scaling-law sweep and fit err(n) = D n^-alpha + C"),
+    "generate": ("cifllm.hub.generate_cli", "print CIFs for a composition from the default (or any) model"),
+    "export": ("cifllm.hub.export_cli", "write a Hub-ready bf16/fp16 safetensors copy of a model folder"),
+    "card": ("cifllm.hub.card_cli", "generate a model card (README.md) from a model's run records"),
+    "push": ("cifllm.hub.push_cli", "upload a model folder (model, tokenizer, card) to the Hugging Face Hub"),
 }
 
 

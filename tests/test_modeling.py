@@ -32,9 +32,10 @@ def _cfg(tok, preset: str = "tiny", mpe: int = 256, **kw):
 
 
 def test_preset_sizes_and_head_dims():
-    assert set(PRESETS) == {"tiny", "small", "base", "large"}
+    assert set(PRESETS) == {"tiny", "mini", "small", "base", "large"}
     n = {name: preset_num_parameters(name) for name in PRESETS}
     assert n["tiny"] < 1_000_000
+    assert 4.5e6 < n["mini"] < 5.5e6
     assert 22e6 < n["small"] < 28e6
     assert 90e6 < n["base"] < 115e6
     assert 0.9e9 < n["large"] < 1.2e9
@@ -45,7 +46,7 @@ def test_preset_sizes_and_head_dims():
 
 
 def test_unknown_preset_is_a_clear_error(tok):
-    with pytest.raises(UnknownPresetError, match="unknown model preset 'huge'.*tiny, small, base, large"):
+    with pytest.raises(UnknownPresetError, match="unknown model preset 'huge'.*tiny, mini, small, base, large"):
         get_preset("huge")
     with pytest.raises(UnknownPresetError):
         _cfg(tok, "huge")

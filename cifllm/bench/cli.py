@@ -1,5 +1,6 @@
 """``cifllm split``: build discovery-task splits (leakage-checked) from a corpus; ``--pretrain-corpus`` also writes
-each task's pretraining corpus (the corpus minus everything the task excludes)."""
+each task's pretraining corpus (the corpus minus everything the task excludes); ``--base-corpus DIR`` writes the
+corpus minus every task's exclusions (one base model, leak-free for all tasks)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="data/tasks", help="folder for <task>/{train,val,test}.jsonl + manifest.json")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pretrain-corpus", action="store_true", help="also write <out>/<task>/pretrain_corpus/")
+    p.add_argument(
+        "--base-corpus", default=None, metavar="DIR",
+        help="also write DIR: the corpus minus the union of every task's exclusions (a base model for all tasks)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,4 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"task": task.name, "counts": man["counts"], "leaks_found": man["leak_check"]["leaks_found"], "rule": {k: v for k, v in man["rule"].items() if k != "elements"}}))
         if args.pretrain_corpus:
             task_pretrain_corpus(args.corpus, Path(args.out) / task.name, Path(args.out) / task.name / "pretrain_corpus")
+    if args.base_corpus:
+        out = task_pretrain_corpus(args.corpus, [Path(args.out) / load_task(n).name for n in names], args.base_corpus)
+        print(json.dumps({"base_corpus": str(out), "excluded_rows": json.loads((Path(out) / "manifest.json").read_text())["excluded_rows"]}))
     return 0

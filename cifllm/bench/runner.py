@@ -69,7 +69,12 @@ def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: l
     return out
 
 
-def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[str], csp_texts: list[list[str]], denovo: list[str], ref, test_rows: list[dict], cfg: BenchConfig, oracle=None, threshold: float | None = None) -> dict[str, Any]:
+def _strip(text: str) -> str:
+    """Generated text without its property lines (what the checks read)."""
+    return "\n".join(ln for ln in text.split("\n") if not ln.strip().startswith("_property_"))
+
+
+def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[str], csp_texts: list[list[str]], denovo: list[str], ref, test_rows: list[dict], cfg: BenchConfig, oracle=None, threshold: float | None = None, asked: list[float | None] | None = None) -> dict[str, Any]:
     from cifllm.evaluation.matching import csp_match_task, csp_metrics, novelty_task
     from cifllm.evaluation.run import evaluate_texts, summarize
 
@@ -122,7 +127,33 @@ def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[
             "threshold": threshold,
             "unit": task.unit,
         }
+        if asked is not None:
+            res["property"]["response"] = _conditioning_response(flat + denovo, verd, asked, oracle, threshold)
     return res
+
+
+def _conditioning_response(texts: list[str], verd: list[dict], asked: list[float | None], oracle, threshold: float) -> dict[str, Any]:
+    """Does asking for a value move the generated property? Per asked value (de novo samples): valid samples, their
+    median oracle prediction and hit rate; Spearman rho between asked and predicted over all of them."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, t) for t, v, a in zip(texts, verd, asked) if a is not None and v["valid"]]
+    if not pairs:
+        return {"n_scored": 0}
+    preds = oracle.predict([t for _, t in pairs])
+    by: dict[float, list[float]] = defaultdict(list)
+    xs, ys = [], []
+    for (a, _), p in zip(pairs, preds):
+        if p == p:
+            by[a].append(float(p))
+            xs.append(a)
+            ys.append(float(p))
+    table = {
+        f"{a:g}": {"n_valid": len(ps), "median_pred": sorted(ps)[len(ps) // 2], "hit_rate": sum(p > threshold for p in ps) / len(ps)}
+        for a, ps in sorted(by.items())
+    }
+    rho = float(spearmanr(xs, ys).statistic) if len(set(xs)) > 1 and len(xs) > 2 else None
+    return {"n_scored": len(xs), "by_asked_value": table, "spearman_asked_vs_predicted": rho}
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
@@ -168,16 +199,48 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         oracle = PropertyOracle(log_target=task.property in ("tc", "thermal_conductivity"), seed=cfg.seed)
         out["oracle"] = asdict(oracle.fit([r["text"] for r in rows], [r["value"] for r in rows], threshold))
     gens: list[tuple[str, Any]] = []
+    asked_by_row: dict[str, list[float | None]] = {}
 
     def llm(adapter: str | None):
         """CSP and de novo samples from one loaded engine: the CSP prompts, then the empty (BOS-only) prompt."""
         texts = _generate_llm(cfg.model, adapter, [*prompts, ""], [n_samples] * len(prompts) + [n_denovo], cfg)
         return texts[:-1], texts[-1]
 
+    cond_names: tuple[str, ...] = ()
+    if cfg.adapter:
+        from cifllm.training.adapters import read_adapter_record
+
+        trained = read_adapter_record(cfg.adapter).get("conditioning") or {}
+        cond_names = tuple(n for n in task.conditioning if n in trained)
+        if task.conditioning and not cond_names:
+            log(f"[bench {task.name}] the adapter was not trained with the task's conditioning {list(task.conditioning)}: no lora+cond row")
+
+    def llm_cond(adapter: str):
+        """Conditioned prompts: each CSP target with its own (test-tail) property values; de novo samples asked for
+        values across the test tail (its 10/50/90% quantiles and maximum), ``n_denovo`` split evenly among them."""
+        import numpy as np
+
+        from cifllm.conditioning import format_property_lines, property_values
+
+        csp_p = []
+        for t, p in zip(targets, prompts, strict=True):
+            vals = property_values(t, cond_names, task.property or None)
+            csp_p.append("".join(ln + "\n" for ln in format_property_lines(vals)) + p)
+        main = cond_names[0]
+        tail = np.asarray([v for r in test for v in [property_values(r, (main,), task.property or None).get(main)] if v is not None])
+        asked = sorted({float(x) for x in np.quantile(tail, [0.1, 0.5, 0.9])} | {float(tail.max())}) if tail.size else []
+        per = max(1, n_denovo // max(1, len(asked)))
+        dn_p = ["".join(ln + "\n" for ln in format_property_lines({main: a})) for a in asked]
+        texts = _generate_llm(cfg.model, adapter, [*csp_p, *dn_p], [n_samples] * len(csp_p) + [per] * len(dn_p), cfg)
+        asked_by_row["lora+cond"] = [None] * (len(csp_p) * n_samples) + [a for a in asked for _ in range(per)]
+        return texts[: len(csp_p)], [t for ts in texts[len(csp_p) :] for t in ts]
+
     if cfg.model:
         gens.append(("base", lambda: llm(None)))
         if cfg.adapter:
             gens.append(("lora", lambda: llm(cfg.adapter)))
+            if cond_names:
+                gens.append(("lora+cond", lambda: llm_cond(cfg.adapter)))
     if cfg.template_baseline:
         tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
         gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))
@@ -185,7 +248,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         t1 = time.time()
         log(f"[bench {task.name}] generating: {name}")
         csp_texts, denovo = make()
-        row = _score(task, name, prompts, [t["text"] for t in targets], csp_texts, denovo, ref, test, cfg, oracle, threshold)
+        csp_texts = [[_strip(t) for t in ts] for ts in csp_texts]
+        denovo = [_strip(t) for t in denovo]
+        row = _score(task, name, prompts, [t["text"] for t in targets], csp_texts, denovo, ref, test, cfg, oracle, threshold, asked_by_row.get(name))
         row["seconds"] = round(time.time() - t1, 1)
         out["rows"].append(row)
     out["seconds"] = round(time.time() - t0, 1)
@@ -210,10 +275,14 @@ def render_bench_md(results_dir: Path) -> str:
         "",
         "CSP match with StructureMatcher(ltol 0.3, stol 0.5, angle 10); novelty/uniqueness/rediscovery with (0.2, 0.3, 5);",
         "rediscovery = share of test structures matched by >= 1 valid sample; property hit rate = share of valid novel",
-        "samples that the oracle places above the task's threshold. Rates in %.",
+        "samples that the oracle places above the task's threshold; rho = Spearman correlation between the asked and the",
+        "oracle-predicted property of conditioned de novo samples (lora+cond rows). Rates in %.",
+        "Generators: base = pretrained model; lora = with the task's adapter, plain prompts; lora+cond = adapter with",
+        "property prompts (CSP targets with their own values, de novo asked for test-tail values); template = pymatgen",
+        "element substitution into training prototypes.",
         "",
-        "| task | case | generator | CSP match@1 | match@k | RMSE@k | de novo valid | unique | novel | rediscovery | property hit rate | oracle MAE / R2 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | case | generator | CSP match@1 | match@k | RMSE@k | de novo valid | unique | novel | rediscovery | property hit rate | rho asked/pred | oracle MAE / R2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in sorted(results_dir.glob("*/metrics.json")):
         m = json.loads(f.read_text())
@@ -225,6 +294,7 @@ def render_bench_md(results_dir: Path) -> str:
             lines.append(
                 f"| {m['task']['name']} | {m['task']['case']} | {r['generator']} | {_pct(c.get('match@1'))} | {_pct(c.get(f'match@{k}'))} | "
                 f"{_num(c.get(f'rmse@{k}'))} | {_pct(dn.get('valid'))} | {_pct(dn.get('unique'))} | {_pct(dn.get('novel'))} | "
-                f"{_pct(r['rediscovery']['rate'])} | {_pct(r.get('property', {}).get('hit_rate'))} | {orc_s} |"
+                f"{_pct(r['rediscovery']['rate'])} | {_pct(r.get('property', {}).get('hit_rate'))} | "
+                f"{_num(r.get('property', {}).get('response', {}).get('spearman_asked_vs_predicted'))} | {orc_s} |"
             )
     return "\n".join(lines) + "\n"

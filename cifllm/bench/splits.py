@@ -233,16 +233,30 @@ def load_split(task_dir: str | Path, part: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
 
 
-def task_pretrain_corpus(corpus_dir: str | Path, task_dir: str | Path, out_dir: str | Path) -> Path:
+def task_pretrain_corpus(corpus_dir: str | Path, task_dir: str | Path | list[str | Path], out_dir: str | Path) -> Path:
     """Write the task's pretraining corpus: the corpus without the task's excluded ids (its test side, and for Case 1
-    everything with the held-out elements/prototypes). Same corpus format; the manifest records the exclusions."""
+    everything with the held-out elements/prototypes). Same corpus format; the manifest records the exclusions.
+
+    Several task folders: the corpus without the *union* of their exclusions - a base model pretrained on it is
+    leak-free for every one of those tasks (how the shipped default model is trained)."""
     from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
 
-    d = Path(task_dir)
-    load_split(d, "test")  # checks the folder against its manifest
-    excl = set((d / "pretrain_exclude.txt").read_text().split())
+    dirs = [Path(task_dir)] if isinstance(task_dir, str | Path) else [Path(d) for d in task_dir]
+    if not dirs:
+        raise SplitError("no task folders given")
+    excl: set[str] = set()
+    per_task: dict[str, int] = {}
+    for d in dirs:
+        load_split(d, "test")  # checks the folder against its manifest
+        ids = set((d / "pretrain_exclude.txt").read_text().split())
+        per_task[d.name] = len(ids)
+        excl |= ids
     ds = load_corpus(corpus_dir)
     keep = ds.filter(lambda i: i not in excl, input_columns="id")
     man = {k: v for k, v in load_manifest(corpus_dir).items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
-    man.update({"task": d.name, "task_manifest_sha256": sha256_file(d / "manifest.json"), "excluded_rows": len(ds) - len(keep)})
+    if len(dirs) == 1:
+        man.update({"task": dirs[0].name, "task_manifest_sha256": sha256_file(dirs[0] / "manifest.json")})
+    else:
+        man.update({"tasks": {d.name: sha256_file(d / "manifest.json") for d in dirs}, "excluded_per_task": per_task})
+    man["excluded_rows"] = len(ds) - len(keep)
     return write_corpus(keep.to_list(), out_dir, man)

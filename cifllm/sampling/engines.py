@@ -7,8 +7,10 @@ as soon as its batch is done.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,11 +166,13 @@ class HFEngine:
         self.tokenizer = load_tokenizer(tokenizer_dir or path)
         self.tokenizer.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        self.adapter_record: dict[str, Any] | None = None
         if lora:
             try:
                 from peft import PeftModel
             except ImportError:
                 raise EngineError("a LoRA adapter with engine=hf needs peft (pip install 'cifllm[train]')") from None
+            self.adapter_record = _check_adapter(lora, path)
             model = PeftModel.from_pretrained(model, str(lora)).merge_and_unload()
         self.model = model.to(self.device).eval()
         self.eos_id = int(self.tokenizer.eos_token_id)
@@ -250,7 +254,7 @@ class VLLMEngine:
         tokenizer_dir: str | Path | None = None,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.5,
-        lora: str | Path | None = None,
+        lora: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None = None,
         max_lora_rank: int = 64,
         seed: int = 0,
         max_model_len: int | None = None,
@@ -276,14 +280,27 @@ class VLLMEngine:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        if lora:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        adapters = _adapter_map(lora)
+        self.adapter_records = {name: _check_adapter(a, path) for name, a in adapters.items()}
+        if adapters:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=len(adapters))
         self.llm = LLM(**kwargs)
-        self.lora_request = None
-        if lora:
+        self.lora_requests: dict[str, Any] = {}
+        if adapters:
             from vllm.lora.request import LoRARequest
 
-            self.lora_request = LoRARequest("cifllm-adapter", 1, str(lora))
+            for k, (name, a) in enumerate(adapters.items(), 1):
+                self.lora_requests[name] = LoRARequest(name, k, str(a))
+        #: the adapter used for prompts whose meta has no "adapter" key (the first one given)
+        self.lora_request = next(iter(self.lora_requests.values()), None)
+
+    def _request_for(self, prompt: Prompt) -> Any:
+        name = prompt.meta.get("adapter") if isinstance(prompt.meta, dict) else None
+        if name is None:
+            return self.lora_request
+        if name not in self.lora_requests:
+            raise EngineError(f"prompt {prompt.id} asks for adapter {name!r}; loaded: {sorted(self.lora_requests) or 'none'}")
+        return self.lora_requests[name]
 
     def sampling_params(self, params: GenerationParams, n: int, seed: int) -> Any:
         from vllm import SamplingParams
@@ -308,7 +325,9 @@ class VLLMEngine:
             inputs = [{"prompt_token_ids": self.tokenizer(prompts[i].text)["input_ids"]} for i in idx]
             sps = [self.sampling_params(params, counts[i], params.seed + i) for i in idx]
             t0 = time.perf_counter()
-            outs = self.llm.generate(inputs, sps, lora_request=self.lora_request, use_tqdm=False)
+            loras = [self._request_for(prompts[i]) for i in idx]
+            lora_arg = loras if any(r is not None for r in loras) else None
+            outs = self.llm.generate(inputs, sps, lora_request=lora_arg, use_tqdm=False)
             dt = time.perf_counter() - t0
             total = sum(len(o.outputs) for o in outs)
             for i, o in zip(idx, outs, strict=True):
@@ -322,6 +341,37 @@ class VLLMEngine:
                     yield Generation(i, k, text, len(ids), finished, params.seed + i, dt / max(1, total), b)
             if progress:
                 progress(total)
+
+
+def _adapter_map(lora: Any) -> dict[str, Path]:
+    """Adapters by name: one path (named after its folder's task), a list of paths, or ``{name: path}``."""
+    if not lora:
+        return {}
+    if isinstance(lora, Mapping):
+        return {str(k): Path(v) for k, v in lora.items()}
+    items = [lora] if isinstance(lora, str | Path) else list(lora)
+    out: dict[str, Path] = {}
+    for a in items:
+        p = Path(a)
+        name = p.parent.name if p.name == "adapter" else p.name
+        with contextlib.suppress(OSError, ValueError):
+            name = json.loads((p / "cifllm_adapter.json").read_text()).get("task") or name
+        if name in out:
+            name = f"{name}-{len(out)}"
+        out[name] = p
+    return out
+
+
+def _check_adapter(adapter: str | Path, model_dir: Path) -> dict[str, Any]:
+    """The adapter's cifllm record after checking it was trained on ``model_dir`` (EngineError otherwise)."""
+    from cifllm.training.adapters import AdapterError, check_adapter_base
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise EngineError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        return check_adapter_base(adapter, model_dir)
+    except AdapterError as exc:
+        raise EngineError(str(exc)) from None
 
 
 def make_engine(name: str, model_dir: str | Path, **kwargs: Any) -> Engine:

@@ -87,6 +87,9 @@ class SampleConfig:
     dtype: str = "auto"
     threads: int = 0
     lora: str | None = None
+    #: property conditioning, ``name=value`` items separated by ``;``; a value may be a list ``a,b,c`` or a grid
+    #: ``lo:hi:n`` (every combination becomes a prompt), e.g. ``tc=80:160:5`` or ``band_gap=3.0;density=2.5``
+    conditions: str | None = None
     gpu_memory_utilization: float = 0.5
     write_cifs: bool = True
     parse_max_sites: int = 2000
@@ -107,8 +110,80 @@ def _set(x: Any) -> bool:
     return x is not None and x != ""
 
 
+def parse_conditions(spec: str | None) -> dict[str, str]:
+    """``"tc=80:160:5; band_gap=3"`` -> ``{"tc": "80:160:5", "band_gap": "3"}`` (values expanded later)."""
+    out: dict[str, str] = {}
+    for item in (spec or "").split(";"):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise PromptError(f"conditions: expected name=value items separated by ';', got {item.strip()!r}")
+        k, v = item.split("=", 1)
+        if k.strip() in out:
+            raise PromptError(f"conditions: property {k.strip()!r} given twice")
+        out[k.strip()] = v.strip()
+    return out
+
+
 def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
-    """Build and validate every prompt of ``cfg`` (raises :class:`PromptError` before any sampling)."""
+    """Build and validate every prompt of ``cfg`` (raises :class:`PromptError` before any sampling).
+
+    With ``conditions`` every base prompt is repeated for each combination of property values; with a LoRA adapter
+    the properties must be ones it was trained on, and values outside its training range are flagged in the prompt's
+    ``meta["extrapolation"]`` (and so in every sample record)."""
+    from cifllm.conditioning import ConditioningError, expand_conditions, register_property_conditions
+
+    register_property_conditions()
+    prompts, counts = _base_prompts(cfg)
+    conds = parse_conditions(cfg.conditions)
+    record = None
+    if _set(cfg.lora):
+        from cifllm.training.adapters import read_adapter_record
+
+        record = read_adapter_record(cfg.lora)  # type: ignore[arg-type]
+    if not conds:
+        if record is not None:
+            from cifllm.training.adapters import check_conditions
+
+            for p in prompts:
+                given = {k: float(v) for k, v in (p.meta.get("conditions") or {}).items()}
+                flags = check_conditions(record, given).flags if given else {}
+                if flags:
+                    p.meta["extrapolation"] = flags
+        return prompts, counts
+    if any(p.meta.get("conditions") for p in prompts):
+        raise PromptError("conditions= and a prompt file with its own conditions: give the properties in one place")
+    try:
+        combos = expand_conditions(conds)
+    except ConditioningError as exc:
+        raise PromptError(f"conditions: {exc}") from None
+    flags_by_combo = []
+    for combo in combos:
+        flags: dict[str, str] = {}
+        if record is not None:
+            from cifllm.training.adapters import check_conditions
+
+            flags = check_conditions(record, combo).flags
+        flags_by_combo.append(flags)
+    out_p: list[Prompt] = []
+    out_n: list[int] = []
+    for p, n in zip(prompts, counts, strict=True):
+        for combo, flags in zip(combos, flags_by_combo, strict=True):
+            meta = {k: v for k, v in p.meta.items() if k not in ("formula", "reduced_formula", "sg_number")}
+            if flags:
+                meta["extrapolation"] = flags
+            if p.kind == "prefix":
+                q = build_prompt(prefix=p.text, conditions=combo, meta=meta)
+            elif p.kind == "de_novo":
+                q = build_prompt(conditions=combo, meta=meta)
+            else:
+                q = build_prompt(composition=p.meta["formula"], space_group=p.meta.get("sg_number"), conditions=combo, meta=meta)
+            out_p.append(q)
+            out_n.append(n)
+    return out_p, out_n
+
+
+def _base_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
     if _set(cfg.prompt_file):
         items = read_prompt_file(cfg.prompt_file)  # type: ignore[arg-type]
         return [p for p, _ in items], [n or cfg.num_samples for _, n in items]
@@ -152,6 +227,9 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
     from cifllm.utils import atomic_write_json, atomic_write_text
 
     prompts, counts = collect_prompts(cfg)
+    flagged = sorted({f for p in prompts for f in p.meta.get("extrapolation", {}).values()})
+    for f in flagged:
+        log(f"note: extrapolating beyond the adapter's training range: {f}")
     params = cfg.generation_params()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,537 @@
+"""Model cards (``README.md`` for the Hugging Face Hub) generated from a model folder's run records only.
+
+Every number in the card is read from a file: ``config.json`` (architecture), ``cifllm_run.json`` (parameters, steps,
+tokens, losses, wall time, config), ``config.yaml``, ``data_manifest.json`` (datasets, licences, corpus manifest
+SHA-256), ``cifllm_tokenizer.json``, ``cifllm_export.json``, and optionally an evaluation ``metrics.json`` and a
+benchmark results folder. A missing record makes its section say "not recorded"; a folder without ``config.json``
+is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "NOT_RECORDED",
+    "TAGS",
+    "CardError",
+    "choose_license",
+    "render_model_card",
+    "training_command",
+    "write_model_card",
+]
+
+NOT_RECORDED = "not recorded"
+TAGS = ["crystal-structure", "cif", "materials-science", "llama", "cifllm"]
+#: Phrases that make a dataset licence incompatible with declaring ``cc-by-4.0`` for the weights.
+_RESTRICTIVE = re.compile(
+    r"no licen[cs]e|not redistribute|research use only|non-?commercial|by[- ]nc|proprietary|all rights reserved|"
+    r"unknown|\bicsd\b",
+    re.IGNORECASE,
+)
+#: Licences compatible with redistribution under CC BY 4.0 (attribution).
+_PERMISSIVE = re.compile(r"\bcc[- ]by\b|\bcc0\b|\bmit\b|\bapache\b|\bbsd\b|public domain|nist terms", re.IGNORECASE)
+#: Evaluation rates shown in the card and the model index (key in metrics.json -> label).
+_EVAL_RATES = {
+    "parse": "Parse rate",
+    "valid": "Validity (CDVAE/DiffCSP)",
+    "consistent": "Self-consistency (CrystaLLM)",
+    "valid_all": "Valid and self-consistent",
+    "unique": "Unique (among all samples)",
+    "novel": "Novel (among all samples)",
+    "unique_novel": "Unique and novel (among all samples)",
+}
+
+
+class CardError(ValueError):
+    """A folder a card cannot be made for (no ``config.json``)."""
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _load_eval(eval_metrics: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(metrics, sample-run summary or None) from a dict, a metrics.json or a folder holding one."""
+    if eval_metrics is None:
+        return None, None
+    if isinstance(eval_metrics, Mapping):
+        return dict(eval_metrics), None
+    p = Path(eval_metrics)
+    if p.is_dir():
+        p = p / "metrics.json"
+    metrics = _read_json(p)
+    if metrics is None:
+        raise CardError(f"{p}: not a readable evaluation metrics.json")
+    summary = _read_json(p.parent.parent / "summary.json")  # <samples run>/eval/metrics.json -> <samples run>/summary.json
+    return metrics, summary
+
+
+# ------------------------------------------------------------------------------------------------------ formatting
+
+
+def _num(x: Any, nd: int = 4) -> str:
+    if x is None:
+        return NOT_RECORDED
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _pct(x: Any) -> str:
+    return "-" if not isinstance(x, (int, float)) or isinstance(x, bool) else f"{100 * x:.1f}%"
+
+
+def _params(n: Any) -> str:
+    if not isinstance(n, int):
+        return NOT_RECORDED
+    return f"{n:,} ({n / 1e6:.2f}M)" if n < 1e9 else f"{n:,} ({n / 1e9:.2f}B)"
+
+
+def _seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return NOT_RECORDED
+    return f"{s:,.1f} s ({s / 3600:.2f} h)"
+
+
+def _scalar(v: Any) -> str:
+    """A config value as ``key=value`` text that ``cifllm pretrain`` parses back to the same value."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return shlex.quote(",".join(str(x) for x in v))
+    return shlex.quote(str(v))
+
+
+def training_command(config: Mapping[str, Any]) -> str:
+    """``cifllm pretrain key=value ...`` for every key of a saved ``PretrainConfig`` that differs from the default."""
+    try:
+        from cifllm.config import config_to_dict
+        from cifllm.training.config import PretrainConfig
+
+        defaults = config_to_dict(PretrainConfig())
+    except Exception:  # an older/newer config class: spell out every key
+        defaults = {}
+    parts = [f"{k}={_scalar(v)}" for k, v in config.items() if k not in defaults or defaults[k] != v]
+    return " ".join(["cifllm", "pretrain", *parts])
+
+
+def choose_license(licences: Mapping[str, str] | None) -> tuple[str, list[str]]:
+    """(``cc-by-4.0`` or ``other``, datasets whose licence does not clearly allow CC BY 4.0 redistribution)."""
+    if not licences:
+        return "other", []
+    blocking = []
+    for name, text in licences.items():
+        t = str(text)
+        if _RESTRICTIVE.search(t) or not _PERMISSIVE.search(t):
+            blocking.append(name)
+    return ("other" if blocking else "cc-by-4.0"), blocking
+
+
+# ------------------------------------------------------------------------------------------------------ sections
+
+
+def _front_matter(name: str, records: dict[str, Any], eval_metrics: dict[str, Any] | None, extra: Mapping[str, Any] | None) -> str:
+    manifest = ((records["data"] or {}).get("manifest") or {})
+    licences = manifest.get("licences") or {}
+    lic, blocking = choose_license(licences)
+    fm: dict[str, Any] = {"license": lic}
+    if lic == "other":
+        fm["license_name"] = "cifllm-training-data-licences"
+        fm["license_link"] = "README.md#licence"
+    fm.update(library_name="transformers", pipeline_tag="text-generation", tags=list(TAGS))
+    datasets = list(manifest.get("datasets") or licences)
+    if datasets:
+        fm["datasets"] = datasets
+    if eval_metrics and isinstance(eval_metrics.get("rates"), Mapping):
+        rates = eval_metrics["rates"]
+        metrics = [
+            {"type": key, "value": float(rates[key]), "name": label}
+            for key, label in _EVAL_RATES.items()
+            if isinstance(rates.get(key), (int, float)) and not isinstance(rates.get(key), bool)
+        ]
+        if metrics:
+            fm["model-index"] = [
+                {
+                    "name": name,
+                    "results": [
+                        {
+                            "task": {"type": "text-generation", "name": "Crystal structure generation (CIF text)"},
+                            "dataset": {"type": "cifllm-samples", "name": f"{eval_metrics.get('n_samples', '?')} samples of this model"},
+                            "metrics": metrics,
+                        }
+                    ],
+                }
+            ]
+    if extra:
+        fm.update(dict(extra))
+    return "---\n" + yaml.safe_dump(fm, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _model_section(records: dict[str, Any]) -> list[str]:
+    cfg, run, tokr, exp = records["config"], records["run"] or {}, records["tokenizer"] or {}, (records["export"] or {}).get("export") or {}
+    arch = ", ".join(cfg.get("architectures") or []) or cfg.get("model_type") or NOT_RECORDED
+    dtype = exp.get("dtype") or cfg.get("dtype") or cfg.get("torch_dtype") or NOT_RECORDED
+    rows = [
+        ("Architecture", arch),
+        ("Layers", _num(cfg.get("num_hidden_layers"))),
+        ("Hidden size", _num(cfg.get("hidden_size"))),
+        ("MLP size", _num(cfg.get("intermediate_size"))),
+        ("Attention heads (key/value heads)", f"{_num(cfg.get('num_attention_heads'))} ({_num(cfg.get('num_key_value_heads'))})"),
+        ("Context (max positions)", _num(cfg.get("max_position_embeddings"))),
+        ("Vocabulary", _num(cfg.get("vocab_size"))),
+        ("Tied embeddings", _num(cfg.get("tie_word_embeddings"))),
+        ("Parameters", _params(run.get("n_parameters"))),
+        ("Preset", run.get("preset") or NOT_RECORDED),
+        ("Tokenizer", f"{tokr.get('version', NOT_RECORDED)} (fingerprint `{tokr.get('fingerprint', NOT_RECORDED)}`, {_num(tokr.get('vocab_size'))} tokens)"),
+        ("Weights dtype", str(dtype)),
+    ]
+    for fname, digest in (exp.get("sha256") or {}).items():
+        rows.append((f"SHA-256 of `{fname}`", f"`{digest}`"))
+    if exp:
+        rows.append(("Export check", f"max abs logit difference {exp.get('max_abs_logit_diff', 0):.3g} vs the fp32 source "
+                     f"(tolerance {exp.get('tolerance', 0):.3g}), top-1 agreement {_pct(exp.get('top1_agreement'))}"))
+    lines = ["## Model", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    return lines
+
+
+def _corpus_report(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The corpus's ``report.json``, only if its ``manifest.json`` is the one this model was trained on."""
+    from cifllm.utils import sha256_file
+
+    corpus, sha = data.get("corpus"), data.get("manifest_sha256")
+    if not corpus or not sha:
+        return None
+    man = Path(corpus) / "manifest.json"
+    try:
+        if not man.is_file() or sha256_file(man) != sha:
+            return None
+    except OSError:
+        return None
+    return _read_json(Path(corpus) / "report.json")
+
+
+def _data_section(records: dict[str, Any]) -> list[str]:
+    data = records["data"]
+    lines = ["## Training data", ""]
+    if not data:
+        return [*lines, f"Data manifest: {NOT_RECORDED}.", ""]
+    m = data.get("manifest") or {}
+    stats = data.get("stats") or {}
+    tr, va = stats.get("train") or {}, stats.get("val") or {}
+    lines += [
+        f"- corpus: `{data.get('corpus', NOT_RECORDED)}`, corpus manifest SHA-256 `{data.get('manifest_sha256', NOT_RECORDED)}`",
+        f"- structures: {_num(m.get('n_train'))} train, {_num(m.get('n_val'))} validation ({_num(m.get('n_rows'))} in the corpus)",
+        f"- tokens: {_num(tr.get('n_tokens'))} train, {_num(va.get('n_tokens'))} validation; longest CIF {_num(stats.get('longest_cif_tokens', m.get('max_tokens')))} tokens",
+        f"- corpus tokenizer: {m.get('tokenizer_version', NOT_RECORDED)} (fingerprint `{m.get('tokenizer_fingerprint', NOT_RECORDED)}`)",
+    ]
+    c = m.get("config") or {}
+    if c:
+        lines.append(
+            f"- preparation: mode {c.get('mode', NOT_RECORDED)}, symprec {c.get('symprec', NOT_RECORDED)}, at most "
+            f"{c.get('max_atoms', NOT_RECORDED)} atoms and {c.get('max_tokens', NOT_RECORDED)} tokens per structure, "
+            f"deduplication {c.get('dedup', NOT_RECORDED)}, validation fraction {c.get('val_fraction', NOT_RECORDED)}"
+        )
+    lines.append("")
+    licences = m.get("licences") or {}
+    datasets = list(m.get("datasets") or licences)
+    per = m.get("per_source") or ((_corpus_report(data) or {}).get("per_source")) or {}
+    inputs: dict[str, int] = {}
+    for inp in m.get("inputs") or []:
+        if isinstance(inp, Mapping) and inp.get("dataset"):
+            inputs[inp["dataset"]] = inputs.get(inp["dataset"], 0) + 1
+    lines += [
+        '<a name="licence"></a>',
+        "",
+        "| dataset | input files | structures in / kept | licence |",
+        "|---|---:|---:|---|",
+    ]
+    for d in datasets:
+        p = per.get(d) or {}
+        counts = f"{_num(p['rows_in'])} / {_num(p.get('rows_out_as_representative'))}" if "rows_in" in p else NOT_RECORDED
+        lic = str(licences.get(d, NOT_RECORDED)).replace("|", "/")
+        lines.append(f"| {d} | {inputs.get(d, NOT_RECORDED)} | {counts} | {lic} |")
+    if not datasets:
+        lines.append(f"| {NOT_RECORDED} | | | |")
+    lic, blocking = choose_license(licences)
+    lines.append("")
+    if lic == "cc-by-4.0":
+        lines.append("All training datasets are under licences that allow redistribution with attribution; the weights are "
+                     "released under CC BY 4.0. Cite the datasets above.")
+    elif blocking:
+        lines.append(f"**Licence: other.** The licences of {', '.join(blocking)} do not clearly allow redistribution of derived "
+                     "work (see the table); check them before using or redistributing these weights.")
+    else:
+        lines.append(f"**Licence: other.** Dataset licences: {NOT_RECORDED}.")
+    lines.append("")
+    return lines
+
+
+def _training_section(records: dict[str, Any]) -> list[str]:
+    run = records["run"]
+    cfg = (run or {}).get("config") or records["config_yaml"]
+    lines = ["## Training", ""]
+    if cfg:
+        lines += [
+            "Command (the resolved configuration is `config.yaml` in this repository; `cifllm pretrain --config config.yaml` "
+            "repeats the run):",
+            "",
+            "```bash",
+            training_command(cfg),
+            "```",
+            "",
+        ]
+    else:
+        lines += [f"Command: {NOT_RECORDED}.", ""]
+    if not run:
+        return [*lines, f"Run record (`cifllm_run.json`): {NOT_RECORDED}.", ""]
+    wall = _seconds(run.get("train_seconds_this_session"))
+    if run.get("resumed_from"):
+        wall += f" (last session only; resumed from `{run['resumed_from']}`)"
+    versions = run.get("versions") or {}
+    rows = [
+        ("Optimizer steps", _num(run.get("global_step"))),
+        ("Tokens seen", _num(run.get("tokens_seen"))),
+        ("Final train loss", _num(run.get("train_loss"))),
+        ("Final validation loss", _num(run.get("eval_loss"))),
+        ("Wall time", wall),
+        ("Precision", run.get("precision") or NOT_RECORDED),
+        ("Processes (world size)", _num(run.get("world_size"))),
+        ("DeepSpeed", run.get("deepspeed") or "off"),
+        ("Data mode (block size)", f"{run.get('data_mode', NOT_RECORDED)} ({_num(run.get('block_size'))})"),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or NOT_RECORDED),
+    ]
+    lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    lines.append("Losses are mean cross-entropy per token (nats); the train loss is the Trainer's average over the run.")
+    lines.append("")
+    return lines
+
+
+def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None) -> list[str]:
+    lines = ["## Evaluation", ""]
+    if not metrics:
+        return [*lines, f"Sample evaluation: {NOT_RECORDED} (`cifllm card --eval <samples>/eval/metrics.json`).", ""]
+    rates = metrics.get("rates") or {}
+    among = metrics.get("rates_among_valid") or {}
+    defs = metrics.get("definitions") or {}
+    lines.append(f"{_num(metrics.get('n_samples'))} samples checked with `cifllm evaluate`.")
+    if summary:
+        p = summary.get("params") or {}
+        lines.append(
+            f"Sampling: {_num(summary.get('n_prompts'))} prompt(s), engine {summary.get('engine', NOT_RECORDED)}, temperature "
+            f"{p.get('temperature', NOT_RECORDED)}, top-k {p.get('top_k', NOT_RECORDED)}, top-p {p.get('top_p', NOT_RECORDED)}, "
+            f"max new tokens {p.get('max_new_tokens', NOT_RECORDED)}, seed {p.get('seed', NOT_RECORDED)}."
+        )
+    ref = metrics.get("reference") or {}
+    if ref.get("corpus"):
+        lines.append(f"Novelty reference: `{ref['corpus']}` (split {ref.get('split') or 'all'}, {_num(ref.get('n'))} structures).")
+    lines += ["", "| metric | rate | among valid | definition |", "|---|---:|---:|---|"]
+    for key, label in _EVAL_RATES.items():
+        lines.append(f"| {label} | {_pct(rates.get(key))} | {_pct(among.get(key)) if key in among else ''} | {defs.get(key, '')} |")
+    csp = metrics.get("csp")
+    if isinstance(csp, Mapping):
+        lines += ["", "Crystal structure prediction: " + ", ".join(
+            f"{k} {_pct(v) if k.startswith('match') else _num(v)}" for k, v in csp.items() if k.startswith(("match@", "rmse@")))]
+        if defs.get("match@k"):
+            lines.append(f"(match@k: {defs['match@k']})")
+    lines.append("")
+    return lines
+
+
+def _bench_section(bench_dir: str | Path | None) -> list[str]:
+    lines = ["## Discovery benchmarks", ""]
+    files = sorted(Path(bench_dir).glob("*/metrics.json")) if bench_dir else []
+    rows = []
+    for f in files:
+        m = _read_json(f)
+        if not m:
+            continue
+        task = m.get("task") or {}
+        for r in m.get("rows") or []:
+            c, dn, rd = r.get("csp") or {}, r.get("denovo") or {}, r.get("rediscovery") or {}
+            k = c.get("samples_per_prompt", 1)
+            rows.append(
+                f"| {task.get('name', f.parent.name)} | {task.get('case', '-')} | {r.get('generator', '-')} | {_pct(c.get('match@1'))} | "
+                f"{_pct(c.get(f'match@{k}'))} (k={k}) | {_pct(dn.get('valid'))} | {_pct(dn.get('unique'))} | {_pct(dn.get('novel'))} | "
+                f"{_pct(rd.get('rate'))} | {_pct((r.get('property') or {}).get('hit_rate'))} |"
+            )
+    if not rows:
+        return [*lines, f"Benchmark results: {NOT_RECORDED} (`cifllm card --bench results/`).", ""]
+    lines += [
+        "From `cifllm bench` (`<results>/<task>/metrics.json`). CSP match with StructureMatcher(ltol 0.3, stol 0.5, "
+        "angle 10); de novo uniqueness, novelty and rediscovery with (0.2, 0.3, 5); `template` is the baseline that "
+        "substitutes elements into training structures.",
+        "",
+        "| task | case | generator | CSP match@1 | match@k | de novo valid | unique | novel | rediscovery | property hit rate |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+    return lines
+
+
+def _usage_section(repo: str) -> list[str]:
+    return [
+        "## How to use",
+        "",
+        "Plain `transformers` (no remote code). A prompt is the start of a canonical CIF: `data_<cell formula>` and a",
+        "line break (optionally the space-group lines); the tokenizer prepends `<|bos|>`; an empty prompt samples de novo.",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tok = AutoTokenizer.from_pretrained("{repo}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}", dtype=torch.float32)',
+        'ids = tok("data_Na4Cl4\\n", return_tensors="pt")["input_ids"]',
+        "out = model.generate(ids, do_sample=True, temperature=1.0, max_new_tokens=1024,",
+        "                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)",
+        "print(tok.decode(out[0], skip_special_tokens=True))",
+        "```",
+        "",
+        "With the `cifllm` package (prompts, sampling and validity checks):",
+        "",
+        "```bash",
+        f'cifllm generate --model {repo} --composition "Na4Cl4" --space-group Fm-3m -n 3',
+        f"MODEL=$(python -c 'from cifllm.hub import resolve_model; print(resolve_model(\"{repo}\"))')  # local folder",
+        "cifllm sample model=$MODEL composition=SrTiO3 num_samples=100 out=runs/samples",
+        "cifllm evaluate samples=runs/samples",
+        "```",
+        "",
+    ]
+
+
+_LIMITATIONS = [
+    "## Intended use and limitations",
+    "",
+    "- Intended use: proposing candidate crystal structures (de novo or for a given composition and space group) as",
+    "  input to further screening, and research on language models over crystal structures.",
+    "- Generated structures are hypotheses. They are not relaxed with DFT or an interatomic potential, and nothing here",
+    "  says they are stable, synthesizable or have any property; check validity (`cifllm evaluate`), relax and compute",
+    "  before relying on one.",
+    "- A sample can be syntactically wrong, physically implausible (too-close atoms, wrong oxidation states) or",
+    "  inconsistent (stated and detected space group disagree): see the evaluation rates above.",
+    "- The model learns the biases of its training data: the chemistries, structure types, cell sizes and sources in the",
+    "  table above (mostly DFT databases of small, ordered cells); it is weaker outside them (large cells, disorder,",
+    "  rare elements).",
+    "- It writes text like its training data and can reproduce training structures verbatim; measure novelty against",
+    "  the training corpus before calling a sample new.",
+    "- Losses and rates in this card are read from the run records; they describe this checkpoint and these settings",
+    "  only.",
+    "",
+]
+
+
+# ------------------------------------------------------------------------------------------------------ public
+
+
+def _records(folder: Path) -> dict[str, Any]:
+    cfg = _read_json(folder / "config.json")
+    if cfg is None:
+        raise CardError(f"{folder}: no readable config.json; a model card needs a save_pretrained model folder")
+    return {
+        "config": cfg,
+        "run": _read_json(folder / "cifllm_run.json"),
+        "tokenizer": _read_json(folder / "cifllm_tokenizer.json"),
+        "export": _read_json(folder / "cifllm_export.json"),
+        "data": _read_json(folder / "data_manifest.json"),
+        "config_yaml": _read_yaml(folder / "config.yaml"),
+    }
+
+
+def render_model_card(
+    model_dir: str | Path,
+    eval_metrics: str | Path | Mapping[str, Any] | None = None,
+    bench_dir: str | Path | None = None,
+    repo_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """The ``README.md`` text for ``model_dir`` (see the module docstring).
+
+    ``eval_metrics``: an evaluation ``metrics.json`` (or its folder, or the loaded dict); ``bench_dir``: a ``cifllm
+    bench`` results folder; ``repo_id``: the Hub id used in the title and examples; ``extra``: front-matter keys that
+    override the generated ones. Raises :class:`CardError` when ``model_dir`` has no ``config.json``.
+    """
+    folder = Path(model_dir)
+    records = _records(folder)
+    metrics, summary = _load_eval(eval_metrics)
+    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    repo = repo_id or "path/to/model"
+    run = records["run"] or {}
+    cfg = records["config"]
+    intro = f"A {cfg.get('model_type', 'causal')} language model over canonical CIF text (crystal structures)"
+    if run:
+        intro += ", pretrained from scratch with `cifllm pretrain` on the datasets listed below"
+        if run.get("n_parameters"):
+            intro += f": {_params(run['n_parameters'])} parameters, {_num(run.get('tokens_seen'))} training tokens"
+    intro += "."
+    lines = [
+        _front_matter(name, records, metrics, extra).rstrip("\n"),
+        "",
+        f"# {name}",
+        "",
+        intro,
+        "It writes a crystal structure as text (cell, space group, symmetry-unique sites); the `cifllm` package turns the",
+        "text into a structure and checks it.",
+        "",
+        *_model_section(records),
+        *_data_section(records),
+        *_training_section(records),
+        *_eval_section(metrics, summary),
+        *_bench_section(bench_dir),
+        *_usage_section(repo),
+        *_LIMITATIONS,
+        "## Records",
+        "",
+        "This card was generated by `cifllm card` from the files of this repository: "
+        + ", ".join(f"`{f}`" for f in ("config.json", "cifllm_run.json", "cifllm_tokenizer.json", "cifllm_export.json", "config.yaml", "data_manifest.json") if (folder / f).is_file())
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(
+    model_dir: str | Path,
+    eval_metrics: str | Path | Mapping[str, Any] | None = None,
+    bench_dir: str | Path | None = None,
+    repo_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Render the card and write it to ``<model_dir>/README.md`` (atomic); returns the path."""
+    from cifllm.utils import atomic_write_text
+
+    text = render_model_card(model_dir, eval_metrics, bench_dir, repo_id, extra)
+    out = Path(model_dir) / "README.md"
+    atomic_write_text(out, text)
+    return out

@@ -1,0 +1,34 @@
+"""``cifllm card MODEL_DIR``: write README.md (a Hub model card) from the folder's run records.
+
+Example::
+
+    cifllm card exports/cifllm-base --eval runs/samples/eval/metrics.json --bench results/ --repo-id org/cifllm-base
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="model folder (an export, or runs/<run>/model)")
+    p.add_argument("--eval", dest="eval_metrics", default=None, help="evaluation metrics.json (cifllm evaluate output) or its folder")
+    p.add_argument("--bench", dest="bench_dir", default=None, help="cifllm bench results folder (<dir>/<task>/metrics.json)")
+    p.add_argument("--repo-id", default=None, help="Hub id org/name used in the title and examples")
+    p.add_argument("--stdout", action="store_true", help="print the card instead of writing README.md")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifllm.hub.card import CardError, render_model_card, write_model_card
+
+    try:
+        if args.stdout:
+            sys.stdout.write(render_model_card(args.model_dir, args.eval_metrics, args.bench_dir, args.repo_id))
+            return 0
+        path = write_model_card(args.model_dir, args.eval_metrics, args.bench_dir, args.repo_id)
+    except CardError as exc:
+        print(f"cifllm card: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,97 @@
+"""Generate CIFs for a composition (or de novo) from the default model, a model folder or a Hub id, and check them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GeneratedCIF", "generate_cifs"]
+
+
+@dataclass(frozen=True)
+class GeneratedCIF:
+    """One sample: ``text`` is prompt + continuation with conditioning lines removed (what the checks read).
+
+    ``valid``: CDVAE/DiffCSP validity (parse, cell, structural, compositional); ``consistent``: CrystaLLM
+    self-consistency; ``reason``: the first failing check's reason and detail ("ok" when all pass).
+    """
+
+    index: int
+    prompt: str
+    text: str
+    valid: bool
+    consistent: bool
+    reason: str
+    finished: bool
+    n_tokens: int
+
+
+def _reason(verdict: dict[str, Any]) -> str:
+    reason = verdict.get("reason") or ""
+    if not reason:
+        return "ok"
+    for name, c in (verdict.get("checks") or {}).items():
+        if c.get("ok") is False and c.get("reason") == reason:
+            detail = " ".join(str(c.get("detail") or "").split())
+            return f"{name}: {reason}" + (f" ({detail[:160]})" if detail else "")
+    return reason
+
+
+def generate_cifs(
+    composition: str | None = None,
+    space_group: str | int | None = None,
+    model: str | Path | None = None,
+    n: int = 3,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int = 1024,
+    de_novo: bool = False,
+    z: int | None = None,
+    device: str = "auto",
+    check: bool = True,
+    time_limit_s: float = 30.0,
+    engine: Any = None,
+) -> list[GeneratedCIF]:
+    """Sample ``n`` CIFs with the HF engine for ``composition`` (+ ``space_group``, ``z``) or, with ``de_novo``, from
+    an empty prompt, and run the validity checks on each (``check=False`` skips them: ``valid`` is then False).
+
+    ``model``: ``None``/``"default"``, a model folder or a Hub id (:func:`cifllm.hub.resolve.resolve_model`);
+    ``engine``: an already loaded :class:`~cifllm.sampling.engines.HFEngine` (then ``model`` and ``device`` are
+    unused). The prompt is validated before any model is loaded: raises :class:`~cifllm.sampling.PromptError` for a
+    bad composition or space group, ``ValueError`` for bad sampling parameters.
+    """
+    from cifllm.sampling.engines import GenerationParams, HFEngine
+    from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
+
+    if de_novo:
+        if composition or space_group is not None or z is not None:
+            raise PromptError("--de-novo excludes a composition, space group and Z")
+        prompt = build_prompt()
+    else:
+        if not composition:
+            raise PromptError("give a composition (e.g. 'Na4Cl4') or ask for de novo samples")
+        prompt = build_prompt(composition=composition, z=z, space_group=space_group)
+    params = GenerationParams(
+        num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+        batch_size=max(1, min(n, 32)),
+    )
+    if engine is None:
+        from cifllm.hub.resolve import resolve_model
+
+        engine = HFEngine(resolve_model(model), device=device)
+    gens = sorted(engine.generate([prompt], params), key=lambda g: g.sample_index)
+    texts = [strip_conditions(prompt.text + g.text) for g in gens]
+    if check:
+        from cifllm.evaluation.run import evaluate_texts
+
+        verdicts = evaluate_texts(texts, workers=0, time_limit_s=time_limit_s, uniqueness=False)
+    else:
+        verdicts = [{"valid": False, "consistent": False, "reason": "not_checked"} for _ in texts]
+    out = []
+    for i, (g, t, v) in enumerate(zip(gens, texts, verdicts, strict=True)):
+        reason = f"engine_error: {g.error}" if g.error else (_reason(v) if check else "not checked")
+        out.append(GeneratedCIF(i, prompt.text, t, bool(v.get("valid")), bool(v.get("consistent")), reason, g.finished, g.n_tokens))
+    return out

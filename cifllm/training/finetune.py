@@ -1,0 +1,365 @@
+"""``cifllm finetune``: one LoRA adapter per discovery task, optionally conditioned on continuous properties.
+
+Data: the task's ``train`` split (``data/tasks/<task>/train.jsonl``), each CIF preceded by its property lines
+(:mod:`cifllm.conditioning`); every property line is dropped with probability ``cond_dropout`` (fixed per row and
+seed), so the adapter also learns the unconditioned distribution and a prompt without a property means
+"unconditioned". Validation: the task's ``val`` split with every available property line (no dropout).
+
+Defaults, and why: rank 16 / alpha 32 (scale 2) on all attention and MLP projections (``q,k,v,o,gate,up,down``) -
+attention-only LoRA learns new *formats* (the property lines) poorly in our runs on tiny models, and the MLP
+projections hold most of the per-element knowledge an extrapolation task changes; dropout 0.05; learning rate 1e-3
+(LoRA tolerates ~10x the full fine-tuning rate); no weight decay on the adapter. Steps, not epochs, are the budget
+(task train splits range from ~2k to ~34k CIFs).
+
+Run folder (``out``)::
+
+    config.yaml          resolved FinetuneConfig
+    log.jsonl            train/eval losses
+    checkpoint-*/        Trainer checkpoints (adapter weights + optimizer; resume with --resume)
+    adapter/             peft adapter (adapter_config.json, adapter_model.safetensors), tokenizer, cifllm_adapter.json
+    merged/              with merge=true: the base model with the adapter merged in (a plain save_pretrained folder)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cifllm.config import ConfigError, config_to_dict, load_config, save_config
+
+__all__ = ["FinetuneConfig", "build_finetune_texts", "finetune", "load_finetune_config", "resolve_base"]
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """LoRA fine-tuning of a pretrained model on one task's train split (units as in ``PretrainConfig``)."""
+
+    task: str = "id_random"  #: task name (eval/tasks/<task>.yaml) whose split is read from ``splits``
+    base: str = "default"  #: base model: a save_pretrained folder, "default" (the shipped model) or a Hub id
+    splits: str = "data/tasks"
+    out: str = ""  #: run folder; "" = runs/finetune-<task>
+    #: properties written before each CIF; null = the task's ``conditioning`` (empty for Case 0/1/3 tasks)
+    conditioning: tuple[str, ...] | None = None
+    cond_dropout: float = 0.2  #: probability that a training CIF's property line is left out
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    max_steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: int = 0
+    max_train_rows: int = 0  #: use the first N train rows (0 = all); for quick runs
+    logging_steps: int = 10
+    eval_steps: int = 50
+    save_steps: int = 50
+    save_total_limit: int = 2
+    eval_max_sequences: int = 256
+    merge: bool = False  #: also write <out>/merged (the adapter folded into the base weights)
+    progress: bool = True
+    threads: int = 0  #: torch CPU threads (0 = torch default)
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must lie in [0, 1), got {self.cond_dropout}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
+        if not self.target_modules:
+            raise ValueError("target_modules must not be empty")
+        if self.conditioning is not None:
+            from cifllm.conditioning import PROPERTIES
+
+            unknown = sorted(set(self.conditioning) - set(PROPERTIES))
+            if unknown:
+                raise ValueError(f"unknown conditioning propert{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {', '.join(PROPERTIES)}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/finetune-{self.task}")
+
+
+def load_finetune_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> FinetuneConfig:
+    return load_config(FinetuneConfig, path, overrides)
+
+
+def resolve_base(base: str) -> Path:
+    """A base model folder from a path, ``default`` or a Hub id (see :func:`cifllm.hub.resolve.resolve_model`)."""
+    p = Path(base)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: not a save_pretrained model folder (no config.json)")
+        return p
+    from cifllm.hub.resolve import resolve_model
+
+    return resolve_model(base)
+
+
+def build_finetune_texts(
+    rows: list[dict[str, Any]], names: tuple[str, ...], task_property: str | None, cond_dropout: float, seed: int
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Training texts (property lines + CIF) and, per property, the statistics of the values written
+    (``n``, ``min``, ``max``, ``p05``, ``p50``, ``p95``, ``unit``): the adapter's training range."""
+    import numpy as np
+
+    from cifllm.conditioning import PROPERTIES, format_property_lines, property_values
+
+    rng = random.Random(seed)
+    texts: list[str] = []
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for row in rows:
+        vals = property_values(row, names, task_property) if names else {}
+        for n, v in vals.items():
+            seen[n].append(v)
+        kept = {n: v for n, v in vals.items() if rng.random() >= cond_dropout}
+        texts.append("".join(ln + "\n" for ln in format_property_lines(kept)) + row["text"])
+    stats: dict[str, dict[str, Any]] = {}
+    for n, vs in seen.items():
+        if not vs:
+            raise ValueError(f"no training row carries property {n!r}; cannot condition on it")
+        a = np.asarray(vs, dtype=float)
+        stats[n] = {
+            "tag": PROPERTIES[n].tag, "unit": PROPERTIES[n].unit, "decimals": PROPERTIES[n].decimals, "n": int(a.size),
+            "min": float(a.min()), "max": float(a.max()), "p05": float(np.quantile(a, 0.05)),
+            "p50": float(np.quantile(a, 0.5)), "p95": float(np.quantile(a, 0.95)),
+        }
+    return texts, stats
+
+
+def _attach_corpus_properties(split_dir: Path, rows: list[dict[str, Any]], names: tuple[str, ...], task_property: str | None) -> None:
+    """Split rows carry only the task's ``value``; other stored properties come from the corpus the split was made
+    from (its manifest's ``corpus``), joined on ``id``."""
+    from cifllm.conditioning import PROPERTIES
+
+    need = [n for n in names if n != task_property and not PROPERTIES[n].derived and n != "year"]
+    if not need or not rows:
+        return
+    from cifllm.data.corpus import load_corpus
+
+    corpus = json.loads((split_dir / "manifest.json").read_text()).get("corpus")
+    if not corpus or not Path(corpus).is_dir():
+        raise FileNotFoundError(f"{split_dir}: conditioning on {need} needs the split's corpus ({corpus!r}), which is missing")
+    ds = load_corpus(corpus).select_columns(["id", "properties"])
+    props = dict(zip(ds["id"], ds["properties"], strict=True))
+    for r in rows:
+        r["properties"] = props.get(r["id"], "{}")
+
+
+def _say(msg: str) -> None:
+    print(f"[cifllm finetune] {msg}", file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != "darwin" else r / 2**20
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
+    """Train a LoRA adapter for ``cfg.task`` on ``cfg.base``; returns the ``adapter/`` folder (see module doc)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from cifllm.bench.splits import load_split
+    from cifllm.bench.tasks import load_task
+    from cifllm.tokenization import TOKENIZER_VERSION, load_tokenizer, tokenizer_fingerprint
+    from cifllm.training.adapters import ADAPTER_RECORD, model_fingerprint
+    from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
+    from cifllm.training.checkpoints import find_resume_checkpoint, move_incomplete_aside, truncate_log
+    from cifllm.training.data import Documents, PadCollator, tokenize_texts
+    from cifllm.training.pretrain import bf16_supported
+    from cifllm.training.trainer import CifTrainer
+    from cifllm.utils import atomic_write_json, sha256_file
+
+    # -- checks before any long work ----------------------------------------------------------------------------
+    task = load_task(cfg.task)
+    split_dir = Path(cfg.splits) / task.name
+    if not (split_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{split_dir}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
+    base = resolve_base(cfg.base)
+    tok = load_tokenizer(base)
+    if tokenizer_fingerprint(tok.backend_tokenizer) != tokenizer_fingerprint():
+        raise ValueError(f"{base}: its tokenizer does not match this cifllm's tokenizer ({TOKENIZER_VERSION})")
+    names = tuple(task.conditioning) if cfg.conditioning is None else tuple(cfg.conditioning)
+    run_dir = cfg.run_dir
+    resume_from, incomplete = (None, [])
+    if resume:
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            old = config_to_dict(load_finetune_config(saved))
+            new = config_to_dict(cfg)
+            differ = sorted(k for k in old if k not in ("progress", "threads", "logging_steps") and old[k] != new[k])
+            if differ:
+                raise ConfigError(f"cannot resume {run_dir}: {differ} differ from the saved run config")
+        resume_from, incomplete = find_resume_checkpoint(run_dir)
+    elif (run_dir / "config.yaml").exists() or (run_dir / "adapter").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=...")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+
+    train_rows = load_split(split_dir, "train")
+    if cfg.max_train_rows:
+        train_rows = train_rows[: cfg.max_train_rows]
+    val_rows = load_split(split_dir, "val")
+    if not train_rows:
+        raise ValueError(f"{split_dir}/train.jsonl is empty")
+    _attach_corpus_properties(split_dir, [*train_rows, *val_rows], names, task.property or None)
+    texts, stats = build_finetune_texts(train_rows, names, task.property or None, cfg.cond_dropout, cfg.seed)
+    val_texts, _ = build_finetune_texts(val_rows[: cfg.eval_max_sequences or None], names, task.property or None, 0.0, cfg.seed) if val_rows else ([], {})
+
+    import transformers
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    mpe = int(model.config.max_position_embeddings)
+    docs = tokenize_texts(texts, tok)
+    keep = [i for i, n in enumerate(docs.lengths) if n <= mpe]
+    dropped = len(texts) - len(keep)
+    train_ds = Documents(docs, keep if dropped else None)
+    val_ds = None
+    if val_texts:
+        vdocs = tokenize_texts(val_texts, tok)
+        vkeep = [i for i, n in enumerate(vdocs.lengths) if n <= mpe]
+        val_ds = Documents(vdocs, vkeep)
+    n_base_params = sum(p.numel() for p in model.parameters())
+    lcfg = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
+        bias="none", task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lcfg)
+    except ValueError as exc:
+        raise ConfigError(f"target_modules {list(cfg.target_modules)}: {exc}") from None
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+    _say(
+        f"task={task.name} base={base} conditioning={list(names) or 'none'} train={len(train_ds)} CIFs "
+        f"(dropped {dropped} longer than {mpe} tokens) val={len(val_ds) if val_ds else 0} "
+        f"trainable={n_trainable:,} of {n_base_params:,} precision={'bf16' if bf16 else 'fp32'}"
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for p in move_incomplete_aside(incomplete):
+        _say(f"unfinished checkpoint moved aside: {p}")
+    step0 = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    truncate_log(run_dir / "log.jsonl", step0)
+    if not (run_dir / "config.yaml").is_file():
+        save_config(cfg, run_dir / "config.yaml")
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(run_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch", bf16=bf16, use_cpu=not cuda, logging_strategy="steps", logging_steps=cfg.logging_steps,
+        logging_first_step=True, eval_strategy="steps" if (val_ds is not None and cfg.eval_steps) else "no",
+        eval_steps=cfg.eval_steps or None, eval_on_start=val_ds is not None and cfg.eval_steps > 0 and resume_from is None,
+        prediction_loss_only=True, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed, data_seed=cfg.seed, dataloader_drop_last=False, dataloader_pin_memory=cuda,
+        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", report_to="none",
+        disable_tqdm=not cfg.progress, use_cache=False,
+    )
+    trainer = CifTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=PadCollator(tok.pad_token_id, tok.bos_token_id), processing_class=tok,
+        callbacks=[JsonlLogCallback(run_dir / "log.jsonl"), CheckpointMarkerCallback()], grouped_lengths=train_ds.lengths,
+    )
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_s = time.time() - t0
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    eval_start = next((h["eval_loss"] for h in evals if h.get("step") == 0), None)
+    eval_end = None
+    if val_ds is not None:
+        last = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        eval_end = last.get("eval_loss")
+    tokens = int(trainer.state.num_input_tokens_seen)
+
+    adapter = run_dir / "adapter"
+    tmp = run_dir / ".adapter.tmp"
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    trainer.model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    adapter_mb = sum(f.stat().st_size for f in tmp.glob("adapter_model.*")) / 2**20
+    record = {
+        "format": "cifllm-lora-v1",
+        "task": task.name,
+        "task_manifest_sha256": sha256_file(split_dir / "manifest.json"),
+        "base_model": str(base),
+        "base_fingerprint": model_fingerprint(base),
+        "tokenizer": {"version": TOKENIZER_VERSION, "fingerprint": tokenizer_fingerprint(tok.backend_tokenizer)},
+        "conditioning": stats,
+        "cond_dropout": cfg.cond_dropout,
+        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout, "target_modules": list(cfg.target_modules)},
+        "trainable_parameters": n_trainable,
+        "base_parameters": n_base_params,
+        "adapter_mb": round(adapter_mb, 3),
+        "train_rows": len(train_ds),
+        "dropped_too_long": dropped,
+        "global_step": trainer.state.global_step,
+        "tokens_seen": tokens,
+        "train_loss": result.training_loss,
+        "eval_loss_base": eval_start,
+        "eval_loss": eval_end,
+        "train_seconds_this_session": round(train_s, 1),
+        "tokens_per_second": round(tokens / train_s, 1) if train_s > 0 and not resume_from else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "precision": "bf16" if bf16 else "fp32",
+        "config": config_to_dict(cfg),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": __import__("peft").__version__},
+    }
+    atomic_write_json(tmp / ADAPTER_RECORD, record)
+    if adapter.exists():
+        import shutil
+
+        shutil.rmtree(adapter)
+    os.replace(tmp, adapter)
+    if cfg.merge:
+        merged = run_dir / "merged"
+        mtmp = run_dir / ".merged.tmp"
+        m = trainer.model.merge_and_unload()
+        m.config.use_cache = True
+        m.save_pretrained(str(mtmp), safe_serialization=True)
+        tok.save_pretrained(str(mtmp))
+        for name in ("cifllm_tokenizer.json", "data_manifest.json"):
+            if (base / name).is_file():
+                (mtmp / name).write_bytes((base / name).read_bytes())
+        atomic_write_json(mtmp / "cifllm_merged.json", {**record, "merged": True})
+        if merged.exists():
+            import shutil
+
+            shutil.rmtree(merged)
+        os.replace(mtmp, merged)
+    atomic_write_json(run_dir / "metrics.json", {k: record[k] for k in record if k not in ("config", "versions")})
+    _say(
+        f"done: step {trainer.state.global_step}, val loss {eval_start if eval_start is None else round(eval_start, 4)} -> "
+        f"{eval_end if eval_end is None else round(eval_end, 4)}, adapter {adapter_mb:.2f} MB in {adapter}"
+    )
+    if eval_end is not None and not math.isfinite(eval_end):
+        raise RuntimeError(f"fine-tuning diverged: validation loss {eval_end}")
+    return adapter
+
+
+def adapter_metrics(adapter_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(adapter_dir) / "cifllm_adapter.json").read_text())
