@@ -141,6 +141,13 @@ def render_pbs(job: MiyabiJob, template: str | Path | None = None, now: _dt.date
         "pretrain_args": " ".join(shlex.quote(a) for a in job.pretrain_args()),
     }
 
+    return render_template(tpl_path, values)
+
+
+def render_template(tpl_path: str | Path, values: dict[str, str]) -> str:
+    """Fill ``{{name}}`` placeholders of a job template; an unknown placeholder is a ``ConfigError``."""
+    tpl_path = Path(tpl_path)
+
     def fill(m: re.Match) -> str:
         key = m.group(1)
         if key not in values:

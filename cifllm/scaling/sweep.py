@@ -1,0 +1,306 @@
+"""The transfer scaling-law sweep: pretrain on nested subsets of a task's pretraining corpus, fine-tune each on the
+task, measure the downstream error, fit ``err(n) = D n^-alpha + C``.
+
+Protocol (one *run* = one (size, repeat)):
+
+1. **Pretraining corpus** of the task: the corpus minus everything the task excludes (its test side; for Case 1 all
+   held-out elements/prototypes), so no run ever sees a test structure. Its ``val`` rows (first ``val_rows``) are the
+   same fixed validation set for every run and are not counted in n.
+2. **Nested subsets**: repeat ``r`` shuffles the training rows with seed ``seed + r``; size ``n`` takes the first ``n``.
+   Within a repeat, every smaller corpus is contained in every larger one (the curve measures added data, not a new
+   draw); repeats differ in the draw and in the model initialisation seed.
+3. **Budget: optimizer steps are held fixed** for every size (pretraining and fine-tuning alike). Every run gets the
+   same compute and sees the same number of tokens; a small corpus is repeated over many epochs (the data-limited
+   regime a lab is in), a large one is seen about once. Fixing epochs instead would give small corpora fewer steps
+   and confound "less data" with "less training". Choose ``sizes`` up to about ``steps x batch`` sequences: beyond
+   that, extra data is never read.
+4. **Downstream error**: ``test_nll``, negative log-likelihood per token (nats) of the task's test split after LoRA
+   fine-tuning (each test CIF preceded by its property lines when the task is conditioned).
+
+Files (``out``)::
+
+    config.yaml       resolved ScalingConfig
+    runs.jsonl        one row per finished run: size, repeat, seed, metric, value, wall_s, status, losses
+    runs/<n>-r<r>/    pretrain/ and finetune/ run folders (deleted after the row is written unless keep_models)
+    scaling_fit.json, scaling.png, REPORT.md   the fit (:mod:`cifllm.scaling.report`)
+    pbs/              with ``emit_pbs``: one Miyabi job file per run
+
+An interrupted sweep resumes: finished (size, repeat) rows are skipped; an unfinished run resumes its pretraining
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifllm.config import ConfigError, load_config, save_config
+
+__all__ = ["ScalingConfig", "run_sweep", "fit_sweep", "render_sweep_pbs", "load_scaling_config"]
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """A sweep (see module docstring). Sizes count training CIFs of the pretraining corpus."""
+
+    task: str = "tc_top"
+    sizes: tuple[int, ...] = (250, 500, 1000, 2000)
+    repeats: int = 2
+    splits: str = "data/tasks"
+    corpus: str = "data/corpus"
+    out: str = ""  #: "" = results/scaling/<task>
+    pretrain_config: str = "train/configs/tiny.yaml"
+    pretrain_overrides: tuple[str, ...] = ("max_steps=150", "batch_size=16", "warmup_steps=15", "eval_steps=0", "save_steps=50", "logging_steps=50")
+    finetune_config: str = "train/configs/lora.yaml"
+    finetune_overrides: tuple[str, ...] = ("max_steps=60", "warmup_steps=6", "eval_steps=0", "save_steps=1000", "logging_steps=20")
+    val_rows: int = 256  #: fixed pretraining validation rows (from the corpus' val split)
+    test_rows: int = 0  #: test CIFs scored (0 = all)
+    seed: int = 0
+    target: float | None = None  #: a downstream error to reach: the report gives the size needed
+    keep_models: bool = False
+    threads: int = 0
+    only: str = ""  #: run one (size, repeat) only, "SIZE:REPEAT" (cluster jobs); the fit is skipped
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if len(set(self.sizes)) < 3:
+            raise ValueError(f"sizes: a power law needs at least 3 distinct sizes, got {list(self.sizes)}")
+        if any(s <= 0 for s in self.sizes):
+            raise ValueError(f"sizes must be positive, got {list(self.sizes)}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.only and not _parse_only(self.only):
+            raise ValueError(f"only must be 'SIZE:REPEAT', got {self.only!r}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"results/scaling/{Path(self.task).stem}")
+
+
+def _parse_only(s: str) -> tuple[int, int] | None:
+    try:
+        a, b = s.split(":")
+        return int(a), int(b)
+    except ValueError:
+        return None
+
+
+def load_scaling_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ScalingConfig:
+    return load_config(ScalingConfig, path, overrides)
+
+
+def _say(msg: str) -> None:
+    import sys
+
+    print(f"[cifllm scaling] {msg}", file=sys.stderr, flush=True)
+
+
+def _done_runs(path: Path) -> set[tuple[int, int]]:
+    if not path.is_file():
+        return set()
+    done = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r.get("status") == "ok":
+                done.add((int(r["size"]), int(r["repeat"])))
+    return done
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and fsync (a killed sweep loses at most the run in progress)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _pool(cfg: ScalingConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Any]:
+    """(train rows, fixed val rows, corpus manifest, task) of the task's pretraining corpus."""
+    from cifllm.bench.splits import load_split
+    from cifllm.bench.tasks import load_task
+    from cifllm.data.corpus import load_corpus, load_manifest
+
+    task = load_task(cfg.task)
+    d = Path(cfg.splits) / task.name
+    if not (d / "manifest.json").is_file():
+        raise FileNotFoundError(f"{d}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
+    load_split(d, "test")
+    excl = set((d / "pretrain_exclude.txt").read_text().split())
+    ds = load_corpus(cfg.corpus)
+    rows = [r for r in ds.to_list() if r["id"] not in excl]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"][: cfg.val_rows]
+    big = max(cfg.sizes)
+    if big > len(train):
+        raise ValueError(f"size {big} is larger than the task's pretraining corpus ({len(train)} training CIFs after excluding {len(excl)})")
+    return train, val, load_manifest(cfg.corpus), task
+
+
+def _test_texts(cfg: ScalingConfig, task: Any) -> list[str]:
+    from cifllm.bench.splits import load_split
+    from cifllm.conditioning import format_property_lines, property_values
+
+    rows = load_split(Path(cfg.splits) / task.name, "test")
+    if cfg.test_rows:
+        rows = rows[: cfg.test_rows]
+    names = tuple(task.conditioning)
+    return ["".join(ln + "\n" for ln in format_property_lines(property_values(r, names, task.property or None))) + r["text"] for r in rows]
+
+
+def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val: list[dict], manifest: dict, task: Any, test_texts: list[str]) -> dict[str, Any]:
+    import random
+
+    from cifllm.data.corpus import write_corpus
+    from cifllm.evaluation.nll import nll_per_token
+    from cifllm.training.config import load_pretrain_config
+    from cifllm.training.finetune import finetune, load_finetune_config
+    from cifllm.training.pretrain import pretrain
+
+    t0 = time.time()
+    seed = cfg.seed + repeat
+    run = cfg.out_dir / "runs" / f"{size}-r{repeat}"
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    subset = [train[i] for i in order[:size]]
+    corpus_dir = run / "corpus"
+    if not (corpus_dir / "manifest.json").is_file():
+        man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
+        man.update(scaling={"task": task.name, "size": size, "repeat": repeat, "seed": seed})
+        write_corpus(subset + val, corpus_dir, man)
+    pcfg = load_pretrain_config(cfg.pretrain_config, [*cfg.pretrain_overrides, f"corpus={corpus_dir}", f"out={run / 'pretrain'}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
+    model = run / "pretrain" / "model"
+    if not (model / "config.json").is_file():
+        pretrain(pcfg, resume=True)
+    pre = json.loads((model / "cifllm_run.json").read_text())
+    fdir = run / "finetune"
+    if (fdir / "adapter" / "cifllm_adapter.json").is_file():
+        adapter = fdir / "adapter"
+    else:
+        if fdir.exists():
+            shutil.rmtree(fdir)  # fine-tuning is short: restart it rather than resume a half-written run
+        fcfg = load_finetune_config(cfg.finetune_config, [*cfg.finetune_overrides, f"task={cfg.task}", f"base={model}", f"splits={cfg.splits}", f"out={fdir}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
+        adapter = finetune(fcfg)
+    ft = json.loads((adapter / "cifllm_adapter.json").read_text())
+    nll = nll_per_token(model, test_texts, adapter=adapter)
+    row = {
+        "task": task.name, "size": size, "repeat": repeat, "seed": seed, "metric": "test_nll", "value": nll["nll"],
+        "status": "ok", "wall_s": round(time.time() - t0, 1), "test_tokens": nll["n_tokens"], "test_texts": nll["n_texts"],
+        "pretrain_steps": pre["global_step"], "pretrain_tokens": pre["tokens_seen"], "pretrain_val_loss": pre.get("eval_loss"),
+        "finetune_steps": ft["global_step"], "finetune_val_loss": ft.get("eval_loss"), "preset": pre["preset"],
+    }
+    if not cfg.keep_models:
+        shutil.rmtree(run)
+    return row
+
+
+def run_sweep(cfg: ScalingConfig) -> Path:
+    """Run every missing (size, repeat) of ``cfg`` (or only ``cfg.only``), appending rows to ``runs.jsonl``; then fit
+    (unless ``only``). Returns the output folder."""
+    import math
+
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    if saved.is_file():
+        old = load_scaling_config(saved)
+        for key in ("task", "corpus", "splits", "pretrain_config", "pretrain_overrides", "finetune_config", "finetune_overrides", "val_rows", "test_rows", "seed"):
+            if getattr(old, key) != getattr(cfg, key):
+                raise ConfigError(f"{out} holds a sweep with another {key} ({getattr(old, key)!r}); use another out=...")
+    else:
+        save_config(cfg, saved)
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    from cifllm.training.config import load_pretrain_config
+
+    pc = load_pretrain_config(cfg.pretrain_config, list(cfg.pretrain_overrides))
+    per_step = pc.batch_size * pc.grad_accum
+    if min(cfg.sizes) < per_step:
+        raise ValueError(f"size {min(cfg.sizes)} is smaller than one pretraining batch ({per_step} CIFs per step): no step could be made")
+    if max(cfg.sizes) > pc.max_steps * per_step:
+        _say(f"note: size {max(cfg.sizes)} > {pc.max_steps} steps x {per_step} CIFs: part of the largest corpora is never read")
+    train, val, manifest, task = _pool(cfg)
+    tests = _test_texts(cfg, task)
+    runs_file = out / "runs.jsonl"
+    done = _done_runs(runs_file)
+    todo = [(s, r) for r in range(cfg.repeats) for s in sorted(set(cfg.sizes))]
+    if cfg.only:
+        todo = [_parse_only(cfg.only)]  # type: ignore[list-item]
+    for size, repeat in todo:
+        if (size, repeat) in done:
+            _say(f"size {size} repeat {repeat}: done, skipped")
+            continue
+        _say(f"size {size} repeat {repeat}: pretrain -> finetune -> test NLL")
+        row = _one_run(cfg, size, repeat, train, val, manifest, task, tests)
+        if not math.isfinite(row["value"]):
+            row["status"] = "non_finite"
+        _append_row(runs_file, row)
+        _say(f"size {size} repeat {repeat}: test_nll {row['value']:.4f} ({row['wall_s']} s)")
+    if not cfg.only:
+        fit_sweep(out, target=cfg.target, meta={"task": task.name, "metric": "test_nll (nats/token)", "config": str(saved)})
+    return out
+
+
+def fit_sweep(out: str | Path, target: float | None = None, meta: dict[str, Any] | None = None, n_boot: int = 1000) -> dict[str, Path]:
+    """Fit ``runs.jsonl`` of a sweep folder and write ``scaling_fit.json``, ``scaling.png``, ``REPORT.md``."""
+    from cifllm.scaling.fit import (
+        ScalingError,
+        assess_power_law,
+        compare_models,
+        fit_scaling,
+        holdout_check,
+        load_rows,
+        size_for_target,
+    )
+    from cifllm.scaling.report import write_report
+
+    out = Path(out)
+    rows = load_rows(out / "runs.jsonl", metric="test_nll")
+    fit = fit_scaling(rows, n_boot=n_boot)
+    pure = fit_scaling(rows, n_boot=n_boot, fix_c_zero=True)
+    try:
+        hold = holdout_check(rows)
+    except ScalingError as exc:
+        hold = {"skipped": str(exc)}
+    tgt = size_for_target(fit, target) if target is not None else None
+    return write_report(out, rows, fit, assessment=assess_power_law(rows, fit), holdout=hold, target=tgt, comparison=compare_models(rows), pure_fit=pure, meta=meta)
+
+
+def render_sweep_pbs(cfg: ScalingConfig, job_dir: str | Path, workdir: str = ".", group: str | None = None, walltime: str = "02:00:00", queue: str = "regular-g", config_path: str | None = None) -> list[Path]:
+    """One Miyabi PBS job file per (size, repeat): each runs ``cifllm scaling ... only=SIZE:REPEAT`` on one node and
+    appends its row to the shared ``runs.jsonl``; ``cifllm scaling --fit-only`` collects and fits afterwards."""
+    import shlex
+
+    from cifllm.training.cluster import DEFAULT_MODULES, render_template
+
+    tpl = Path(__file__).resolve().parents[2] / "train" / "miyabi" / "scaling.pbs.tmpl"
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    group = group or os.environ.get("GROUP") or "CHANGE_ME"
+    files = []
+    base_args = ["--task", cfg.task]
+    if config_path:
+        base_args += ["--config", config_path]
+    base_args += [f"sizes=[{','.join(str(s) for s in cfg.sizes)}]", f"repeats={cfg.repeats}", f"out={cfg.out_dir}"]
+    for r in range(cfg.repeats):
+        for s in sorted(set(cfg.sizes)):
+            name = f"scal-{Path(cfg.task).stem[:8]}-{s}-r{r}"
+            cmd = "cifllm scaling " + " ".join(shlex.quote(a) for a in [*base_args, f"only={s}:{r}"])
+            text = render_template(tpl, {
+                "queue": queue, "walltime": walltime, "group": group, "job_name": name,
+                "log_file": str(Path(workdir) / cfg.out_dir / "pbs" / f"{name}.log"), "workdir": shlex.quote(workdir),
+                "modules": " ".join(DEFAULT_MODULES), "venv": ".venv", "cache_root": f"/work/{group}/${{USER}}/.cache",
+                "command": cmd,
+            })
+            f = job_dir / f"{name}.pbs"
+            f.write_text(text)
+            files.append(f)
+    return files
