@@ -14,10 +14,10 @@ CORPUS ?= data/corpus
 export TORCH_EXTENSIONS_DIR ?= $(abspath .torch_extensions)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint format data data-smoke tokenizer tokenizer-check bench-prep demo clean help
+.PHONY: setup test test-slow lint format data data-smoke tokenizer tokenizer-check bench-prep demo demo-scratch clean help
 
 help:
-	@echo "make demo        the main job on built-in defaults (small corpus from CIFLLM_DATA_DIR -> tokenizer check -> ...)"
+	@echo "make demo        the main job on built-in defaults: the default model samples crystals, checks them, writes a report"
 	@echo "make test        install and run the default test suite (CPU, < 10 min)"
 	@echo "make setup       create $(VENV) with torch 2.13.0 CPU + cifllm[$(EXTRAS)]"
 	@echo "make data        build the pooled corpus from CIFLLM_DATA_DIR=$(CIFLLM_DATA_DIR) into $(CORPUS)"
@@ -58,16 +58,21 @@ tokenizer: setup
 bench-prep: setup
 	$(PY) benchmarks/bench_prep.py --out benchmarks/results/prep_cpu.json
 
-# The main job on built-in defaults: a small real corpus -> tokenizer check -> tiny model pretrained for a few hundred
-# steps on CPU -> samples (de novo + a few compositions) -> checks, uniqueness, novelty against the corpus -> report.
+# The main job on built-in defaults: the shipped default model (cifllm/resources/default-model) samples crystals for
+# a handful of compositions and de novo, the samples are checked (validity, uniqueness, novelty against data/corpus
+# when it was built from CIFLLM_DATA_DIR), and CIFs + metrics.json + report land in runs/demo. Offline, CPU, minutes.
+DEMO_ARGS ?=
+demo: setup
+	$(CIFLLM) demo out=runs/demo $(DEMO_ARGS)
+
+# the former demo: a tiny model pretrained from scratch on a smoke corpus (exercises every stage; its samples are poor)
 DEMO_STEPS ?= 200
 DEMO_SAMPLES ?= 8
-demo: setup data-smoke
+demo-scratch: setup data-smoke
 	$(CIFLLM) tokenizer --out tokenizer/cif-v1 --corpus data/corpus-smoke
 	$(MAKE) --no-print-directory pretrain CORPUS=data/corpus-smoke OUT=runs/demo-tiny STEPS=$(DEMO_STEPS) PRETRAIN_ARGS="eval_steps=100 save_steps=100"
 	$(CIFLLM) sample --config eval/sample.yaml model=runs/demo-tiny/model out=runs/demo-samples prompt_file=eval/demo_prompts.txt num_samples=$(DEMO_SAMPLES) max_new_tokens=768
 	$(CIFLLM) evaluate --config eval/eval.yaml samples=runs/demo-samples reference=data/corpus-smoke
-	@echo "demo done: CIFs in runs/demo-samples/cifs, metrics in runs/demo-samples/eval/metrics.json, report runs/demo-samples/eval/report.md"
 
 clean:
 	rm -rf runs results data/corpus-smoke .pytest_cache .ruff_cache
@@ -76,13 +81,45 @@ clean:
 -include train/pretrain.mk
 -include eval/sample.mk
 
-# discovery benchmark: splits from the corpus, then every task with the pretrained tiny model at a small CPU budget
-BENCH_MODEL ?= runs/pretrain-tiny/model
+# discovery benchmark: splits from the corpus (+ data/corpus-base: the corpus minus every task's test side, what the
+# default model is pretrained on), then every task with the default model, its per-task LoRA adapters
+# (runs/finetune-<task>/adapter, from `make finetune-all`) and the template baseline at a small CPU budget
+DEFAULT_MODEL := cifllm/resources/default-model
+BENCH_MODEL ?= $(DEFAULT_MODEL)
 BENCH_ARGS ?= n_prompts=8 n_samples=2 n_denovo=16 max_new_tokens=768
-.PHONY: splits bench
+TASKS := id_random elements_heldout prototypes_heldout tc_top kappa_top bandgap_top time_split
+.PHONY: splits bench finetune finetune-all scaling default-model card
 splits: setup
-	$(CIFLLM) split --corpus $(CORPUS) --out data/tasks
+	$(CIFLLM) split --corpus $(CORPUS) --out data/tasks --base-corpus data/corpus-base
 
 bench: setup
 	test -f data/tasks/id_random/manifest.json || $(MAKE) splits
-	$(CIFLLM) bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL)) splits=data/tasks corpus=$(CORPUS) out=results $(BENCH_ARGS)
+	$(CIFLLM) bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS) out=results $(BENCH_ARGS)
+
+# LoRA adapter for one task (TASK=tc_top) on BASE (default: the shipped model); FINETUNE_ARGS=key=value ...
+TASK ?= tc_top
+BASE ?= $(DEFAULT_MODEL)
+FINETUNE_ARGS ?=
+finetune: setup
+	test -f data/tasks/$(TASK)/manifest.json || $(MAKE) splits
+	$(CIFLLM) finetune --config train/configs/lora.yaml --task $(TASK) --base $(BASE) --out runs/finetune-$(TASK) $(FINETUNE_ARGS)
+
+finetune-all: setup
+	for t in $(TASKS); do test -f runs/finetune-$$t/adapter/cifllm_adapter.json || $(MAKE) --no-print-directory finetune TASK=$$t || exit 1; done
+
+# transfer scaling law on one task at a CPU budget (tiny preset, 4 sizes x 2 repeats; see cifllm/scaling/sweep.py)
+SCALING_TASK ?= tc_top
+SCALING_ARGS ?=
+scaling: setup
+	test -f data/tasks/$(SCALING_TASK)/manifest.json || $(MAKE) splits
+	$(CIFLLM) scaling --task $(SCALING_TASK) corpus=$(CORPUS) $(SCALING_ARGS)
+
+# the shipped default model: mini preset on data/corpus-base (~1.5 h on 2 CPU cores), bf16 export, model card
+default-model: setup
+	test -f data/corpus-base/manifest.json || $(MAKE) splits
+	$(CIFLLM) pretrain --config train/configs/mini.yaml corpus=data/corpus-base out=runs/mini progress=false --resume
+	$(CIFLLM) export runs/mini/model $(DEFAULT_MODEL) --dtype bfloat16 --overwrite
+	$(MAKE) --no-print-directory card
+
+card: setup
+	$(CIFLLM) card $(DEFAULT_MODEL) $(if $(wildcard results/default-eval/metrics.json),--eval results/default-eval/metrics.json) --bench results

@@ -13,6 +13,7 @@ import sys
 
 #: stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
+    "demo": ("cifllm.demo_cli", "the main job on built-in defaults: sample with the default model, check, report"),
     "data": ("cifllm.data.cli", "build the canonical CIF corpus from the dataset registry"),
     "tokenizer": ("cifllm.tokenizer_cli", "save the CIF tokenizer and check its round trip on a corpus"),
     "pretrain": ("cifllm.training.cli", "pretrain a Llama model on a corpus"),

@@ -9,7 +9,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=None, help="task name (repeatable; default: every task with a split)")
     p.add_argument("--model", default=None, help="save_pretrained model folder (omit: template baseline only)")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder for the model")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder for the model; '{task}' is replaced by the task name (runs/finetune-{task}/adapter); a missing folder means no adapter for that task")
     p.add_argument("--config", default=None, help="YAML with BenchConfig keys")
     p.add_argument("overrides", nargs="*", help="key=value overrides of BenchConfig (n_prompts=5 n_denovo=16 ...)")
 
@@ -24,14 +24,19 @@ def run(args: argparse.Namespace) -> int:
     over = list(args.overrides)
     if args.model:
         over.append(f"model={args.model}")
-    if args.adapter:
-        over.append(f"adapter={args.adapter}")
     base = load_config(BenchConfig, args.config, over)
     names = args.task or [t for t in list_tasks() if (Path(base.splits) / t / "manifest.json").is_file()]
     if not names:
         raise SystemExit(f"no task splits under {base.splits}: run `cifllm split` first")
     for name in names:
-        cfg = load_config(BenchConfig, args.config, [*over, f"task={name}"])
+        extra = [f"task={name}"]
+        if args.adapter:
+            a = args.adapter.replace("{task}", name)
+            if "{task}" not in args.adapter or Path(a).is_dir():
+                extra.append(f"adapter={a}")
+            else:
+                print(f"[bench {name}] no adapter at {a}: base model and template only")
+        cfg = load_config(BenchConfig, args.config, [*over, *extra])
         res = run_bench(cfg)
         for r in res["rows"]:
             print(name, r["generator"], {k: r.get(k) for k in ("csp", "denovo")}, "rediscovery", r["rediscovery"]["rate"])

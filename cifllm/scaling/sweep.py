@@ -55,7 +55,8 @@ class ScalingConfig:
     corpus: str = "data/corpus"
     out: str = ""  #: "" = results/scaling/<task>
     pretrain_config: str = "train/configs/tiny.yaml"
-    pretrain_overrides: tuple[str, ...] = ("max_steps=150", "batch_size=16", "warmup_steps=15", "eval_steps=0", "save_steps=50", "logging_steps=50")
+    #: every run gets the same context (else a small corpus's shorter longest CIF would skip long test CIFs)
+    pretrain_overrides: tuple[str, ...] = ("max_position_embeddings=2048", "max_steps=150", "batch_size=16", "warmup_steps=15", "eval_steps=0", "save_steps=50", "logging_steps=50")
     finetune_config: str = "train/configs/lora.yaml"
     finetune_overrides: tuple[str, ...] = ("max_steps=60", "warmup_steps=6", "eval_steps=0", "save_steps=1000", "logging_steps=20")
     val_rows: int = 256  #: fixed pretraining validation rows (from the corpus' val split)
@@ -189,6 +190,11 @@ def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val:
         adapter = finetune(fcfg)
     ft = json.loads((adapter / "cifllm_adapter.json").read_text())
     nll = nll_per_token(model, test_texts, adapter=adapter)
+    if nll["n_skipped"]:
+        raise ValueError(
+            f"{nll['n_skipped']} test CIFs are longer than the run's context; set max_position_embeddings in "
+            "pretrain_overrides so every run scores the same test set"
+        )
     row = {
         "task": task.name, "size": size, "repeat": repeat, "seed": seed, "metric": "test_nll", "value": nll["nll"],
         "status": "ok", "wall_s": round(time.time() - t0, 1), "test_tokens": nll["n_tokens"], "test_texts": nll["n_texts"],
