@@ -226,3 +226,15 @@ def test_base_corpus_excludes_every_task(toy, tiny_corpus, tmp_path):
     assert ids and not ids & excl and len(ids) == len(load_corpus(tiny_corpus)) - len(excl)
     man = json.loads((Path(out) / "manifest.json").read_text())
     assert set(man["tasks"]) == {"toy", "toy2"} and man["excluded_rows"] == len(excl)
+
+
+def test_generate_with_adapter_and_property(toy, capsys):
+    from cifllm.cli import main
+
+    args = ["generate", "--composition", "NaCl", "--z", "4", "--model", str(toy["base"]), "--adapter", str(toy["adapter"]), "-n", "2", "--max-new-tokens", "24", "--no-check"]
+    assert main([*args, "--property", "n_atoms=8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("# sample") == 2 and "_property_" not in out and "data_Na4Cl4" in out
+    assert main([*args, "--property", "tc=90"]) == 2
+    assert "not trained on property" in capsys.readouterr().err
+    assert main([*args[:-1], "--property", "n_atoms=hot"]) == 2

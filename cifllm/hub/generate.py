@@ -54,6 +54,8 @@ def generate_cifs(
     check: bool = True,
     time_limit_s: float = 30.0,
     engine: Any = None,
+    adapter: str | Path | None = None,
+    conditions: dict[str, float] | None = None,
 ) -> list[GeneratedCIF]:
     """Sample ``n`` CIFs with the HF engine for ``composition`` (+ ``space_group``, ``z``) or, with ``de_novo``, from
     an empty prompt, and run the validity checks on each (``check=False`` skips them: ``valid`` is then False).
@@ -66,14 +68,29 @@ def generate_cifs(
     from cifllm.sampling.engines import GenerationParams, HFEngine
     from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
+    conds: dict[str, float] = {}
+    if conditions:
+        from cifllm.conditioning import PROPERTIES, register_property_conditions
+
+        if adapter is None:
+            raise PromptError("property conditioning needs a LoRA adapter trained on it (--adapter)")
+        from cifllm.training.adapters import check_conditions, read_adapter_record
+
+        verdict = check_conditions(read_adapter_record(adapter), dict(conditions))  # unknown property: AdapterError
+        for note in verdict.flags.values():
+            import sys
+
+            print(f"note: extrapolating: {note}", file=sys.stderr)
+        register_property_conditions()
+        conds = {k: conditions[k] for k in PROPERTIES if k in conditions}
     if de_novo:
         if composition or space_group is not None or z is not None:
             raise PromptError("--de-novo excludes a composition, space group and Z")
-        prompt = build_prompt()
+        prompt = build_prompt(conditions=conds)
     else:
         if not composition:
             raise PromptError("give a composition (e.g. 'Na4Cl4') or ask for de novo samples")
-        prompt = build_prompt(composition=composition, z=z, space_group=space_group)
+        prompt = build_prompt(composition=composition, z=z, space_group=space_group, conditions=conds)
     params = GenerationParams(
         num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
         batch_size=max(1, min(n, 32)),
@@ -81,7 +98,7 @@ def generate_cifs(
     if engine is None:
         from cifllm.hub.resolve import resolve_model
 
-        engine = HFEngine(resolve_model(model), device=device)
+        engine = HFEngine(resolve_model(model), device=device, lora=adapter)
     gens = sorted(engine.generate([prompt], params), key=lambda g: g.sample_index)
     texts = [strip_conditions(prompt.text + g.text) for g in gens]
     if check:

@@ -51,6 +51,8 @@ class FinetuneConfig:
     #: properties written before each CIF; null = the task's ``conditioning`` (empty for Case 0/1/3 tasks)
     conditioning: tuple[str, ...] | None = None
     cond_dropout: float = 0.2  #: probability that a training CIF's property line is left out
+    #: "lora" (the design) or "full" (every weight trained; the baseline for memory/speed comparisons, writes model/)
+    method: Literal["lora", "full"] = "lora"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -175,7 +177,8 @@ def _peak_rss_mb() -> float:
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
-    """Train a LoRA adapter for ``cfg.task`` on ``cfg.base``; returns the ``adapter/`` folder (see module doc)."""
+    """Train a LoRA adapter for ``cfg.task`` on ``cfg.base``; returns the ``adapter/`` folder (see module doc).
+    ``method="full"`` trains every weight instead and returns ``model/`` (a plain save_pretrained folder)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, TrainingArguments
@@ -245,10 +248,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
         bias="none", task_type="CAUSAL_LM",
     )
-    try:
-        model = get_peft_model(model, lcfg)
-    except ValueError as exc:
-        raise ConfigError(f"target_modules {list(cfg.target_modules)}: {exc}") from None
+    if cfg.method == "lora":
+        try:
+            model = get_peft_model(model, lcfg)
+        except ValueError as exc:
+            raise ConfigError(f"target_modules {list(cfg.target_modules)}: {exc}") from None
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
     _say(
@@ -293,17 +297,20 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         eval_end = last.get("eval_loss")
     tokens = int(trainer.state.num_input_tokens_seen)
 
-    adapter = run_dir / "adapter"
-    tmp = run_dir / ".adapter.tmp"
+    adapter = run_dir / ("adapter" if cfg.method == "lora" else "model")
+    tmp = run_dir / f".{adapter.name}.tmp"
     if tmp.exists():
         import shutil
 
         shutil.rmtree(tmp)
+    if cfg.method == "full":
+        trainer.model.config.use_cache = True
     trainer.model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    adapter_mb = sum(f.stat().st_size for f in tmp.glob("adapter_model.*")) / 2**20
+    adapter_mb = sum(f.stat().st_size for f in tmp.glob("adapter_model.*" if cfg.method == "lora" else "model*.safetensors")) / 2**20
     record = {
-        "format": "cifllm-lora-v1",
+        "format": "cifllm-lora-v1" if cfg.method == "lora" else "cifllm-full-finetune-v1",
+        "method": cfg.method,
         "task": task.name,
         "task_manifest_sha256": sha256_file(split_dir / "manifest.json"),
         "base_model": str(base),
@@ -329,13 +336,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         "config": config_to_dict(cfg),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": __import__("peft").__version__},
     }
-    atomic_write_json(tmp / ADAPTER_RECORD, record)
+    atomic_write_json(tmp / (ADAPTER_RECORD if cfg.method == "lora" else "cifllm_finetune.json"), record)
     if adapter.exists():
         import shutil
 
         shutil.rmtree(adapter)
     os.replace(tmp, adapter)
-    if cfg.merge:
+    if cfg.merge and cfg.method == "lora":
         merged = run_dir / "merged"
         mtmp = run_dir / ".merged.tmp"
         m = trainer.model.merge_and_unload()
