@@ -485,9 +485,11 @@ def render_model_card(
     folder = Path(model_dir)
     records = _records(folder)
     metrics, summary = _load_eval(eval_metrics)
-    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
-    repo = repo_id or "path/to/model"
     run = records["run"] or {}
+    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    if not repo_id and name == "default-model" and run.get("preset"):
+        name = f"cifllm-{run['preset']} (the cifllm default model)"
+    repo = repo_id or "path/to/model"
     cfg = records["config"]
     intro = f"A {cfg.get('model_type', 'causal')} language model over canonical CIF text (crystal structures)"
     if run:
