@@ -286,6 +286,8 @@ def render_bench_md(results_dir: Path) -> str:
     ]
     for f in sorted(results_dir.glob("*/metrics.json")):
         m = json.loads(f.read_text())
+        if not isinstance(m, dict) or "rows" not in m or "task" not in m:
+            continue  # another stage's metrics.json (e.g. an evaluate run) in the same results folder
         orc = m.get("oracle")
         orc_s = f"{orc['mae']:.3g} / {orc['r2']:.2f}" if orc else "-"
         for r in m["rows"]:
