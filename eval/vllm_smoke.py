@@ -21,6 +21,7 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--lora", default=None)
+    ap.add_argument("--lora2", default=None, help="a second adapter: both served by one engine, picked per prompt")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
@@ -34,7 +35,8 @@ def main() -> int:
     from cifllm.sampling.run import SampleConfig, sample
 
     t0 = time.perf_counter()
-    engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, lora=args.lora, max_lora_rank=16, seed=0)
+    loras = {"a": args.lora, "b": args.lora2} if args.lora2 else args.lora
+    engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, lora=loras, max_lora_rank=16, seed=0)
     load_s = time.perf_counter() - t0
     prompt_file = Path(args.out) / "prompts_in.txt"
     prompt_file.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +55,15 @@ def main() -> int:
         base = list(engine.generate(prompts, GenerationParams(num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, batch_size=32)))
         engine.lora_request = adapter
         lora_changes_output = sorted((prompts[g.prompt_index].id, g.sample_index, g.text) for g in base) != second
+    adapters_differ = None
+    if args.lora2:  # one engine, two adapters, picked per prompt through meta["adapter"]
+        pa = [build_prompt(composition="NaCl", meta={"adapter": "a"}), build_prompt(composition="NaCl", meta={"adapter": "b"})]
+        gens = list(engine.generate(pa, GenerationParams(num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, batch_size=32)))
+        by = {0: sorted(g.text for g in gens if g.prompt_index == 0), 1: sorted(g.text for g in gens if g.prompt_index == 1)}
+        adapters_differ = by[0] != by[1]
     report = {
         "vllm_version": vllm.__version__,
+        "adapters_differ": adapters_differ,
         "lora": args.lora,
         "load_s": round(load_s, 2),
         "n_samples": summary["n_samples"],

@@ -71,3 +71,27 @@ def test_vllm_with_a_lora_adapter(vllm_python, tmp_path):
     rep = _smoke(vllm_python, model_dir, tmp_path / "run", ["--n", "4", "--max-new-tokens", "32", "--lora", str(tmp_path / "adapter")])
     assert rep["n_samples"] == 8 and rep["lora"]
     assert rep["reproducible"] and rep["lora_changes_output"]
+
+
+def test_vllm_serves_two_cifllm_adapters_on_one_base(vllm_python, tmp_path):
+    """Two adapters written by `cifllm finetune`-style records on one base: checked against the base fingerprint and
+    picked per prompt."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cifllm.sampling.toy import save_random_llama
+    from cifllm.training.adapters import ADAPTER_RECORD, model_fingerprint
+
+    model_dir = save_random_llama(tmp_path / "model", shape="tiny", max_positions=512)
+    for k, name in enumerate(("a", "b")):
+        peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(model_dir)), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(k)
+        with torch.no_grad():
+            for pname, p in peft_model.named_parameters():
+                if "lora_B" in pname:
+                    p.normal_(0, 0.5)
+        peft_model.save_pretrained(str(tmp_path / name))
+        (tmp_path / name / ADAPTER_RECORD).write_text(json.dumps({"task": name, "base_fingerprint": model_fingerprint(model_dir), "conditioning": {}}))
+    rep = _smoke(vllm_python, model_dir, tmp_path / "run", ["--n", "4", "--max-new-tokens", "32", "--lora", str(tmp_path / "a"), "--lora2", str(tmp_path / "b")])
+    assert rep["adapters_differ"] and rep["reproducible"]

@@ -364,10 +364,15 @@ def _adapter_map(lora: Any) -> dict[str, Path]:
 
 def _check_adapter(adapter: str | Path, model_dir: Path) -> dict[str, Any]:
     """The adapter's cifllm record after checking it was trained on ``model_dir`` (EngineError otherwise)."""
-    from cifllm.training.adapters import AdapterError, check_adapter_base
+    from cifllm.training.adapters import ADAPTER_RECORD, AdapterError, check_adapter_base
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise EngineError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    if not (Path(adapter) / ADAPTER_RECORD).is_file():  # a plain peft adapter: loadable, but nothing to verify
+        import warnings
+
+        warnings.warn(f"{adapter} has no {ADAPTER_RECORD} (not written by `cifllm finetune`): cannot check that it belongs to {model_dir}", stacklevel=3)
+        return {}
     try:
         return check_adapter_base(adapter, model_dir)
     except AdapterError as exc:

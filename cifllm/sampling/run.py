@@ -138,9 +138,12 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
     conds = parse_conditions(cfg.conditions)
     record = None
     if _set(cfg.lora):
-        from cifllm.training.adapters import read_adapter_record
+        from cifllm.training.adapters import ADAPTER_RECORD, AdapterError, read_adapter_record
 
-        record = read_adapter_record(cfg.lora)  # type: ignore[arg-type]
+        if (Path(cfg.lora) / ADAPTER_RECORD).is_file():  # type: ignore[arg-type]
+            record = read_adapter_record(cfg.lora)  # type: ignore[arg-type]
+        elif conds or any(p.meta.get("conditions") for p in prompts):
+            raise AdapterError(f"{cfg.lora} has no {ADAPTER_RECORD}: cannot tell which properties it was trained on")
     if not conds:
         if record is not None:
             from cifllm.training.adapters import check_conditions
