@@ -55,14 +55,14 @@ def main() -> None:
                     from cifllm.bench.splits import task_pretrain_corpus
 
                     task_pretrain_corpus("data/corpus", Path(args.splits) / args.task, corpus)
-                _run([py, "-m", "cifllm.cli", "pretrain", f"corpus={corpus}", f"out={tmp}/base-{preset}", f"preset={preset}", "max_steps=2", "warmup_steps=1", "batch_size=2", "eval_steps=0", "progress=false"])
+                _run([py, "-m", "cifllm.cli", "pretrain", f"corpus={corpus}", f"out={tmp}/base-{preset}", f"preset={preset}", "max_steps=2", "warmup_steps=1", "batch_size=2", "eval_steps=0", "eval_max_sequences=4", "progress=false"])
                 base = f"{tmp}/base-{preset}/model"
             for method in ("lora", "full"):
                 out = Path(tmp) / f"ft-{preset}-{method}"
                 _run([
                     py, "-m", "cifllm.cli", "finetune", "--config", "train/configs/lora.yaml", "--task", args.task, "--base", base,
                     "--out", str(out), f"splits={args.splits}", f"method={method}", f"max_steps={args.steps}", "warmup_steps=2",
-                    f"batch_size={args.batch_size}", "eval_steps=0", f"save_steps={args.steps}", "progress=false",
+                    f"batch_size={args.batch_size}", "eval_steps=0", "eval_max_sequences=8", f"save_steps={args.steps}", "progress=false",
                 ])
                 rec = json.loads((out / "metrics.json").read_text())
                 rows.append({
