@@ -29,6 +29,20 @@ from cifllm.tokenization import build_tokenizer
 # ---------------------------------------------------------------- prompts
 
 
+
+@pytest.fixture(autouse=True)
+def _no_registered_conditions():
+    """These tests define their own conditions: start from an empty registry (other test modules register the
+    property conditions of cifllm.conditioning process-wide) and restore it afterwards."""
+    from cifllm.sampling import prompts as _prompts
+
+    saved = dict(_prompts._CONDITIONS)
+    _prompts._CONDITIONS.clear()
+    yield
+    _prompts._CONDITIONS.clear()
+    _prompts._CONDITIONS.update(saved)
+
+
 def test_composition_prompts_use_the_canonical_formula():
     assert build_prompt(composition="NaCl", z=4).text == "data_Na4Cl4\n"
     assert build_prompt(composition="Na4Cl4").text == "data_Na4Cl4\n"
