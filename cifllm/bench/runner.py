@@ -69,11 +69,6 @@ def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: l
     return out
 
 
-def _strip(text: str) -> str:
-    """Generated text without its property lines (what the checks read)."""
-    return "\n".join(ln for ln in text.split("\n") if not ln.strip().startswith("_property_"))
-
-
 def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[str], csp_texts: list[list[str]], denovo: list[str], ref, test_rows: list[dict], cfg: BenchConfig, oracle=None, threshold: float | None = None, asked: list[float | None] | None = None) -> dict[str, Any]:
     from cifllm.evaluation.matching import csp_match_task, csp_metrics, novelty_task
     from cifllm.evaluation.run import evaluate_texts, summarize
@@ -244,12 +239,16 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     if cfg.template_baseline:
         tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
         gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))
+    from cifllm.conditioning import register_property_conditions
+    from cifllm.sampling.prompts import strip_conditions
+
+    register_property_conditions()
     for name, make in gens:
         t1 = time.time()
         log(f"[bench {task.name}] generating: {name}")
         csp_texts, denovo = make()
-        csp_texts = [[_strip(t) for t in ts] for ts in csp_texts]
-        denovo = [_strip(t) for t in denovo]
+        csp_texts = [[strip_conditions(t) for t in ts] for ts in csp_texts]  # property lines out: what the checks read
+        denovo = [strip_conditions(t) for t in denovo]
         row = _score(task, name, prompts, [t["text"] for t in targets], csp_texts, denovo, ref, test, cfg, oracle, threshold, asked_by_row.get(name))
         row["seconds"] = round(time.time() - t1, 1)
         out["rows"].append(row)

@@ -21,12 +21,11 @@ _DATA_LINE = re.compile(r"^data_([A-Za-z0-9.]+)\s*$", re.M)
 
 def measure_property(name: str, text: str) -> float | None:
     """The derived property ``name`` of generated text (property lines allowed), or None if it cannot be read."""
-    from cifllm.conditioning import split_conditioning
+    from cifllm.conditioning import register_property_conditions
+    from cifllm.sampling.prompts import strip_conditions
 
-    try:
-        _, body = split_conditioning(text)
-    except ValueError:
-        body = "\n".join(ln for ln in text.split("\n") if not ln.startswith("_property_"))
+    register_property_conditions()
+    body = strip_conditions(text)
     if name == "n_atoms":
         m = _DATA_LINE.search(body)
         if not m:
