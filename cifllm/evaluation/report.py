@@ -107,9 +107,32 @@ def _tables(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     tables.append(("Failures by check and reason", ["check", "reason", "samples"], fr))
     if "csp" in metrics:
         tables.append(("Crystal structure prediction", ["metric", "value"], [[k, _fmt(v)] for k, v in metrics["csp"].items()]))
+    if "stability" in metrics:
+        tables += _stability_tables(metrics["stability"])
     t = metrics.get("timing", {})
     tables.append(("Timing", ["stage", "seconds"], [[k, _fmt(v)] for k, v in t.get("stages_s", {}).items()] + [["total", _fmt(t.get("wall_s"))]]))
     return tables
+
+
+def _stability_tables(st: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Stability rates (Wilson 95% intervals), distributions and the reasons samples have no verdict."""
+
+    def ci(r: dict[str, Any]) -> str:
+        return "n/a" if not r.get("ci95") else f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+
+    defs = st.get("definitions", {})
+    rows = []
+    for k, r in st["rates"].items():
+        rm = st["rates_among_measured"][k]
+        rows.append([k, _fmt(r["count"]), f"{_fmt(r['rate'])} {ci(r)} (n={r['n']})", f"{_fmt(rm['rate'])} {ci(rm)} (n={rm['n']})", defs.get(k, "")])
+    dist = [[name, *(_fmt(st[name].get(q)) for q in ("n", "min", "median", "mean", "p90", "max"))] for name in ("e_above_hull", "rmsd_A", "steps", "relax_time_s")]
+    run = st.get("run", {})
+    return [
+        (f"Stability ({run.get('potential', 'potential')})", ["metric", "count", "rate over all samples [95% CI]", "rate among samples with E_hull", "definition"], rows),
+        ("Stability distributions (E_hull eV/atom, RMSD A, optimizer steps, seconds per relaxation)", ["quantity", "n", "min", "median", "mean", "p90", "max"], dist),
+        ("Samples without a stability verdict", ["reason", "samples"], [[k, str(v)] for k, v in st.get("reasons", {}).items()]),
+        ("Stability caveats", ["caveat"], [[c] for c in st.get("caveats", [])]),
+    ]
 
 
 def write_report(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str, Any]], ref: dict[str, list[float]] | None = None) -> tuple[Path, Path]:
@@ -117,7 +140,7 @@ def write_report(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str
     from cifllm.utils import atomic_write_text
 
     out = Path(out)
-    plots = _plots(out, metrics, verdicts, ref)
+    plots = _plots(out, metrics, verdicts, ref) + [tuple(p) for p in metrics.get("stability", {}).get("plots", [])]
     tables = _tables(metrics)
     md = ["# cifllm evaluation report", "", f"{metrics['n_samples']} samples. Definitions and tolerances: `metrics.json`.", ""]
     for title, header, rows in tables:

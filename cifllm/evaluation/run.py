@@ -64,6 +64,15 @@ class EvalConfig:
     min_volume: float = 0.1
     smact_oxidation_states: str = "smact14"
     max_sites: int = 1000
+    # stability (cifllm.evaluation.stability, needs the mlip extra); null = StabilitySettings default
+    stability: bool = False
+    stability_cache: str | None = None  # folder of relaxation + hull caches; null = <out>/stability_cache
+    stability_model: str | None = None
+    stability_fmax: float | None = None
+    stability_max_steps: int | None = None
+    stability_time_limit_s: float | None = None
+    stability_workers: int | None = None  # null/-1 = workers
+    stability_max_refs_per_system: int | None = None
 
     def check_settings(self) -> CheckSettings:
         names = {f.name for f in fields(CheckSettings)}
@@ -264,6 +273,10 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
 
     if not cfg.samples:
         raise ValueError("samples= is required (a `cifllm sample` run folder or its samples.jsonl)")
+    if cfg.stability:
+        from cifllm.evaluation.stability import potential_key
+
+        potential_key(cfg.stability_model or "0.3.0")  # the mlip extra is installed (else a one-line error)
     src = Path(cfg.samples)
     run_dir = src if src.is_dir() else src.parent
     out = Path(cfg.out) if cfg.out else run_dir / "eval"
@@ -307,6 +320,14 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     metrics["reference"] = {"corpus": cfg.reference, "split": cfg.reference_split, "n": len(reference) if reference else 0}
     if csp is not None:
         metrics["csp"] = csp
+    if cfg.stability:
+        from cifllm.evaluation.stability import stability_stage
+
+        t1 = time.perf_counter()
+        metrics["stability"] = stability_stage(cfg, samples, texts, verdicts, out, log, make_bar)
+        stage_s["stability"] = round(time.perf_counter() - t1, 3)
+        for b in bars:
+            b.close()
     wall = time.perf_counter() - t0
     metrics["timing"] = {"wall_s": round(wall, 3), "stages_s": stage_s, "samples_per_s": round(len(samples) / wall, 2) if wall > 0 else None}
     lines = []
