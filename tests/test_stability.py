@@ -251,3 +251,36 @@ def test_evaluate_stability_end_to_end(chgnet_settings, shared_cache, tmp_path):
     cfg2 = EvalConfig(samples=str(run), reference=str(corpus), workers=0, stability=True, stability_workers=0, stability_cache=str(shared_cache / "e2e"), out=str(tmp_path / "e2"))
     st2 = json.loads((evaluate(cfg2, progress=False, log=lambda m: None) / "metrics.json").read_text())["stability"]
     assert st2["run"]["relaxed_samples"] == 0 and st2["run"]["relaxed_references"] == 0 and st2["run"]["cache_hits"] == 3
+
+
+def test_bench_md_stability_table(tmp_path):
+    from cifllm.bench.runner import render_bench_md
+
+    rate = {"count": 1, "n": 4, "rate": 0.25, "ci95": [0.05, 0.7]}
+    st = {"n_samples": 4, "n_e_hull": 2, "rates": {k: rate for k in ("stable", "metastable", "sun", "msun")}, "e_above_hull": {"median": 0.031}}
+    row = {"generator": "template", "csp": {}, "denovo": {"valid": 1.0, "stability": st}, "rediscovery": {"rate": 0.0}}
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "metrics.json").write_text(json.dumps({"task": {"name": "t", "case": 0}, "rows": [row]}))
+    md = render_bench_md(tmp_path)
+    assert "| t | template | 4 | 2 | 25.0 | 25.0 | 25.0 | 25.0 | 0.031 |" in md
+
+
+@pytest.mark.slow
+def test_bench_template_row_with_stability(tmp_path, tiny_corpus):
+    """``cifllm bench stability=true``: the template baseline's de novo samples get a stability block (CHGNet)."""
+    pytest.importorskip("chgnet")
+    import yaml
+
+    from cifllm.bench.runner import BenchConfig, run_bench
+    from cifllm.bench.splits import build_split
+    from cifllm.bench.tasks import TaskSpec
+    from cifllm.config import config_to_dict
+
+    task = TaskSpec(name="rnd", case=0, description="d", rule="random_formula", sources=("prototypes",), test_fraction=0.2, metrics=("denovo",))
+    (tmp_path / "rnd.yaml").write_text(yaml.safe_dump(config_to_dict(task)))
+    build_split(task, tiny_corpus, tmp_path / "splits", workers=1)
+    cfg = BenchConfig(task=str(tmp_path / "rnd.yaml"), splits=str(tmp_path / "splits"), corpus=str(tiny_corpus), out=str(tmp_path / "results"), n_prompts=1, n_samples=1, n_denovo=4, workers=0, stability=True)
+    res = run_bench(cfg, log=lambda *_: None)
+    st = res["rows"][0]["denovo"]["stability"]
+    assert st["n_samples"] == 4 and sum(st["reasons"].values()) + st["n_e_hull"] == 4
+    assert "Stability of de novo samples" in (tmp_path / "results" / "BENCH.md").read_text()

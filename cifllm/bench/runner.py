@@ -53,6 +53,8 @@ class BenchConfig:
     workers: int = 1
     time_limit_s: float = 30.0
     template_baseline: bool = True
+    stability: bool = False  # relax de novo samples with CHGNet, E_hull vs the task's reference (mlip extra)
+    stability_cache: str | None = None  # null = <out>/<task>/stability_cache
 
 
 def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: list[int], cfg: BenchConfig) -> list[list[str]]:
@@ -89,6 +91,8 @@ def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[
     if denovo:
         s = summarize(v_dn)
         res["denovo"] = {"n": len(denovo), "valid": s["rates"]["valid"], "unique": s["rates"]["unique"], "novel": s["rates"]["novel"], "unique_novel": s["rates"]["unique_novel"]}
+        if cfg.stability:
+            res["denovo"]["stability"] = _stability(task, name, denovo, v_dn, ref, cfg)
     # rediscovery over all valid samples, in generation order (CSP first, then de novo)
     by_formula: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for idx, (t, v) in enumerate(zip(flat + denovo, verd)):
@@ -125,6 +129,18 @@ def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[
         if asked is not None:
             res["property"]["response"] = _conditioning_response(flat + denovo, verd, asked, oracle, threshold)
     return res
+
+
+def _stability(task: TaskSpec, name: str, denovo: list[str], verd: list[dict], ref, cfg: BenchConfig) -> dict[str, Any]:
+    """Stability of the de novo samples (:mod:`cifllm.evaluation.stability`): the hull references are the task's
+    novelty reference (what the model may have seen), relaxed with the same potential; rates over all de novo samples."""
+    from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
+
+    settings = StabilitySettings(workers=cfg.workers, time_limit_s=max(cfg.time_limit_s, 300.0))
+    cache = Path(cfg.stability_cache) if cfg.stability_cache else Path(cfg.out) / task.name / "stability_cache"
+    recs, stats = run_stability(denovo, [f"{name}:{i}" for i in range(len(denovo))], verd, HullReference.from_index(ref), settings, cache)
+    st = summarize_stability(recs, verd, settings, stats)
+    return {k: st[k] for k in ("n_samples", "n_e_hull", "rates", "reasons", "e_above_hull", "rmsd_A", "run")}
 
 
 def _conditioning_response(texts: list[str], verd: list[dict], asked: list[float | None], oracle, threshold: float) -> dict[str, Any]:
@@ -298,4 +314,27 @@ def render_bench_md(results_dir: Path) -> str:
                 f"{_pct(r['rediscovery']['rate'])} | {_pct(r.get('property', {}).get('hit_rate'))} | "
                 f"{_num(r.get('property', {}).get('response', {}).get('spearman_asked_vs_predicted'))} | {orc_s} |"
             )
+    st_lines = []
+    for f in sorted(results_dir.glob("*/metrics.json")):
+        m = json.loads(f.read_text())
+        if not isinstance(m, dict) or "rows" not in m or "task" not in m:
+            continue
+        for r in m["rows"]:
+            st = r.get("denovo", {}).get("stability")
+            if st:
+                rt = st["rates"]
+                st_lines.append(
+                    f"| {m['task']['name']} | {r['generator']} | {st['n_samples']} | {st['n_e_hull']} | {_pct(rt['stable']['rate'])} | {_pct(rt['metastable']['rate'])} | "
+                    f"{_pct(rt['sun']['rate'])} | {_pct(rt['msun']['rate'])} | {_num(st['e_above_hull']['median'])} |"
+                )
+    if st_lines:
+        lines += [
+            "",
+            "Stability of de novo samples (CHGNet relaxation, E_hull against the task's reference relaxed with the same potential;",
+            "rates in % over all de novo samples, S.U.N. = stable (E_hull <= 0) & unique & novel, M.S.U.N. = E_hull <= 0.1 eV/atom):",
+            "",
+            "| task | generator | n | with E_hull | stable | metastable | S.U.N. | M.S.U.N. | median E_hull (eV/atom) |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *st_lines,
+        ]
     return "\n".join(lines) + "\n"
