@@ -2,6 +2,13 @@
 
 Each stage module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported lazily so
 ``cifllm --help`` stays fast and a stage's heavy dependencies load only when it runs.
+
+Error contract (one handler, here, for every stage): a user error - a bad config key or value, a missing path, an
+unknown task, an empty data folder, a corrupt model file, bad input records - ends the run with one line on stderr,
+``cifllm <stage>: error: <what>: <why>``, and exit code 2; no traceback unless ``--debug`` (anywhere on the command
+line) or ``CIFLLM_DEBUG=1``. User errors are :class:`cifllm.errors.CifllmError` and the package's older error classes
+listed in :data:`USER_ERRORS`, plus ``OSError`` (a path), ``ValueError`` and the safetensors loader's error (reported
+with the file it was reading). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +16,77 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+import traceback
+from pathlib import Path
+
+from cifllm.errors import CifllmError
+
+#: Error classes of cifllm that predate :class:`CifllmError` (module, class name). They are matched only when their
+#: module is already imported (an exception of that class cannot exist otherwise), so the handler imports nothing.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("cifllm.config", "ConfigError"),
+    ("cifllm.cif.canonical", "CIFError"),
+    ("cifllm.data.registry", "DataError"),
+    ("cifllm.sampling.prompts", "PromptError"),
+    ("cifllm.sampling.engines", "EngineError"),
+    ("cifllm.conditioning", "ConditioningError"),
+    ("cifllm.bench.splits", "SplitError"),
+    ("cifllm.modeling", "UnknownPresetError"),
+    ("cifllm.scaling.fit", "ScalingError"),
+    ("cifllm.training.adapters", "AdapterError"),
+    ("cifllm.training.checkpoints", "CheckpointError"),
+    ("cifllm.training.deepspeed_config", "DeepSpeedConfigError"),
+    ("cifllm.hub.export", "ExportError"),
+    ("cifllm.hub.resolve", "ModelNotFoundError"),
+    ("cifllm.hub.push", "PushError"),
+    ("cifllm.hub.card", "CardError"),
+)
+MAX_MESSAGE_CHARS = 1000
+
+
+def _is_listed(exc: BaseException) -> bool:
+    for mod, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(mod), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...]) -> str | None:
+    """The innermost path ending in one of ``suffixes`` held by a local variable of the failing call chain."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (str, Path)) and str(value).endswith(suffixes):
+                found = str(value)
+        tb = tb.tb_next
+    return found
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """One line naming the thing and the reason when ``exc`` is a user error; None for anything else (a bug)."""
+    if type(exc).__name__ == "SafetensorError":  # the Rust loader's error never names the file
+        path = _file_in_traceback(exc, (".safetensors",))
+        msg = f"{path or 'a .safetensors file'}: not a readable safetensors file ({exc})"
+    elif isinstance(exc, CifllmError) or _is_listed(exc):
+        msg = str(exc) or type(exc).__name__
+    elif isinstance(exc, OSError) and getattr(exc, "filename", None) and getattr(exc, "strerror", None):
+        msg = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, (OSError, ValueError)):
+        msg = f"{exc}" or type(exc).__name__
+    else:
+        return None
+    line = " ".join(msg.split())
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    rest = [a for a in argv if a != "--debug"]
+    env = os.environ.get("CIFLLM_DEBUG", "").lower() in ("1", "true", "yes", "on")
+    return len(rest) != len(argv) or env, rest
 
 #: stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -44,8 +121,14 @@ def _available() -> dict[str, tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug, argv = _debug_requested(list(argv))
     stages = _available()
-    parser = argparse.ArgumentParser(prog="cifllm", description="Crystal structures as text, and language models over them.")
+    parser = argparse.ArgumentParser(
+        prog="cifllm",
+        description="Crystal structures as text, and language models over them.",
+        epilog="A bad input ends with one line 'cifllm <stage>: error: ...' and exit code 2; --debug (anywhere) or CIFLLM_DEBUG=1 shows the traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also after the stage name)")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>")
     wanted = argv[0] if argv and argv[0] in stages else None
     for name, (mod, help_) in stages.items():
@@ -56,7 +139,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     args = parser.parse_args(argv)
-    return int(importlib.import_module(stages[wanted][0]).run(args) or 0)
+    return run_stage(wanted, stages[wanted][0], args, debug)
+
+
+def run_stage(stage: str, module: str, args: argparse.Namespace, debug: bool = False) -> int:
+    """Run one stage under the error contract (see the module docstring)."""
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        msg = user_error_message(exc)
+        if msg is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"cifllm {stage}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "run_stage", "user_error_message", "USER_ERRORS", "STAGES"]
 
 
 if __name__ == "__main__":

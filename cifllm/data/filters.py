@@ -1,23 +1,58 @@
 """Per-record processing: parse, filter (each drop has a named reason), canonicalize. Pure functions of one record.
 
 Reasons (stable codes used in reports): ``read_error``, ``unparsable``, ``empty``, ``not_cif``, ``too_large``,
-``binary``, ``partial_occupancy``, ``unsupported_element``, ``too_many_atoms``, ``min_distance``, ``volume_per_atom``,
-``symmetry_failed``, ``too_many_tokens`` (applied later, after tokenization).
+``binary``, ``partial_occupancy``, ``formula_disagrees``, ``unsupported_element``, ``too_many_atoms``,
+``min_distance``, ``volume_per_atom``, ``symmetry_failed``, ``canonical_composition_changed``, ``timeout`` and
+``worker_crash`` (the per-record time limit of :mod:`cifllm.data.prep`), ``too_many_tokens`` (applied later, after
+tokenization).
+
+Bounds before expensive work: a CIF text is pre-scanned (:func:`count_atom_site_rows`, linear in its length) and one
+with more than ``max_atom_rows`` atom-site rows is dropped as ``too_many_atoms`` before pymatgen parses it (pymatgen's
+parse time grows faster than linearly with the rows: 8,000 rows take ~18 s).
+
+Cross-checks that catch corruption:
+
+* ``formula_disagrees``: when the CIF states ``_chemical_formula_sum`` (or ``_chemical_formula_moiety`` with one
+  moiety), the parsed sites must give the same composition. Ordered structure and whole-number stated counts: the
+  ratios must agree exactly (every element count of the cell = Z x the stated count, one Z for all elements).
+  Otherwise (partial occupancies, fractional stated counts) with Z = parsed atoms / stated atoms, every element must
+  satisfy ``|parsed / Z - stated| <= 0.01 + 0.02 x stated`` (stated counts rounded to two decimals, plus 2%).
+  Exception: hydrogen stated in the formula but absent from the sites (X-ray structures often leave H unlocated) is
+  not compared; hydrogen in the sites but not in the formula is a disagreement. A stated formula that does not parse
+  (``?``, charges, several moieties) is not compared.
+* ``canonical_composition_changed``: the canonical text must keep the composition of the structure it was made from,
+  checked on every record (cheap, without the ``StructureMatcher`` round trip): the sites re-derived from the text
+  (:func:`cifllm.cif.expand_sites`, multiplicity x occupancy) must hold every element in the same proportion as the
+  structure (within 0.5% per element) and as many atoms as the text's cell volume implies (within 10%: symmetrization
+  may idealize the cell). This catches canonicalization that merges or drops symmetry orbits.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cifllm.cif import CIFError, format_formula, structure_to_text
+from cifllm.cif import CIFError, expand_sites, format_formula, parse_canonical, structure_to_text
 from cifllm.cif.io import read_cif_text, structure_from_dict
 from cifllm.data.readers import RawRecord
 
-__all__ = ["FilterSettings", "Canonical", "Reject", "process_record", "CENTERING_FACTOR"]
+__all__ = [
+    "FilterSettings",
+    "Canonical",
+    "Reject",
+    "process_record",
+    "CENTERING_FACTOR",
+    "count_atom_site_rows",
+    "stated_formula",
+    "formula_disagreement",
+    "canonical_composition_change",
+]
 
 #: Lattice points per conventional cell by the first letter of the H-M symbol (R: hexagonal setting).
 CENTERING_FACTOR = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
@@ -36,6 +71,10 @@ class FilterSettings:
     min_volume_per_atom: float = 1.5
     max_volume_per_atom: float = 250.0
     verify_round_trip: bool = False
+    #: pre-scan bound: atom-site rows in one data block (a row generates >= 1 site; 2 x max_atoms leaves room for
+    #: rows that share a disordered site). Larger files are dropped (``too_many_atoms``) before pymatgen parses them.
+    max_atom_rows: int = 400
+    check_formula: bool = True  # formula_disagrees cross-check against _chemical_formula_sum / _moiety
 
 
 @dataclass
@@ -70,6 +109,160 @@ def _min_distance(structure) -> float:
     return float(min(dm.min(), min(structure.lattice.abc)))
 
 
+_CIF_TOKEN = re.compile(r"""'[^']*'|"[^"]*"|\S+""")
+
+
+def count_atom_site_rows(text: str) -> tuple[int, int]:
+    """Atom-site rows of a CIF text without parsing it: (most rows in one data block, rows in all blocks).
+
+    Each ``loop_`` with an ``_atom_site_*`` tag (not ``_atom_site_aniso_*``) contributes ceil(values / tags) rows.
+    Linear in the length of the text.
+    """
+    lines = text.splitlines()
+    n = len(lines)
+    per_block: list[int] = [0]
+    i = 0
+    while i < n:
+        low = lines[i].strip().lower()
+        if low.startswith("data_"):
+            per_block.append(0)
+            i += 1
+            continue
+        if not low.startswith("loop_"):
+            i += 1
+            continue
+        i += 1
+        tags: list[str] = []
+        while i < n and lines[i].lstrip().startswith("_"):
+            tags.append(lines[i].split()[0].lower())
+            i += 1
+        values = 0
+        while i < n:
+            raw = lines[i]
+            st = raw.strip()
+            if not st or st.startswith("#"):
+                i += 1
+                continue
+            lows = st.lower()
+            if st.startswith("_") or lows.startswith(("loop_", "data_", "save_", "global_")):
+                break
+            if raw.startswith(";"):  # a text field is one value
+                values += 1
+                i += 1
+                while i < n and not lines[i].startswith(";"):
+                    i += 1
+                i += 1
+                continue
+            values += len(_CIF_TOKEN.findall(st))
+            i += 1
+        if tags and any(t.startswith("_atom_site_") and not t.startswith("_atom_site_aniso") for t in tags):
+            per_block[-1] += -(-values // len(tags))
+    return max(per_block), sum(per_block)
+
+
+_FORMULA_TAG = re.compile(r"^[ \t]*(_chemical_formula_sum|_chemical_formula_moiety)(?:[ \t]+(.*))?$", re.MULTILINE | re.IGNORECASE)
+
+
+def _tag_value(text: str, m: re.Match) -> str:
+    value = (m.group(2) or "").strip()
+    if not value:  # the value is on the next line(s): a plain/quoted line or a ;-delimited text field
+        rest = text[m.end() :].lstrip("\r\n").splitlines()
+        if rest and rest[0].startswith(";"):
+            field = [rest[0][1:]]
+            for ln in rest[1:]:
+                if ln.startswith(";"):
+                    break
+                field.append(ln)
+            value = " ".join(field).strip()
+        elif rest:
+            value = rest[0].strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1].strip()
+    return value
+
+
+def stated_formula(text: str):
+    """The composition the CIF states: ``_chemical_formula_sum``, else ``_chemical_formula_moiety`` when it has one
+    moiety; None when neither is given or the value does not parse (``?``, charges, several moieties)."""
+    from pymatgen.core import Composition
+
+    found: dict[str, str] = {}
+    for m in _FORMULA_TAG.finditer(text):
+        found.setdefault(m.group(1).lower(), _tag_value(text, m))
+    value = found.get("_chemical_formula_sum")
+    if value is None:
+        value = found.get("_chemical_formula_moiety")
+        if value is None or "," in value:
+            return None
+    if not value or value in ("?", ".") or re.search(r"[+\-()\[\]]", value):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            comp = Composition(value)
+    except Exception:
+        return None
+    if len(comp) == 0 or any(not (a > 0 and math.isfinite(a)) for a in comp.values()):
+        return None
+    return comp
+
+
+def formula_disagreement(stated: Any, parsed: Any, ordered: bool) -> str | None:
+    """Why ``parsed`` (the sites' composition) disagrees with ``stated`` (the CIF's formula), or None (see the module
+    docstring for the tolerance and the hydrogen exception)."""
+    st = {el.symbol: float(a) for el, a in stated.element_composition.items()}
+    pa = {el.symbol: float(a) for el, a in parsed.element_composition.items()}
+    if "H" in st and "H" not in pa:
+        st.pop("H")
+    if "D" in st and "D" not in pa:
+        st.pop("D")
+    if set(st) != set(pa) or not st:
+        return f"stated {stated.formula} has elements {sorted(st)}, the sites give {sorted(pa)} ({parsed.formula})"
+    z = sum(pa.values()) / sum(st.values())
+    if ordered and all(abs(a - round(a)) < 1e-3 for a in st.values()):
+        ratios = {el: pa[el] / st[el] for el in st}
+        lo, hi = min(ratios.values()), max(ratios.values())
+        if hi - lo > 1e-6 * hi:
+            return f"stated {stated.formula}, the sites give {parsed.formula} (not a whole multiple)"
+        return None
+    for el, a in st.items():
+        if abs(pa[el] / z - a) > 0.01 + 0.02 * a:
+            return f"stated {stated.formula}, the sites give {parsed.formula} ({el}: {pa[el] / z:.3f} per formula unit vs {a:g})"
+    return None
+
+
+def _text_volume(abc: tuple[float, ...], angles: tuple[float, ...]) -> float:
+    ca, cb, cg = (math.cos(math.radians(x)) for x in angles)
+    v2 = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
+    return abc[0] * abc[1] * abc[2] * math.sqrt(v2) if v2 > 0 else 0.0
+
+
+def canonical_composition_change(structure: Any, text: str) -> tuple[str | None, int]:
+    """(why the canonical ``text`` does not keep ``structure``'s composition or None, sites of the text's cell).
+
+    Counts come from the sites re-derived from the text (multiplicity x occupancy per element); tolerances in the
+    module docstring."""
+    parsed = parse_canonical(text)
+    _, species, _, _ = expand_sites(parsed)
+    got: dict[str, float] = defaultdict(float)
+    for sp in species:
+        for el, occ in sp.items():
+            got[el] += occ
+    n_text = sum(got.values())
+    orig = {el.symbol: float(a) for el, a in structure.composition.element_composition.items()}
+    if set(orig) != {el for el, a in got.items() if a > 0}:
+        return f"elements {sorted(orig)} became {sorted(got)}", len(species)
+    n_orig = sum(orig.values())
+    for el, a in orig.items():
+        if abs(got[el] / n_text - a / n_orig) > 0.005 * a / n_orig:
+            return f"{el}: fraction {a / n_orig:.4f} became {got[el] / n_text:.4f} ({format_formula(structure.composition)} -> {parsed.formula})", len(species)
+    v_text = _text_volume(parsed.abc, parsed.angles)
+    expected = n_orig * v_text / float(structure.volume)
+    if not abs(n_text / expected - 1) <= 0.10:
+        return f"the text's cell holds {n_text:g} atoms, its volume implies {expected:.1f} ({format_formula(structure.composition)} -> {parsed.formula})", len(species)
+    return None, len(species)
+
+
 def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
     """Parse, filter and canonicalize one record. Never raises for bad data: returns a :class:`Reject`."""
 
@@ -78,6 +271,10 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
 
     if rec.extras.get("read_error"):
         return reject("read_error", str(rec.extras["read_error"]))
+    if rec.structure is None and isinstance(rec.cif, str):
+        most, total = count_atom_site_rows(rec.cif)
+        if most > cfg.max_atom_rows or total > 10 * cfg.max_atom_rows:
+            return reject("too_many_atoms", f"pre-scan: {most} atom-site rows in one data block ({total} in all) > {cfg.max_atom_rows}")
     try:
         if rec.structure is not None:
             s = structure_from_dict(rec.structure, rec.where)
@@ -89,6 +286,11 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
         return reject("unparsable", f"{type(exc).__name__}: {exc}")
     if not s.is_ordered and not cfg.keep_partial:
         return reject("partial_occupancy", "disordered or partially occupied sites")
+    if cfg.check_formula and rec.structure is None:
+        stated = stated_formula(rec.cif or "")
+        why = formula_disagreement(stated, s.composition, s.is_ordered) if stated is not None else None
+        if why:
+            return reject("formula_disagrees", why)
     bad = sorted({el.symbol for el in s.composition.elements if getattr(el, "Z", 999) > cfg.max_z})
     if bad:
         return reject("unsupported_element", f"{bad} (Z > {cfg.max_z})")
@@ -108,12 +310,14 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
         return reject("symmetry_failed", str(exc))
     except Exception as exc:
         return reject("symmetry_failed", f"{type(exc).__name__}: {exc}")
-    lines = text.split("\n", 3)
-    sg_number = int(lines[2].split()[1])
-    sg_symbol = lines[1].split()[1]
-    n_sites = 0
-    for ln in text.split("loop_\n", 1)[1].splitlines()[7:]:
-        n_sites += int(ln.split()[2])
+    try:
+        changed, n_sites = canonical_composition_change(s, text)
+        parsed = parse_canonical(text)
+    except CIFError as exc:
+        return reject("canonical_composition_changed", f"the canonical text does not parse back: {exc}")
+    if changed:
+        return reject("canonical_composition_changed", changed)
+    sg_number, sg_symbol = parsed.sg_number, parsed.sg_symbol
     comp = s.composition
     rt = None
     if cfg.verify_round_trip:

@@ -2,13 +2,18 @@
 
 Nothing is dropped silently: every rejected record is written to ``rejects.jsonl`` with its dataset, file, record
 and reason, and counted per source in ``report.json``/``report.md``.
+
+Every record runs under a time limit (``time_limit_s``, the mechanism the evaluation stage uses:
+:func:`cifllm.utils.limits.map_with_time_limit`): a record that takes longer is dropped as ``timeout``, one whose
+worker process dies as ``worker_crash``. These two are not cached (they depend on the machine), so a resumed run
+tries them again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -27,6 +32,7 @@ from cifllm.data.filters import Canonical, FilterSettings, Reject, process_recor
 from cifllm.data.readers import RawRecord, iter_dataset, load_join_table
 from cifllm.data.registry import DataError, load_registry, resolve_data_dir
 from cifllm.utils import atomic_write_json, atomic_write_text
+from cifllm.utils.limits import map_with_time_limit
 
 __all__ = ["PrepConfig", "prepare_corpus", "PrepResult"]
 
@@ -56,6 +62,9 @@ class PrepConfig:
     limit_per_file: int = 0  # 0: all rows (a positive number makes a quick smoke corpus)
     allow_missing: bool = False
     verify_round_trip: bool = False
+    max_atom_rows: int = 400  # pre-scan: atom-site rows per data block before pymatgen parses (see filters)
+    check_formula: bool = True  # drop records whose sites disagree with their _chemical_formula_sum
+    time_limit_s: float = 60.0  # per record (parse + filters + canonicalization); <= 0: none
 
     def __post_init__(self) -> None:
         if self.mode not in ("symmetrized", "p1"):
@@ -78,6 +87,7 @@ _SETTINGS: FilterSettings | None = None
 
 
 def _init_worker(settings: FilterSettings) -> None:
+    """Per-process settings for :func:`_work` (used by ``benchmarks/bench_prep.py`` to time the bare record path)."""
     global _SETTINGS
     _SETTINGS = settings
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -86,6 +96,15 @@ def _init_worker(settings: FilterSettings) -> None:
 def _work(rec: RawRecord) -> Canonical | Reject:
     assert _SETTINGS is not None
     return process_record(rec, _SETTINGS)
+
+
+#: reasons of the time-limit mechanism that depend on the machine, not on the record: never cached
+UNCACHED_REASONS = ("timeout", "worker_crash")
+
+
+def _failed_record(rec: RawRecord, reason: str, detail: str) -> Reject:
+    """The reject of a record that ran out of time, killed its worker, or raised (``error``: a bug, kept visible)."""
+    return Reject(rec.dataset, rec.file, rec.row, rec.record_id, reason if reason in UNCACHED_REASONS else "internal_error", detail[:300])
 
 
 def _stats(values: list[int]) -> dict[str, float]:
@@ -114,9 +133,12 @@ def _from_cache(obj: dict[str, Any], rec: RawRecord) -> Canonical | Reject:
     return Canonical(text, formula, elements, n_sites, n_prim, sg, rec, rt)
 
 
-def _canonicalize(records: list[RawRecord], settings: FilterSettings, workers: int, out: Path, progress: bool) -> tuple[list[Canonical | Reject], int]:
-    """Process every record, resuming from ``<out>/.prep_cache/<settings>.jsonl``: each result is appended there as it
-    completes (keyed by record and a hash of its content), so a killed run restarts where it stopped."""
+def _canonicalize(
+    records: list[RawRecord], settings: FilterSettings, workers: int, out: Path, progress: bool, time_limit_s: float = 60.0
+) -> tuple[list[Canonical | Reject], int]:
+    """Process every record under the per-record time limit, resuming from ``<out>/.prep_cache/<settings>.jsonl``:
+    each result is appended there as it completes (keyed by record and a hash of its content), so a killed run
+    restarts where it stopped. ``workers`` > 1: that many processes; otherwise in this process (soft limit)."""
     cache_dir = out / ".prep_cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     from cifllm.cif.canonical import CANONICAL_VERSION
@@ -135,20 +157,25 @@ def _canonicalize(records: list[RawRecord], settings: FilterSettings, workers: i
     keys = [_record_key(r) for r in records]
     results: list[Canonical | Reject | None] = [(_from_cache(cached[k], r) if k in cached else None) for k, r in zip(keys, records)]
     todo = [i for i, r in enumerate(results) if r is None]
-    bar = (lambda it, **kw: tqdm(it, **kw)) if progress else (lambda it, **kw: it)
-    with open(cache_file, "a") as fh:
-        if workers > 1 and len(todo) > 1:
-            ctx = mp.get_context("fork")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
-                stream = pool.imap(_work, (records[i] for i in todo), chunksize=32)
-                for i, r in zip(todo, bar(stream, total=len(todo), desc="canonicalize", unit="cif")):
-                    results[i] = r
+    bar = tqdm(total=len(todo), desc="canonicalize", unit="cif", disable=not progress)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        with open(cache_file, "a") as fh:
+            stream = map_with_time_limit(
+                functools.partial(process_record, cfg=settings),
+                [records[i] for i in todo],
+                time_limit_s,
+                workers=workers if workers > 1 and len(todo) > 1 else 0,
+                on_failure=_failed_record,
+                progress=bar.update,
+            )
+            for j, r in stream:
+                i = todo[j]
+                results[i] = r
+                if not (isinstance(r, Reject) and r.reason in UNCACHED_REASONS):
                     fh.write(_to_cache(keys[i], r) + "\n")
-        else:
-            _init_worker(settings)
-            for i in bar(todo, desc="canonicalize", unit="cif"):
-                results[i] = _work(records[i])
-                fh.write(_to_cache(keys[i], results[i]) + "\n")  # type: ignore[arg-type]
+    finally:
+        bar.close()
     return results, len(records) - len(todo)  # type: ignore[return-value]
 
 
@@ -214,7 +241,7 @@ def prepare_corpus(cfg: PrepConfig, progress: bool = True) -> PrepResult:
     workers = cfg.workers or os.cpu_count() or 1
     settings = cfg.filter_settings()
     t_read = time.time()
-    results, n_cached = _canonicalize(records, settings, workers, out, progress)
+    results, n_cached = _canonicalize(records, settings, workers, out, progress, cfg.time_limit_s)
     t_canon = time.time() - t_read
 
     tok = build_tokenizer()
@@ -338,7 +365,7 @@ def prepare_corpus(cfg: PrepConfig, progress: bool = True) -> PrepResult:
         "tokens": _stats([r.n_tokens for r in rows]),
         "splits": dict(Counter(r.split for r in rows)),
         "round_trip": ({"checked": sum(rt_counter.values()), "ok": rt_counter["ok"], "ok_fraction": rt_counter["ok"] / max(1, sum(rt_counter.values())), "by_reason": dict(rt_counter), "failures": rt_failures} if rt_counter else None),
-        "timing": {"seconds_total": round(elapsed, 1), "seconds_canonicalize": round(t_canon, 1), "cifs_per_second_canonicalize": round((len(records) - n_cached) / max(t_canon, 1e-9), 1), "records_from_checkpoint": n_cached, "workers": workers},
+        "timing": {"seconds_total": round(elapsed, 1), "seconds_canonicalize": round(t_canon, 1), "cifs_per_second_canonicalize": round((len(records) - n_cached) / max(t_canon, 1e-9), 1), "records_from_checkpoint": n_cached, "workers": workers, "time_limit_s_per_record": cfg.time_limit_s},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "skipped_missing": meta["skipped_missing"],
         "missing_files": meta["missing_files"],

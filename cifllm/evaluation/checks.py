@@ -4,7 +4,10 @@ Checks, in order (a later check is skipped, ``ok=None``, when an earlier one it 
 
 =================  ===========================================================================================
 parse              canonical text -> ``Structure``, sites re-derived from the stated space group
-cell               cell sanity: lengths 0.5-1000 Angstrom, angles 10-170 degrees
+cell               cell sanity: lengths 0.5-1000 Angstrom, angles 10-170 degrees, and (a gate before any
+                   neighbour search) not near-flat - volume / (a b c) >= 0.1 - and >= 1 Angstrom^3 per site (the
+                   densest known solids have ~5); a near-flat cell packs thousands of images into CrystalNN's
+                   cutoff and ran it for minutes
 volume             stated ``_cell_volume`` within 1% of the volume of the stated cell (informational)
 formula            CrystaLLM formula consistency: ``data_`` formula, ``_chemical_formula_structural`` and Z agree
 multiplicity       stated site multiplicities equal those the space group generates
@@ -18,6 +21,9 @@ structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, vo
 compositional      CDVAE/DiffCSP: ``smact.screening.smact_validity`` (charge neutrality + Pauling test,
                    single elements and all-metal alloys valid), SMACT 2014 oxidation states by default
 =================  ===========================================================================================
+
+A check that raises (a bug, not bad input) fails with reason ``check_crashed`` and the exception in its detail, so
+:func:`check_sample` never raises; timeouts (:class:`cifllm.utils.limits.ItemTimeout`) are not caught.
 
 Aggregates: ``consistent`` (CrystaLLM self-consistency: formula, multiplicity, sites_formula, space_group,
 bond_length), ``valid`` (CDVAE/DiffCSP validity: parse, cell, structural, compositional), ``valid_all`` (both).
@@ -84,6 +90,8 @@ class CheckSettings:
     max_length: float = 1000.0  # Angstrom
     min_angle: float = 10.0  # degrees
     max_angle: float = 170.0  # degrees
+    min_cell_flatness: float = 0.1  # volume / (a b c) = sqrt(1 - cos^2 al - cos^2 be - cos^2 ga + 2 cos al cos be cos ga)
+    min_volume_per_site: float = 1.0  # Angstrom^3; below this the cell fails before any neighbour search
     volume_rtol: float = 0.01  # stated vs computed cell volume
     formula_atol: float = 0.02  # atoms per element, stated vs sum of multiplicity x occupancy
     bond_tolerance: float = 0.32  # bond length / expected within 1 +- this
@@ -137,14 +145,22 @@ def check_parse(text: str, settings: CheckSettings = CheckSettings()) -> tuple[C
     return _pass("parse", float(len(structure))), parsed, structure
 
 
-def check_cell(parsed: CanonicalCIF, settings: CheckSettings = CheckSettings()) -> CheckResult:
-    """Cell lengths within [min_length, max_length] Angstrom and angles within [min_angle, max_angle] degrees."""
+def check_cell(parsed: CanonicalCIF, settings: CheckSettings = CheckSettings(), n_sites: int | None = None) -> CheckResult:
+    """Cell lengths within [min_length, max_length] Angstrom, angles within [min_angle, max_angle] degrees, the cell
+    not near-flat (volume / abc >= ``min_cell_flatness``) and, given ``n_sites``, >= ``min_volume_per_site``
+    Angstrom^3 per site. A failed cell skips the neighbour searches (space group, structural, bond length)."""
     bad_len = [x for x in parsed.abc if not settings.min_length <= x <= settings.max_length]
     if bad_len:
         return _fail("cell", "cell_length", f"lengths {parsed.abc} outside [{settings.min_length}, {settings.max_length}] A")
     bad_ang = [x for x in parsed.angles if not settings.min_angle <= x <= settings.max_angle]
     if bad_ang:
         return _fail("cell", "cell_angle", f"angles {parsed.angles} outside [{settings.min_angle}, {settings.max_angle}] deg")
+    v = _cell_volume(parsed.abc, parsed.angles)
+    flat = v / (parsed.abc[0] * parsed.abc[1] * parsed.abc[2])
+    if not flat >= settings.min_cell_flatness:
+        return _fail("cell", "flat_cell", f"angles {parsed.angles}: volume / abc = {flat:.4f} < {settings.min_cell_flatness}", flat)
+    if n_sites and not v / n_sites >= settings.min_volume_per_site:
+        return _fail("cell", "cell_too_dense", f"{v / n_sites:.4g} A^3 per site < {settings.min_volume_per_site}", v / n_sites)
     return _pass("cell")
 
 
@@ -283,9 +299,18 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     s = structure
     if not s.is_ordered:
         s = structure.copy()
+        vacant = []
         for i, site in enumerate(s):
-            major = max(site.species.element_composition.items(), key=lambda kv: kv[1])[0]
-            s.replace(i, major)
+            amounts = site.species.element_composition.items()
+            if not amounts:  # occupancy below pymatgen's amount tolerance (1e-8): nothing sits there
+                vacant.append(i)
+                continue
+            s.replace(i, max(amounts, key=lambda kv: kv[1])[0])
+        if vacant:
+            s.remove_sites(vacant)
+            equivalent_atoms = None
+        if len(s) == 0:
+            return _fail("bond_length", "no_atoms", "every site has a vanishing occupancy")
     n = len(s)
     if equivalent_atoms is None:
         reps, weights = list(range(n)), [1] * n
@@ -344,7 +369,15 @@ def check_structural(structure: Any, settings: CheckSettings = CheckSettings()) 
 
 
 def _integer_counts(comp: Any, max_total: int = 10_000) -> dict[str, int] | None:
-    amounts = {el.symbol: Fraction(float(a)).limit_denominator(1000) for el, a in comp.element_composition.items()}
+    """Smallest whole-number ratio of the element amounts (relative to the largest, to 1/1000); None when there is
+    none within ``max_total`` atoms or an element vanishes at that resolution."""
+    raw = {el.symbol: float(a) for el, a in comp.element_composition.items()}
+    top = max(raw.values(), default=0.0)
+    if not top > 0:
+        return None
+    amounts = {k: Fraction(a / top).limit_denominator(1000) for k, a in raw.items()}
+    if any(f <= 0 for f in amounts.values()):
+        return None
     denom = reduce(math.lcm, (f.denominator for f in amounts.values()), 1)
     counts = {k: int(v * denom) for k, v in amounts.items()}
     g = reduce(math.gcd, counts.values())
@@ -381,6 +414,14 @@ def text_density(parsed: CanonicalCIF) -> float | None:
         return mass / v * 1.66053906660 if v > 0 else None  # amu/A^3 -> g/cm^3
     except Exception:
         return None
+
+
+def _guard(name: str, fn: Any, *args: Any, **kwargs: Any) -> CheckResult:
+    """Run one check; an exception (a bug in a check or a library, never bad input) fails it as ``check_crashed``."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        return _fail(name, "check_crashed", f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -422,16 +463,19 @@ def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> Sample
         return v
     assert parsed is not None
     comp = structure.composition
-    v.reduced_formula = format_formula(comp, reduced=True)
-    v.n_elements = len(comp.elements)
     v.n_sites = len(structure)
-    v.density = float(structure.density)
-    v.checks["cell"] = check_cell(parsed, settings)
-    v.checks["volume"] = check_volume(parsed, settings)
-    v.checks["formula"] = check_formula(parsed, settings)
-    v.checks["multiplicity"] = check_multiplicity(parsed)
-    v.checks["sites_formula"] = check_sites_formula(parsed, structure, settings)
-    v.checks["compositional"] = check_compositional(structure, settings)
+    try:
+        v.n_elements = len(comp.elements)
+        v.reduced_formula = format_formula(comp, reduced=True) if len(comp) else None
+        v.density = float(structure.density) if len(comp) else None
+    except Exception:  # descriptors only; the checks below give the verdict
+        pass
+    v.checks["cell"] = _guard("cell", check_cell, parsed, settings, len(structure))
+    v.checks["volume"] = _guard("volume", check_volume, parsed, settings)
+    v.checks["formula"] = _guard("formula", check_formula, parsed, settings)
+    v.checks["multiplicity"] = _guard("multiplicity", check_multiplicity, parsed)
+    v.checks["sites_formula"] = _guard("sites_formula", check_sites_formula, parsed, structure, settings)
+    v.checks["compositional"] = _guard("compositional", check_compositional, structure, settings)
     if v.checks["cell"].ok:
         sga = None
         equivalent = None
@@ -442,11 +486,11 @@ def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> Sample
                 equivalent = sga.get_symmetry_dataset().equivalent_atoms
         except Exception:
             sga = None
-        v.checks["space_group"] = check_space_group(parsed, structure, settings, sga)
+        v.checks["space_group"] = _guard("space_group", check_space_group, parsed, structure, settings, sga)
         if v.checks["space_group"].value is not None:
             v.sg_detected = int(v.checks["space_group"].value)
-        v.checks["structural"] = check_structural(structure, settings)
-        v.checks["bond_length"] = check_bond_lengths(structure, settings, equivalent)
+        v.checks["structural"] = _guard("structural", check_structural, structure, settings)
+        v.checks["bond_length"] = _guard("bond_length", check_bond_lengths, structure, settings, equivalent)
     else:
         for name in ("space_group", "structural", "bond_length"):
             v.checks[name] = _skip(name, "cell")

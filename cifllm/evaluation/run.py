@@ -18,11 +18,50 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cifllm.errors import CifllmError
 from cifllm.evaluation.checks import CHECK_NAMES, CONSISTENCY_CHECKS, VALIDITY_CHECKS, CheckSettings, check_sample
-from cifllm.evaluation.limits import default_workers, map_with_time_limit
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task, uniqueness_task
+from cifllm.utils.limits import default_workers, map_with_time_limit
 
-__all__ = ["EvalConfig", "evaluate", "evaluate_texts", "novelty_stage"]
+__all__ = ["EvalConfig", "SamplesError", "evaluate", "evaluate_texts", "novelty_stage", "validate_samples"]
+
+
+class SamplesError(CifllmError, ValueError):
+    """A ``samples.jsonl`` record whose fields have the wrong type (reported before any check runs)."""
+
+
+#: field -> (accepted types, description); ``None`` is accepted for every field. ``bool`` is not an integer here.
+SAMPLE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "cif_text": ((str,), "a string"),
+    "prompt_meta": ((dict,), "an object"),
+    "n_tokens": ((int,), "an integer"),
+    "sample_index": ((int,), "an integer"),
+    "finished": ((bool,), "true/false"),
+}
+
+
+def validate_samples(samples: list[dict[str, Any]], where: str = "samples.jsonl") -> None:
+    """Raise :class:`SamplesError` naming the first record (1-based, and its ``sample_id``) whose field has the wrong
+    type, with the count of bad records; cheap, so it runs before the checks."""
+    bad: list[str] = []
+    for k, s in enumerate(samples, 1):
+        for name, (types, desc) in SAMPLE_FIELDS.items():
+            v = s.get(name)
+            if v is None:
+                continue
+            ok = isinstance(v, types) and not (bool not in types and isinstance(v, bool))
+            if ok and name in ("n_tokens", "sample_index") and v < 0:
+                ok = False
+            if not ok:
+                bad.append(f"record {k} (sample_id {str(s.get('sample_id'))[:40]!r}): {name} must be {desc}, got {type(v).__name__} {str(v)[:40]!r}")
+                break
+        else:
+            tid = (s.get("prompt_meta") or {}).get("target_id")
+            if tid is not None and not isinstance(tid, str):
+                bad.append(f"record {k} (sample_id {str(s.get('sample_id'))[:40]!r}): prompt_meta.target_id must be a string, got {type(tid).__name__}")
+    if bad:
+        more = f" (and {len(bad) - 1} more bad record(s))" if len(bad) > 1 else ""
+        raise SamplesError(f"{where}: {bad[0]}{more}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +94,8 @@ class EvalConfig:
     max_length: float = 1000.0
     min_angle: float = 10.0
     max_angle: float = 170.0
+    min_cell_flatness: float = 0.1
+    min_volume_per_site: float = 1.0
     volume_rtol: float = 0.01
     formula_atol: float = 0.02
     bond_tolerance: float = 0.32
@@ -84,7 +125,8 @@ class EvalConfig:
 
 DEFINITIONS: dict[str, str] = {
     "parse": "canonical text parses and the structure is re-derived from the stated space group",
-    "cell": "cell lengths in [min_length, max_length] A and angles in [min_angle, max_angle] degrees",
+    "cell": "cell lengths in [min_length, max_length] A, angles in [min_angle, max_angle] degrees, volume / abc >= "
+    "min_cell_flatness and >= min_volume_per_site A^3 per site (gate before any neighbour search)",
     "volume": "stated _cell_volume within volume_rtol of the stated cell's volume (informational, in no aggregate)",
     "formula": "data_ formula, _chemical_formula_structural and Z agree (CrystaLLM formula consistency)",
     "multiplicity": "stated site multiplicities equal those the space group generates",
@@ -280,11 +322,12 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     src = Path(cfg.samples)
     run_dir = src if src.is_dir() else src.parent
     out = Path(cfg.out) if cfg.out else run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     samples = read_samples(src)
     if cfg.max_samples > 0:
         samples = samples[: cfg.max_samples]
+    validate_samples(samples, str(src / "samples.jsonl" if src.is_dir() else src))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     texts = [str(s.get("cif_text") or "") for s in samples]
     settings = cfg.check_settings()
     workers = cfg.n_workers()
