@@ -74,6 +74,7 @@ __all__ = [
     "StabilitySettings",
     "hull_energy",
     "potential_key",
+    "prepare_hull",
     "relax_structure",
     "run_stability",
     "site_rmsd",
@@ -604,6 +605,27 @@ def run_stability(
     stats["wall_s"] = round(time.perf_counter() - t0, 3)
     stats["cache_hits"] = sum(bool(r.get("cached")) for r in recs)
     return recs, stats
+
+
+def prepare_hull(reference: HullReference, systems: Sequence[str], settings: StabilitySettings, cache_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Relax the uncached references of each exact chemical system in ``systems`` (one system at a time) and write
+    its cache file, so that :func:`run_stability` finds them; returns per system ``{n_refs, relaxed, failed,
+    seconds}`` (the hull-building cost per chemical system)."""
+    cache = StabilityCache(cache_dir, potential_key(settings.model), settings)
+    out: dict[str, dict[str, Any]] = {}
+    for sysname in systems:
+        t0 = time.perf_counter()
+        have = cache.system(sysname)
+        refs = reference.systems.get(sysname, [])[: settings.max_refs_per_system]
+        todo = [(rid, rt) for rid, rt in refs if _sha(rt) not in have]
+        results = _relax_many([rt for _, rt in todo], settings) if todo else []
+        entries = {h: e for h, e in have.items() if h in {_sha(rt) for _, rt in refs}}
+        for (rid, rt), r in zip(todo, results, strict=True):
+            entries[_sha(rt)] = {"id": rid, "formula": r.get("formula"), "energy_per_atom": r.get("energy_per_atom"), "converged": r.get("converged"), "ok": r.get("ok"), "reason": r.get("reason")}
+        if todo:
+            cache.put_system(sysname, {h: e for h, e in entries.items() if e.get("reason") not in TRANSIENT_REASONS})
+        out[sysname] = {"n_refs": len(refs), "relaxed": len(todo), "failed": sum(not e.get("ok") for e in entries.values()), "seconds": round(time.perf_counter() - t0, 3)}
+    return out
 
 
 def _comp_dict(formula: str) -> dict[str, float]:
