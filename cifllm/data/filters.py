@@ -7,8 +7,9 @@ Reasons (stable codes used in reports): ``read_error``, ``unparsable``, ``empty`
 tokenization).
 
 Bounds before expensive work: a CIF text is pre-scanned (:func:`count_atom_site_rows`, linear in its length) and one
-with more than ``max_atom_rows`` atom-site rows is dropped as ``too_many_atoms`` before pymatgen parses it (pymatgen's
-parse time grows faster than linearly with the rows: 8,000 rows take ~18 s).
+with more than ``max_atom_rows`` atom-site rows in a data block, or more than ``max_atom_images`` rows x symmetry
+operators, is dropped as ``too_many_atoms`` before pymatgen parses it
+(pymatgen's parse time grows faster than linearly with the rows: 8,000 rows take ~18 s).
 
 Cross-checks that catch corruption:
 
@@ -49,6 +50,7 @@ __all__ = [
     "process_record",
     "CENTERING_FACTOR",
     "count_atom_site_rows",
+    "count_symmetry_operators",
     "stated_formula",
     "formula_disagreement",
     "canonical_composition_change",
@@ -74,6 +76,10 @@ class FilterSettings:
     #: pre-scan bound: atom-site rows in one data block (a row generates >= 1 site; 2 x max_atoms leaves room for
     #: rows that share a disordered site). Larger files are dropped (``too_many_atoms``) before pymatgen parses them.
     max_atom_rows: int = 400
+    #: pre-scan bound on rows x symmetry operators (the images pymatgen generates and merges; 9,600 take ~26 s). A row
+    #: under n operators gives n / |site symmetry| sites, so a 200-atom cell stays below 3,200 unless its rows' mean
+    #: site-symmetry order exceeds 16. Files with no operator loop count 1 operator.
+    max_atom_images: int = 3200
     check_formula: bool = True  # formula_disagrees cross-check against _chemical_formula_sum / _moiety
 
 
@@ -112,20 +118,17 @@ def _min_distance(structure) -> float:
 _CIF_TOKEN = re.compile(r"""'[^']*'|"[^"]*"|\S+""")
 
 
-def count_atom_site_rows(text: str) -> tuple[int, int]:
-    """Atom-site rows of a CIF text without parsing it: (most rows in one data block, rows in all blocks).
-
-    Each ``loop_`` with an ``_atom_site_*`` tag (not ``_atom_site_aniso_*``) contributes ceil(values / tags) rows.
-    Linear in the length of the text.
-    """
+def _loops(text: str) -> list[tuple[int, list[str], int]]:
+    """(data block index, tags, rows) of every ``loop_`` of a CIF text, without parsing values (linear time)."""
     lines = text.splitlines()
     n = len(lines)
-    per_block: list[int] = [0]
+    block = 0
+    out: list[tuple[int, list[str], int]] = []
     i = 0
     while i < n:
         low = lines[i].strip().lower()
         if low.startswith("data_"):
-            per_block.append(0)
+            block += 1
             i += 1
             continue
         if not low.startswith("loop_"):
@@ -143,8 +146,7 @@ def count_atom_site_rows(text: str) -> tuple[int, int]:
             if not st or st.startswith("#"):
                 i += 1
                 continue
-            lows = st.lower()
-            if st.startswith("_") or lows.startswith(("loop_", "data_", "save_", "global_")):
+            if st.startswith("_") or st.lower().startswith(("loop_", "data_", "save_", "global_")):
                 break
             if raw.startswith(";"):  # a text field is one value
                 values += 1
@@ -155,9 +157,29 @@ def count_atom_site_rows(text: str) -> tuple[int, int]:
                 continue
             values += len(_CIF_TOKEN.findall(st))
             i += 1
-        if tags and any(t.startswith("_atom_site_") and not t.startswith("_atom_site_aniso") for t in tags):
-            per_block[-1] += -(-values // len(tags))
-    return max(per_block), sum(per_block)
+        if tags:
+            out.append((block, tags, -(-values // len(tags))))
+    return out
+
+
+def count_atom_site_rows(text: str) -> tuple[int, int]:
+    """Atom-site rows of a CIF text without parsing it: (most rows in one data block, rows in all blocks).
+
+    Each ``loop_`` with an ``_atom_site_*`` tag (not ``_atom_site_aniso_*``) contributes ceil(values / tags) rows.
+    Linear in the length of the text.
+    """
+    per_block: dict[int, int] = {}
+    for block, tags, rows in _loops(text):
+        if any(t.startswith("_atom_site_") and not t.startswith("_atom_site_aniso") for t in tags):
+            per_block[block] = per_block.get(block, 0) + rows
+    return max(per_block.values(), default=0), sum(per_block.values())
+
+
+def count_symmetry_operators(text: str) -> int:
+    """Rows of the largest symmetry-operator loop (``_symmetry_equiv_pos_as_xyz`` / ``_space_group_symop_operation_xyz``);
+    1 when there is none."""
+    ops = [rows for _, tags, rows in _loops(text) if any(t in ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz") for t in tags)]
+    return max(ops, default=1)
 
 
 _FORMULA_TAG = re.compile(r"^[ \t]*(_chemical_formula_sum|_chemical_formula_moiety)(?:[ \t]+(.*))?$", re.MULTILINE | re.IGNORECASE)
@@ -275,6 +297,9 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
         most, total = count_atom_site_rows(rec.cif)
         if most > cfg.max_atom_rows or total > 10 * cfg.max_atom_rows:
             return reject("too_many_atoms", f"pre-scan: {most} atom-site rows in one data block ({total} in all) > {cfg.max_atom_rows}")
+        ops = count_symmetry_operators(rec.cif)
+        if most * ops > cfg.max_atom_images:
+            return reject("too_many_atoms", f"pre-scan: {most} atom-site rows x {ops} symmetry operators > {cfg.max_atom_images}")
     try:
         if rec.structure is not None:
             s = structure_from_dict(rec.structure, rec.where)

@@ -62,6 +62,7 @@ class PrepConfig:
     limit_per_file: int = 0  # 0: all rows (a positive number makes a quick smoke corpus)
     allow_missing: bool = False
     verify_round_trip: bool = False
+    max_atom_images: int = 3200  # pre-scan: atom-site rows x symmetry operators (see filters.FilterSettings)
     max_atom_rows: int = 400  # pre-scan: atom-site rows per data block before pymatgen parses (see filters)
     check_formula: bool = True  # drop records whose sites disagree with their _chemical_formula_sum
     time_limit_s: float = 60.0  # per record (parse + filters + canonicalization); <= 0: none
