@@ -440,12 +440,14 @@ def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: 
     return rep
 
 
-def _garbage_samples(rng: random.Random, texts: list[str]) -> tuple[str, str]:
-    """(kind, samples.jsonl content) of one garbage file."""
+GARBAGE_KINDS = ("mutated_texts", "bad_json_lines", "wrong_types", "binary", "empty", "not_objects", "huge_text", "mixed")
+
+
+def _garbage_samples(rng: random.Random, texts: list[str], kind: str) -> tuple[str, str]:
+    """(kind, samples.jsonl content) of one garbage file of ``kind`` (one of :data:`GARBAGE_KINDS`)."""
     def good() -> dict[str, Any]:
         return {"sample_id": f"s{rng.randrange(10**6)}", "cif_text": rng.choice(texts), "n_tokens": rng.randrange(500), "finished": True, "prompt_meta": {}}
 
-    kind = rng.choice(["mutated_texts", "bad_json_lines", "wrong_types", "binary", "empty", "not_objects", "huge_text", "mixed"])
     recs: list[str] = []
     if kind == "mutated_texts":
         for _ in range(rng.randint(1, 4)):
@@ -486,7 +488,7 @@ def fuzz_evaluate(n: int = 6, seed: int = 0, hang_s: float = 10.0) -> FuzzReport
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
-            kind, content = _garbage_samples(rng, texts)
+            kind, content = _garbage_samples(rng, texts, GARBAGE_KINDS[(i + seed) % len(GARBAGE_KINDS)])
             run = Path(tmp) / f"run{i}"
             run.mkdir()
             (run / "samples.jsonl").write_text(content, errors="replace")
