@@ -566,15 +566,16 @@ def run_stability(
     jobs = [texts[i] for i in todo] + [rt for _, _, rt in ref_items]
     cb = progress("stability", len(jobs)) if progress and jobs else None
     t1 = time.perf_counter()
-    results = _relax_many(jobs, settings, cb)
+    results: list[dict[str, Any]] = [{} for _ in jobs]
+    for j, rec in map_with_time_limit(RelaxTask(settings), jobs, settings.time_limit_s, settings.workers, on_failure=lambda t, r, d: _fail(r, d), progress=cb):
+        results[j] = rec
+        if j < len(todo):  # cached as it arrives: an interrupted run keeps what it relaxed
+            cache.put([(keys[todo[j]], rec)])
     stats["relax_s"] = round(time.perf_counter() - t1, 3)
     stats["relaxed_samples"] = len(todo)
     stats["relaxed_references"] = len(ref_items)
-    new = []
     for j, i in enumerate(todo):
         recs[i] = {**results[j], "cached": False}
-        new.append((keys[i], results[j]))
-    cache.put(new)
     for (sysname, rid, rt), r in zip(ref_items, results[len(todo) :], strict=True):
         ref_entries[sysname][_sha(rt)] = {"id": rid, "formula": r.get("formula"), "energy_per_atom": r.get("energy_per_atom"), "converged": r.get("converged"), "ok": r.get("ok"), "reason": r.get("reason")}
     for sysname in need:
