@@ -169,6 +169,8 @@ def potential_key(model: str = "0.3.0") -> str:
     import importlib.metadata
     import importlib.util
 
+    if model not in POTENTIAL_MODELS:
+        raise ValueError(f"stability model must be one of {sorted(POTENTIAL_MODELS)} (checkpoints shipped in the chgnet wheel), got {model!r}")
     spec = importlib.util.find_spec("chgnet")
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError("stability=true needs the mlip extra: pip install 'cifllm[mlip]' (chgnet, CPU torch is enough)")
