@@ -1,16 +1,23 @@
 """CIF logic: the only subpackage that talks to pymatgen for CIF I/O."""
 
 from cifllm.cif.canonical import (
+    LOOP_TAGS,
+    LOOP_TAGS_V1,
     SPACE_GROUP_SYMBOLS,
+    TEXT_FORMAT,
+    TEXT_FORMATS,
     CanonicalCIF,
     CIFError,
     SiteRow,
+    cell_volume,
+    check_wyckoff,
     expand_sites,
     format_formula,
     parse_canonical,
     space_group_number,
     space_group_symbol,
     structure_to_text,
+    text_format_of,
     text_to_structure,
 )
 
@@ -18,12 +25,19 @@ __all__ = [
     "SPACE_GROUP_SYMBOLS",
     "CanonicalCIF",
     "CIFError",
+    "LOOP_TAGS",
+    "LOOP_TAGS_V1",
+    "TEXT_FORMAT",
+    "TEXT_FORMATS",
     "SiteRow",
+    "cell_volume",
+    "check_wyckoff",
     "expand_sites",
     "format_formula",
     "parse_canonical",
     "space_group_number",
     "space_group_symbol",
     "structure_to_text",
+    "text_format_of",
     "text_to_structure",
 ]

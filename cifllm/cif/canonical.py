@@ -18,16 +18,27 @@ Layout (symmetrized mode, the default)::
     _atom_site_type_symbol
     _atom_site_label
     _atom_site_symmetry_multiplicity
+    _atom_site_Wyckoff_symbol                <- v2 only
     _atom_site_fract_x
     _atom_site_fract_y
     _atom_site_fract_z
     _atom_site_occupancy
-    Na Na0 4 0.0000 0.0000 0.0000 1
-    Cl Cl1 4 0.5000 0.5000 0.5000 1
+    Na Na0 4 a 0.0000 0.0000 0.0000 1
+    Cl Cl1 4 b 0.5000 0.5000 0.5000 1
 
 Only symmetry-unique sites are written; the symmetry operators are not. Parsing re-derives them from the
-space-group number (spglib's default Hall setting, the setting spglib standardizes to). ``mode="p1"`` writes
-every site of the Niggli-reduced cell with space group ``P1``.
+space-group number. ``mode="p1"`` writes every site of the Niggli-reduced cell with space group ``P1``.
+
+Two text formats (:data:`TEXT_FORMATS`), told apart by the atom-site loop header:
+
+* ``cif-v2`` (default): the ITA standard setting (origin choice 2, hexagonal axes, unique axis b: the setting of
+  :mod:`cifllm.cif.wyckoff`), a Wyckoff letter per row (spglib's, for the standardized cell), and every row's
+  coordinates in the form of the ITA first representative of its position (``x,0,0``; ``x,2x,z``), so fixed and
+  tied coordinates are predictable; a free coordinate is the written number, a tied one is computed from the
+  free ones *after* rounding (:func:`cifllm.cif.wyckoff.wyckoff_coords`). Parsing checks each row lies on its
+  stated Wyckoff orbit (reason ``wyckoff_mismatch``).
+* ``cif-v1``: spglib's default Hall setting (origin choice 1), no Wyckoff column, representative = the smallest
+  fractional coordinates. Still parsed and written (v1 models keep working), but it cannot be fully constrained.
 """
 
 from __future__ import annotations
@@ -41,9 +52,19 @@ import numpy as np
 import spglib
 from pymatgen.core import Composition, Element, Lattice, Structure
 
+from cifllm.cif.wyckoff import coordinate_plan, hall_number_v2, space_group_wyckoff, wyckoff_coords
+
 __all__ = [
     "CanonicalCIF",
     "CIFError",
+    "LOOP_TAGS",
+    "LOOP_TAGS_V1",
+    "TEXT_FORMATS",
+    "cell_volume",
+    "check_wyckoff",
+    "hall_number",
+    "TEXT_FORMAT",
+    "text_format_of",
     "SiteRow",
     "SPACE_GROUP_SYMBOLS",
     "format_formula",
@@ -56,13 +77,30 @@ __all__ = [
 
 DECIMALS = 4
 #: Bumped whenever the text a structure serializes to changes (cached canonicalizations are keyed on it).
-CANONICAL_VERSION = 2
+CANONICAL_VERSION = 3
+#: The text formats: ``cif-v2`` is written by default; ``cif-v1`` texts (older models, corpora) still parse.
+TEXT_FORMATS = ("cif-v1", "cif-v2")
+TEXT_FORMAT = "cif-v2"
+#: Cartesian tolerance (Angstrom) for a row's coordinates to lie on its stated Wyckoff orbit (4-decimal rounding of
+#: a 200 Angstrom axis moves a site by 0.01 Angstrom).
+WYCKOFF_TOL_ANGSTROM = 0.05
 #: Cartesian distance (Angstrom) under which two symmetry images are the same site when expanding a parsed CIF.
 MERGE_TOL_ANGSTROM = 0.02
+LOOP_TAGS_V1 = (
+    "_atom_site_type_symbol",
+    "_atom_site_label",
+    "_atom_site_symmetry_multiplicity",
+    "_atom_site_fract_x",
+    "_atom_site_fract_y",
+    "_atom_site_fract_z",
+    "_atom_site_occupancy",
+)
+#: The v2 atom-site loop (the default); :data:`LOOP_TAGS_V1` is the v1 loop.
 LOOP_TAGS = (
     "_atom_site_type_symbol",
     "_atom_site_label",
     "_atom_site_symmetry_multiplicity",
+    "_atom_site_Wyckoff_symbol",
     "_atom_site_fract_x",
     "_atom_site_fract_y",
     "_atom_site_fract_z",
@@ -122,10 +160,16 @@ def space_group_number(symbol: str) -> int:
         raise CIFError("bad_space_group", f"unknown space-group symbol {symbol!r}") from None
 
 
-@lru_cache(maxsize=230)
-def _symmetry_ops(number: int) -> tuple[np.ndarray, np.ndarray]:
-    hall = _hall_table()[number][0]
-    sym = spglib.get_symmetry_from_database(hall)
+def hall_number(number: int, text_format: str = TEXT_FORMAT) -> int:
+    """spglib Hall number of the setting ``text_format`` writes space group ``number`` in."""
+    if text_format == "cif-v1":
+        return _hall_table()[number][0]
+    return hall_number_v2(number)
+
+
+@lru_cache(maxsize=512)
+def _symmetry_ops(number: int, text_format: str = TEXT_FORMAT) -> tuple[np.ndarray, np.ndarray]:
+    sym = spglib.get_symmetry_from_database(hall_number(number, text_format))
     return np.asarray(sym["rotations"], dtype=float), np.asarray(sym["translations"], dtype=float)
 
 
@@ -177,6 +221,7 @@ class SiteRow:
     multiplicity: int
     frac: tuple[float, float, float]
     occupancy: float
+    wyckoff: str = ""  # v2 only
 
 
 @dataclass(frozen=True)
@@ -192,11 +237,13 @@ class CanonicalCIF:
     z: int
     reduced_formula: str
     sites: tuple[SiteRow, ...] = field(default_factory=tuple)
+    text_format: str = TEXT_FORMAT
 
 
-def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, tol: float = 1e-3) -> list[list[int]]:
-    """Group atoms of a standardized cell into symmetry orbits (fractional tolerance ``tol``)."""
-    rots, trans = _symmetry_ops(sg_number)
+def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, lattice: np.ndarray, tol: float, text_format: str = "cif-v1") -> list[list[int]]:
+    """Group atoms of a standardized cell into symmetry orbits: an image within ``tol`` Angstrom (Cartesian, so a
+    long axis gets no looser tolerance than a short one) is the same atom."""
+    rots, trans = _symmetry_ops(sg_number, text_format)
     n = len(frac)
     orbit = np.full(n, -1)
     groups: list[list[int]] = []
@@ -206,7 +253,7 @@ def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, tol: float = 1e
         imgs = np.einsum("oij,j->oi", rots, frac[j]) + trans  # (n_ops, 3)
         d = imgs[:, None, :] - frac[None, :, :]
         d -= np.round(d)
-        hit = (np.abs(d).max(axis=2) < tol).any(axis=0) & (types == types[j]) & (orbit < 0)
+        hit = (np.linalg.norm(d @ lattice, axis=2) < tol).any(axis=0) & (types == types[j]) & (orbit < 0)
         hit[j] = True
         members = np.flatnonzero(hit).tolist()
         orbit[members] = len(groups)
@@ -214,10 +261,10 @@ def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, tol: float = 1e
     return groups
 
 
-def _idealize(frac: np.ndarray, lattice: np.ndarray, sg_number: int, tol: float) -> np.ndarray:
+def _idealize(frac: np.ndarray, lattice: np.ndarray, sg_number: int, tol: float, text_format: str = "cif-v1") -> np.ndarray:
     """Move a site onto its special position: average its images under the space-group operators that land within
     ``tol`` Angstrom of it (its site-symmetry group). spglib's standardized positions can sit up to ``symprec`` off."""
-    rots, trans = _symmetry_ops(sg_number)
+    rots, trans = _symmetry_ops(sg_number, text_format)
     imgs = np.einsum("oij,j->oi", rots, frac) + trans
     d = imgs - frac
     d -= np.round(d)
@@ -230,16 +277,22 @@ def _lattice_params(matrix: np.ndarray) -> tuple[tuple[float, ...], tuple[float,
     return tuple(lat.abc), tuple(lat.angles)
 
 
+def cell_volume(abc: tuple[float, ...], angles: tuple[float, ...]) -> float:
+    """Volume (Angstrom^3) of the cell with lengths ``abc`` (Angstrom) and ``angles`` (degrees), as written numbers."""
+    return float(Lattice.from_parameters(*abc, *angles).volume)
+
+
 def _render(
     cell_comp: Composition,
     sg_number: int,
     abc: tuple[float, ...],
     angles: tuple[float, ...],
-    rows: list[tuple[str, int, np.ndarray, float]],
+    rows: list[tuple[str, int, np.ndarray, float, str]],
+    text_format: str = TEXT_FORMAT,
 ) -> str:
     abc_r = [round(v, DECIMALS) for v in abc]
     ang_r = [round(v, DECIMALS) for v in angles]
-    volume = Lattice.from_parameters(*abc_r, *ang_r).volume
+    volume = cell_volume(abc_r, ang_r)
     reduced, z = cell_comp.get_reduced_composition_and_factor()
     z_int = int(round(z)) if abs(z - round(z)) < 1e-6 and round(z) >= 1 else 1
     lines = [
@@ -256,11 +309,15 @@ def _render(
         f"_cell_formula_units_Z {z_int}",
         f"_chemical_formula_structural {format_formula(reduced, reduced=True)}",
         "loop_",
-        *LOOP_TAGS,
+        *(LOOP_TAGS_V1 if text_format == "cif-v1" else LOOP_TAGS),
     ]
-    for i, (sym, mult, frac, occ) in enumerate(rows):
+    for i, (sym, mult, frac, occ, letter) in enumerate(rows):
         occ_s = "1" if abs(occ - 1.0) < 1e-6 else _num(occ)
-        lines.append(f"{sym} {sym}{i} {mult} {_num(frac[0])} {_num(frac[1])} {_num(frac[2])} {occ_s}")
+        xyz = f"{_num(frac[0])} {_num(frac[1])} {_num(frac[2])}"
+        if text_format == "cif-v1":
+            lines.append(f"{sym} {sym}{i} {mult} {xyz} {occ_s}")
+        else:
+            lines.append(f"{sym} {sym}{i} {mult} {letter} {xyz} {occ_s}")
     return "\n".join(lines) + "\n"
 
 
@@ -269,14 +326,19 @@ def _el_order(symbol: str) -> tuple[float, str]:
     return (x if x == x else 99.0, symbol)
 
 
-def structure_to_text(structure: Structure, symprec: float = 0.1, mode: str = "symmetrized", angle_tolerance: float = 5.0) -> str:
-    """Serialize ``structure`` as canonical CIF text.
+def structure_to_text(
+    structure: Structure, symprec: float = 0.1, mode: str = "symmetrized", angle_tolerance: float = 5.0, text_format: str = TEXT_FORMAT
+) -> str:
+    """Serialize ``structure`` as canonical CIF text (``text_format`` ``cif-v2``, the default, or ``cif-v1``).
 
-    ``symprec`` (Angstrom) and ``angle_tolerance`` (degrees) are spglib's tolerances. Oxidation states are dropped.
-    Partially occupied sites are written as one row per species at the same position. Raises :class:`CIFError`.
+    ``symprec`` (Angstrom) and ``angle_tolerance`` (degrees) are spglib's tolerances; symmetry images closer than
+    ``symprec`` Angstrom (Cartesian) are one atom. Oxidation states are dropped. Partially occupied sites are written
+    as one row per species at the same position. Raises :class:`CIFError`.
     """
     if mode not in ("symmetrized", "p1"):
         raise CIFError("bad_mode", f"mode must be 'symmetrized' or 'p1', got {mode!r}")
+    if text_format not in TEXT_FORMATS:
+        raise CIFError("bad_text_format", f"text_format must be one of {TEXT_FORMATS}, got {text_format!r}")
     if len(structure) == 0:
         raise CIFError("empty_structure", "structure has no sites")
     # one spglib "type" per distinct site composition (covers disorder)
@@ -292,42 +354,105 @@ def structure_to_text(structure: Structure, symprec: float = 0.1, mode: str = "s
         abc, angles = red.lattice.abc, red.lattice.angles
         frac = _wrap(red.frac_coords)
         red_types = [keys[_species_key(s.species)] for s in red]
-        orbits = [(red_types[i], 1, frac[i]) for i in range(len(red))]
+        orbits = [(red_types[i], 1, frac[i], "a") for i in range(len(red))]
         sg_number = 1
+    elif text_format == "cif-v1":
+        sg_number, abc, angles, orbits = _orbits_v1(structure, types, symprec, angle_tolerance)
     else:
-        cell = (structure.lattice.matrix, structure.frac_coords, types)
-        ds = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
-        if ds is None:
-            raise CIFError("symmetry_failed", f"spglib found no symmetry at symprec={symprec}")
-        sg_number = int(ds.number)
-        if _hall_table()[sg_number][0] != int(ds.hall_number):
-            # spglib standardizes to the default Hall setting; anything else would break the re-derivation.
-            raise CIFError("symmetry_failed", f"non-default Hall setting {ds.hall_number} for space group {sg_number}")
-        abc, angles = _lattice_params(ds.std_lattice)
-        std_frac = _wrap(np.asarray(ds.std_positions))
-        std_types = np.asarray(ds.std_types)
-        # orbits in the standardized cell: apply the space group's own operators (default Hall setting)
-        orbits = []
-        std_pos = np.asarray(ds.std_positions)
-        std_lat = np.asarray(ds.std_lattice)
-        for members in _orbits(std_pos, std_types, sg_number, tol=symprec / max(min(np.linalg.norm(std_lat, axis=1)), 1e-6)):
-            coords = std_frac[members]
-            rep = min(range(len(members)), key=lambda m: tuple(coords[m]))
-            ideal = _idealize(std_pos[members[rep]], std_lat, sg_number, symprec)
-            orbits.append((int(std_types[members[0]]), len(members), _wrap(ideal[None, :])[0]))
+        sg_number, abc, angles, orbits = _orbits_v2(structure, types, symprec, angle_tolerance)
 
-    rows: list[tuple[str, int, np.ndarray, float]] = []
+    rows: list[tuple[str, int, np.ndarray, float, str]] = []
     cell_amounts: dict[str, float] = {}
-    for t, mult, frac in orbits:
+    for t, mult, frac, letter in orbits:
         for sym, occ in key_of[t]:
-            rows.append((sym, mult, frac, occ))
+            rows.append((sym, mult, frac, occ, letter))
             cell_amounts[sym] = cell_amounts.get(sym, 0.0) + mult * occ
-    rows.sort(key=lambda r: (_el_order(r[0]), -r[3], r[1], tuple(r[2])))
-    return _render(Composition(cell_amounts), sg_number, abc, angles, rows)
+    rows.sort(key=lambda r: (_el_order(r[0]), -r[3], r[1], _letter_key(r[4]), tuple(r[2])))
+    return _render(Composition(cell_amounts), sg_number, abc, angles, rows, text_format)
+
+
+def _letter_key(letter: str) -> int:
+    return "abcdefghijklmnopqrstuvwxyzA".find(letter)
+
+
+def _dataset(structure: Structure, types: list[int], symprec: float, angle_tolerance: float, hall: int = 0):
+    cell = (structure.lattice.matrix, structure.frac_coords, types)
+    ds = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance, hall_number=hall)
+    if ds is None:
+        raise CIFError("symmetry_failed", f"spglib found no symmetry at symprec={symprec}")
+    return ds
+
+
+def _orbits_v1(structure: Structure, types: list[int], symprec: float, angle_tolerance: float):
+    ds = _dataset(structure, types, symprec, angle_tolerance)
+    sg_number = int(ds.number)
+    if _hall_table()[sg_number][0] != int(ds.hall_number):
+        # spglib standardizes to the default Hall setting; anything else would break the re-derivation.
+        raise CIFError("symmetry_failed", f"non-default Hall setting {ds.hall_number} for space group {sg_number}")
+    abc, angles = _lattice_params(ds.std_lattice)
+    std_frac = _wrap(np.asarray(ds.std_positions))
+    std_types = np.asarray(ds.std_types)
+    std_pos = np.asarray(ds.std_positions)
+    std_lat = np.asarray(ds.std_lattice)
+    orbits = []
+    for members in _orbits(std_pos, std_types, sg_number, std_lat, symprec):
+        coords = std_frac[members]
+        rep = min(range(len(members)), key=lambda m: tuple(coords[m]))
+        ideal = _idealize(std_pos[members[rep]], std_lat, sg_number, symprec)
+        orbits.append((int(std_types[members[0]]), len(members), _wrap(ideal[None, :])[0], ""))
+    return sg_number, abc, angles, orbits
+
+
+def _orbits_v2(structure: Structure, types: list[int], symprec: float, angle_tolerance: float):
+    """Standardize into the ITA setting, group the standardized atoms into orbits and letters with spglib (run on the
+    standardized cell, so the letters belong to the setting the text is written in), and write each orbit at its
+    first-representative form."""
+    first = _dataset(structure, types, symprec, angle_tolerance)
+    sg_number = int(first.number)
+    hall = hall_number_v2(sg_number)
+    ds = first if int(first.hall_number) == hall else _dataset(structure, types, symprec, angle_tolerance, hall)
+    std_lat = np.asarray(ds.std_lattice)
+    std_pos = np.asarray(ds.std_positions)
+    std_types = np.asarray(ds.std_types)
+    std = spglib.get_symmetry_dataset((std_lat, std_pos, std_types), symprec=symprec, angle_tolerance=angle_tolerance, hall_number=hall)
+    if std is None or int(std.number) != sg_number:
+        raise CIFError("symmetry_failed", f"standardized cell of space group {sg_number} does not keep its symmetry")
+    shift = np.asarray(std.origin_shift) - np.round(std.origin_shift)
+    if not np.allclose(std.transformation_matrix, np.eye(3), atol=1e-6) or np.linalg.norm(shift @ std_lat) > symprec:
+        raise CIFError("symmetry_failed", f"standardized cell of space group {sg_number} is not in its own setting")
+    abc, angles = _lattice_params(std_lat)
+    positions = {w.letter: w for w in space_group_wyckoff(sg_number)}
+    rots, trans = _symmetry_ops(sg_number, "cif-v2")
+    orbits = []
+    equiv = np.asarray(std.equivalent_atoms)
+    for rep_atom in sorted(set(equiv.tolist())):
+        members = np.flatnonzero(equiv == rep_atom)
+        letter = str(std.wyckoffs[rep_atom])
+        wp = positions.get(letter)
+        if wp is None or wp.multiplicity != len(members):
+            raise CIFError("wyckoff_mismatch", f"space group {sg_number}: orbit of {len(members)} atoms, letter {letter!r}")
+        # images of one member under the group; keep those in first-representative form
+        imgs = np.einsum("oij,j->oi", rots, std_pos[rep_atom]) + trans
+        proj = imgs @ np.asarray(wp.rot, dtype=float).T + np.asarray(wp.trans)
+        d = proj - imgs
+        d -= np.round(d)
+        ok = np.flatnonzero(np.linalg.norm(d @ std_lat, axis=1) < max(symprec, 1e-3))
+        if len(ok) == 0:
+            raise CIFError("wyckoff_mismatch", f"space group {sg_number} {letter}: no image in first-representative form")
+        plan = coordinate_plan(sg_number, letter)
+        free = [i for i, step in enumerate(plan) if step[0] == "free"]
+        candidates = []
+        for k in ok:
+            written = {i: float(_wrap(np.asarray([proj[k][i]]))[0]) for i in free}
+            candidates.append(wyckoff_coords(sg_number, letter, written))
+        coords = min(candidates)
+        orbits.append((int(std_types[rep_atom]), wp.multiplicity, np.asarray(coords, dtype=float), letter))
+    return sg_number, abc, angles, orbits
 
 
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_ROW_RE = re.compile(rf"^([A-Z][a-z]?)\s+(\S+)\s+(\d+)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})$")
+_ROW_RE_V1 = re.compile(rf"^([A-Z][a-z]?)\s+(\S+)\s+(\d+)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})$")
+_ROW_RE_V2 = re.compile(rf"^([A-Z][a-z]?)\s+(\S+)\s+(\d+)\s+([a-zA])\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})$")
 
 
 def _parse_float(tag: str, value: str) -> float:
@@ -369,11 +494,15 @@ def parse_canonical(text: str) -> CanonicalCIF:
     while i < len(lines) and lines[i].startswith("_"):
         tags.append(lines[i])
         i += 1
-    if tuple(tags) != LOOP_TAGS:
+    if tuple(tags) == LOOP_TAGS:
+        text_format, row_re, off = "cif-v2", _ROW_RE_V2, 1
+    elif tuple(tags) == LOOP_TAGS_V1:
+        text_format, row_re, off = "cif-v1", _ROW_RE_V1, 0
+    else:
         raise CIFError("bad_loop_header", f"atom-site loop tags {tags}")
     sites = []
     for ln in lines[i:]:
-        m = _ROW_RE.match(ln)
+        m = row_re.match(ln)
         if not m:
             raise CIFError("bad_site_row", repr(ln[:80]))
         sym = m.group(1)
@@ -381,9 +510,10 @@ def parse_canonical(text: str) -> CanonicalCIF:
             Element(sym)
         except ValueError:
             raise CIFError("unknown_element", sym) from None
-        frac = tuple(_parse_float("fract", m.group(k)) for k in (4, 5, 6))
-        occ = _parse_float("occupancy", m.group(7))
-        sites.append(SiteRow(sym, m.group(2), int(m.group(3)), frac, occ))  # type: ignore[arg-type]
+        frac = tuple(_parse_float("fract", m.group(k + off)) for k in (4, 5, 6))
+        occ = _parse_float("occupancy", m.group(7 + off))
+        letter = m.group(4) if off else ""
+        sites.append(SiteRow(sym, m.group(2), int(m.group(3)), frac, occ, letter))  # type: ignore[arg-type]
     if not sites:
         raise CIFError("no_sites", "atom-site loop is empty")
     sg_symbol = header["_symmetry_space_group_name_H-M"]
@@ -395,7 +525,33 @@ def parse_canonical(text: str) -> CanonicalCIF:
     abc = tuple(_parse_float(t, header[t]) for t in HEADER_TAGS[2:5])
     angles = tuple(_parse_float(t, header[t]) for t in HEADER_TAGS[5:8])
     volume = _parse_float("_cell_volume", header["_cell_volume"])
-    return CanonicalCIF(formula, sg_symbol, sg_number, abc, angles, volume, z, header["_chemical_formula_structural"], tuple(sites))  # type: ignore[arg-type]
+    return CanonicalCIF(formula, sg_symbol, sg_number, abc, angles, volume, z, header["_chemical_formula_structural"], tuple(sites), text_format)  # type: ignore[arg-type]
+
+
+def text_format_of(text: str) -> str:
+    """``cif-v2`` when the text's atom-site loop has the Wyckoff column, else ``cif-v1`` (cheap, no full parse)."""
+    return "cif-v2" if "_atom_site_Wyckoff_symbol" in text else "cif-v1"
+
+
+def check_wyckoff(parsed: CanonicalCIF, lattice: Lattice, tol: float = WYCKOFF_TOL_ANGSTROM) -> None:
+    """v2: every row's letter exists in the space group, its multiplicity is the letter's, and its coordinates lie on
+    the letter's orbit (some image within ``tol`` Angstrom of the first-representative form). Raises
+    :class:`CIFError` ``wyckoff_mismatch``."""
+    if parsed.text_format != "cif-v2":
+        return
+    positions = {w.letter: w for w in space_group_wyckoff(parsed.sg_number)}
+    rots, trans = _symmetry_ops(parsed.sg_number, "cif-v2")
+    for row in parsed.sites:
+        wp = positions.get(row.wyckoff)
+        if wp is None:
+            raise CIFError("wyckoff_mismatch", f"row {row.label}: space group {parsed.sg_number} has no position {row.wyckoff!r}")
+        if wp.multiplicity != row.multiplicity:
+            raise CIFError("wyckoff_mismatch", f"row {row.label}: {row.wyckoff} has multiplicity {wp.multiplicity}, text says {row.multiplicity}")
+        imgs = np.einsum("oij,j->oi", rots, np.asarray(row.frac)) + trans
+        d = imgs @ np.asarray(wp.rot, dtype=float).T + np.asarray(wp.trans) - imgs
+        d -= np.round(d)
+        if np.linalg.norm(d @ lattice.matrix, axis=1).min() > tol:
+            raise CIFError("wyckoff_mismatch", f"row {row.label}: {row.frac} is not on Wyckoff orbit {row.multiplicity}{row.wyckoff}")
 
 
 def expand_sites(parsed: CanonicalCIF, merge_tol: float = MERGE_TOL_ANGSTROM) -> tuple[Lattice, list[dict[str, float]], np.ndarray, list[int]]:
@@ -414,7 +570,8 @@ def expand_sites(parsed: CanonicalCIF, merge_tol: float = MERGE_TOL_ANGSTROM) ->
     lattice = Lattice.from_parameters(a, b, c, al, be, ga)
     if not math.isfinite(lattice.volume) or lattice.volume <= 1e-6:
         raise CIFError("bad_cell", f"cell volume {lattice.volume}")
-    rots, trans = _symmetry_ops(number)
+    check_wyckoff(parsed, lattice)
+    rots, trans = _symmetry_ops(number, parsed.text_format)
     # group rows sharing a position (disordered sites) into one site
     positions: list[np.ndarray] = []
     species: list[dict[str, float]] = []
