@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from cifllm.cif.canonical import HEADER_TAGS, LOOP_TAGS, SPACE_GROUP_SYMBOLS
+from cifllm.cif.canonical import HEADER_TAGS, LOOP_TAGS_V1, SPACE_GROUP_SYMBOLS
 
 __all__ = [
     "BOS",
@@ -41,7 +41,9 @@ __all__ = [
     "check_round_trip",
 ]
 
-TOKENIZER_VERSION = "cif-v1"
+#: The tokenizer's version is the text format it was made for. cif-v2 keeps every token id of cif-v1 (the
+#: ``_atom_site_Wyckoff_symbol`` tag and the letters were already in the vocabulary), so the fingerprint is the same.
+TOKENIZER_VERSION = "cif-v2"
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 SG_CONTEXT = "_symmetry_space_group_name_H-M "
@@ -77,7 +79,7 @@ ASCII_CHARS: tuple[str, ...] = ("\n", "\t") + tuple(chr(c) for c in range(32, 12
 
 def _vocab() -> tuple[list[str], list[str], list[str]]:
     """(word tokens in id order, tag tokens, space-group tokens)."""
-    tags = list(dict.fromkeys((*EXTRA_CIF_TAGS, *HEADER_TAGS, *LOOP_TAGS, *PROPERTY_TAGS)))
+    tags = list(dict.fromkeys((*EXTRA_CIF_TAGS, *HEADER_TAGS, *LOOP_TAGS_V1, *PROPERTY_TAGS)))
     sgs = list(SPACE_GROUP_SYMBOLS)
     words: list[str] = list(SPECIAL_TOKENS)
     seen = set(words)

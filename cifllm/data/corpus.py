@@ -127,6 +127,7 @@ def write_corpus(rows: list[CorpusRow] | list[dict[str, Any]], out_dir: str | Pa
 
     from datasets import Dataset
 
+    from cifllm.cif.canonical import TEXT_FORMAT
     from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
     from cifllm.utils import atomic_write_json
 
@@ -152,6 +153,7 @@ def write_corpus(rows: list[CorpusRow] | list[dict[str, Any]], out_dir: str | Pa
     man = {
         "schema_version": CORPUS_SCHEMA_VERSION,
         "tokenizer_version": TOKENIZER_VERSION,
+        "text_format": TEXT_FORMAT,
         "tokenizer_fingerprint": tokenizer_fingerprint(),
         "n_rows": len(records),
         "n_train": sum(r["split"] == "train" for r in records),

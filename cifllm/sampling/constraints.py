@@ -42,7 +42,6 @@ the sequence is then ended and the sample is kept with reason ``constraint_dead_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -96,6 +95,15 @@ class ConstraintConfig:
     max_elements: int = 8
     #: heaviest element (atomic number) the formula may use: the corpus drops everything beyond Pu
     max_z: int = 94
+    #: tokens the whole CIF (from ``data_`` to ``<|eos|>``) may take, 0 = unbounded. The engines set it from
+    #: ``max_new_tokens``; the formula is then limited to ``(max_tokens - 210) // 40`` atoms (a header takes at most
+    #: 210 tokens and a row at most 40, one row per atom in the worst case), so every sample can finish in budget.
+    max_tokens: int = 0
+
+    def atom_limit(self) -> int:
+        if self.max_tokens <= 0:
+            return self.max_atoms
+        return max(0, min(self.max_atoms, (self.max_tokens - 210) // 40))
 
 
 @dataclass
@@ -162,10 +170,7 @@ def _feasible(number: int, counts: tuple[int, ...], avail: tuple[int, ...]) -> b
                 new_avail = tuple(a - u for a, u in zip(avail, used))
                 return _feasible(number, rest, new_avail)
             return False
-        for k in range(min(avail[i], left // mults[i]) + 1):
-            if choose(i + 1, left - k * mults[i], used + [k]):
-                return True
-        return False
+        return any(choose(i + 1, left - k * mults[i], used + [k]) for k in range(min(avail[i], left // mults[i]) + 1))
 
     return choose(0, first, [])
 
@@ -418,20 +423,24 @@ class CIFConstraint:
         self._where = "formula"
         counts: dict[str, int] = {}
         newline = t.one("\n")
+        max_atoms = cfg.atom_limit()
 
         def element_opts(after: str | None, pending: int = 0) -> list[int]:
             """Elements that may come next; ``pending``: the count being written for ``after`` (not in counts yet)."""
-            if len(counts) + (1 if pending else 0) >= cfg.max_elements or sum(counts.values()) + pending >= cfg.max_atoms:
+            if len(counts) + (1 if pending else 0) >= cfg.max_elements or sum(counts.values()) + pending >= max_atoms:
                 return []
             key = _el_key(after) if after else None
             return [
-                i for i, el in t.element_id.items() if el not in counts and Element(el).Z <= cfg.max_z and (key is None or _el_key(el) > key)
+                i for i, el in t.element_id.items() if el not in counts and cfg.max_z >= Element(el).Z and (key is None or _el_key(el) > key)
             ]
 
         def formula_error(tok: int) -> str:
             name = t.id_to_token.get(tok, str(tok))
-            if tok in t.digit:
-                return f"formula: more than {cfg.max_atoms} atoms in the cell (the engine's limit) or a count with a leading zero"
+            if tok in t.digit or (tok in t.element_id and sum(counts.values()) >= max_atoms):
+                return (
+                    f"formula: more than {max_atoms} atoms in the cell (the engine's limit: max_atoms={cfg.max_atoms}, "
+                    f"and {cfg.max_tokens or 'unbounded'} tokens allow {max_atoms}; raise max_new_tokens) or a count with a leading zero"
+                )
             if tok in t.element_id:
                 return f"formula: {name} repeated, out of canonical order (use format_formula), beyond Z={cfg.max_z} or beyond {cfg.max_elements} elements"
             return f"formula: unexpected {name!r}"
@@ -449,7 +458,7 @@ class CIFConstraint:
             sym = t.element_id[tok]
             c = ""
             while True:
-                room = cfg.max_atoms - sum(counts.values())
+                room = max_atoms - sum(counts.values())
                 opts = [t.digit[d] for d in range(10) if (c or d > 0) and int(c + str(d)) <= room]
                 if c:
                     opts += element_opts(sym, int(c)) + [newline]
@@ -479,7 +488,6 @@ class CIFConstraint:
         names = ("a", "b", "c", "alpha", "beta", "gamma")
         tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
         values: list[float] = []
-        last_free = max(i for i, r in enumerate(rules) if r == "free")
         for i, (tag, rule) in enumerate(zip(tags, rules)):
             self._where = f"cell {names[i]}"
             yield from self._force(f"{tag} ")
@@ -596,9 +604,10 @@ class CIFConstraint:
         ``others`` (N, 3); +inf if there are none."""
         if len(others) == 0:
             return np.full(pts.shape[:-1], np.inf)
-        d = pts[..., None, :] - others
+        d = (pts[..., None, :] - others).astype(np.float32)
         d -= np.round(d)
-        return np.linalg.norm(d @ self.lattice, axis=-1).min(axis=-1)
+        c = d @ self.lattice.astype(np.float32)
+        return np.sqrt(np.einsum("...k,...k->...", c, c).min(axis=-1))
 
     def _orbit(self, p: np.ndarray) -> np.ndarray:
         imgs = np.mod(np.einsum("oij,j->oi", self.rots, p) + self.trans, 1.0)
@@ -631,11 +640,12 @@ class CIFConstraint:
             keep &= np.linalg.norm(imgs @ self.lattice, axis=1) < 1e-6
         return keep
 
-    def _valid_values(self, sg: int, wp: WyckoffPosition, written: dict[int, float], coord: int, step: int = 1, fallback: bool = True) -> np.ndarray:
-        """Boolean mask over the values 0.0000..0.9999 (every ``step``-th) of free coordinate ``coord`` (all other
-        coordinates of the row known or tied to it): True where the orbit keeps ``min_distance`` to every atom
-        and to its own images."""
-        grid = np.arange(0, 10_000, step) / 10_000.0
+    def _valid_values(self, sg: int, wp: WyckoffPosition, written: dict[int, float], coord: int, fallback: bool = True) -> np.ndarray:
+        """Boolean mask over the 10,000 values 0.0000..0.9999 of free coordinate ``coord`` (all other coordinates of
+        the row known or tied to it): True where the orbit keeps ``min_distance`` to every atom and to its own
+        images. Distances are computed every 0.001 and a value is kept only if its 0.001-block clears the bound by
+        the block's length (conservative: never lets a closer value through)."""
+        grid = np.arange(1000) / 1000.0
 
         def pos(tval: float) -> np.ndarray:
             vals = wyckoff_coords(sg, wp.letter, {**written, coord: tval}, decimals=12)
@@ -643,26 +653,29 @@ class CIFConstraint:
 
         p0 = pos(0.0)
         slope = _affine_slope(sg, wp, coord)
+        margin = 0.001 * float(np.linalg.norm(slope @ self.lattice))  # Angstrom moved within one block (x2 for images)
         pts = (p0[None, :] + grid[:, None] * slope[None, :]) % 1.0
-        dist = self._min_dist(pts, self.atoms)
+        dist = self._min_dist(pts, self.atoms) - margin
         stab = self._stabilizer_mask(sg, wp)
         rots, trans = self.rots[~stab], self.trans[~stab]
         if len(rots):
             imgs = np.einsum("oij,gj->goi", rots, pts) + trans  # (G, ops, 3)
-            d = imgs - pts[:, None, :]
+            d = (imgs - pts[:, None, :]).astype(np.float32)
             d -= np.round(d)
-            dist = np.minimum(dist, np.linalg.norm(d @ self.lattice, axis=-1).min(axis=1))
-        score = np.minimum(dist, self._min_dist(pts, self._reserved_points()))
+            c = d @ self.lattice.astype(np.float32)
+            dist = np.minimum(dist, np.sqrt(np.einsum("gok,gok->go", c, c).min(axis=1)) - 2 * margin)
+        score = np.minimum(dist, self._min_dist(pts, self._reserved_points()) - margin)
         hard = score >= self.cfg.hard_distance
         soft = hard & (dist >= self.cfg.min_distance)
-        if soft.any() or not fallback:
-            return soft
-        self.stats.soft_failures += 1
-        if hard.any():
-            return hard
-        # last resort: the values farthest from everything, as long as nothing merges on parsing (0.02 A)
-        best = float(score.max())
-        return score >= best - 1e-9 if best >= 0.03 else np.zeros_like(soft)
+        if not (soft.any() or not fallback):
+            self.stats.soft_failures += 1
+            if hard.any():
+                soft = hard
+            else:
+                # last resort: the block farthest from everything, as long as nothing merges on parsing (0.02 A)
+                best = float(score.max())
+                soft = score >= best - 1e-6 if best >= 0.03 else np.zeros_like(soft)
+        return np.repeat(soft, 10)
 
     def _reserved_points(self) -> np.ndarray:
         """Every image of the fixed points not used yet (free atoms keep ``hard_distance`` from them)."""
@@ -673,7 +686,7 @@ class CIFConstraint:
         """Values of free coordinate ``coord`` (not the row's last) for which the orbit's own images stay
         ``hard_distance`` apart for generic values of the ``later`` free coordinates (e.g. y = 0 on a mirror
         y -> -y would collapse a general position onto the plane, whatever z is)."""
-        grid = np.arange(10_000) / 10_000.0
+        grid = np.arange(1000) / 1000.0
         base = {**written, coord: 0.0, **{j: 0.0 for j in later}}
         p0 = np.asarray([v if v is not None else 0.0 for v in wyckoff_coords(sg, wp.letter, base, decimals=12)])
         stab = self._stabilizer_mask(sg, wp)
@@ -681,20 +694,22 @@ class CIFConstraint:
         if not len(rots):
             return np.ones(len(grid), dtype=bool)
         rng = np.random.default_rng(len(self.atoms) + coord)
+        margin = 0.001 * float(np.linalg.norm(_affine_slope(sg, wp, coord) @ self.lattice))
         ok = np.zeros(len(grid), dtype=bool)
         for _ in range(3):
             q = p0 + sum(rng.random() * _affine_slope(sg, wp, j) for j in later)
             pts = (q[None, :] + grid[:, None] * _affine_slope(sg, wp, coord)[None, :]) % 1.0
             imgs = np.einsum("oij,gj->goi", rots, pts) + trans
-            d = imgs - pts[:, None, :]
+            d = (imgs - pts[:, None, :]).astype(np.float32)
             d -= np.round(d)
-            ok |= np.linalg.norm(d @ self.lattice, axis=-1).min(axis=1) >= self.cfg.hard_distance
-        return ok if ok.any() else np.ones(len(grid), dtype=bool)
+            c = d @ self.lattice.astype(np.float32)
+            ok |= np.sqrt(np.einsum("gok,gok->go", c, c).min(axis=1)) - 2 * margin >= self.cfg.hard_distance
+        return np.repeat(ok, 10) if ok.any() else np.ones(10_000, dtype=bool)
 
     def _line_has_room(self, sg: int, wp: WyckoffPosition) -> bool:
         plan = coordinate_plan(sg, wp.letter)
         coord = next(i for i, step in enumerate(plan) if step[0] == "free")
-        return bool(self._valid_values(sg, wp, {}, coord, step=10, fallback=False).any())
+        return bool(self._valid_values(sg, wp, {}, coord, fallback=False).any())
 
     def _coordinates(self, sg: int, wp: WyckoffPosition) -> Iterator[Any]:
         plan = coordinate_plan(sg, wp.letter)

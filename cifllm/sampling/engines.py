@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cifllm.sampling.constraints import CIFConstraint, ConstraintConfig, ConstraintError, TokenTable
 from cifllm.sampling.prompts import Prompt
 
 __all__ = [
@@ -49,6 +51,9 @@ class GenerationParams:
     max_new_tokens: int = 1024
     seed: int = 0
     batch_size: int = 32
+    #: the constraint engine (:mod:`cifllm.sampling.constraints`): only consistent cif-v2 text can be written
+    constrained: bool = False
+    constraint: ConstraintConfig = field(default_factory=ConstraintConfig)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -83,6 +88,9 @@ class Generation:
     time_s: float
     batch: int
     error: str = ""
+    #: constraint-engine counters of this sample (guarded_rows, blocked_letters, soft_failures, dead_end); None when
+    #: unconstrained or not measured (the vLLM engine runs the machines in its own process)
+    constraint: dict[str, Any] | None = None
 
 
 class Engine(Protocol):
@@ -132,6 +140,50 @@ def _check_model_dir(model_dir: str | Path) -> Path:
     return p
 
 
+def model_text_format(model_dir: str | Path) -> str:
+    """The canonical-text format a model folder writes (its tokenizer record's version; ``cif-v1`` if unrecorded)."""
+    meta = Path(model_dir) / "cifllm_tokenizer.json"
+    with contextlib.suppress(OSError, ValueError):
+        return str(json.loads(meta.read_text()).get("version") or "cif-v1")
+    return "cif-v1"
+
+
+def constraint_config(params: GenerationParams, prompt: Prompt, table: TokenTable) -> ConstraintConfig:
+    """``params.constraint`` with the token budget of this prompt: its CIF part plus ``max_new_tokens``."""
+    from cifllm.sampling.hf_constraint import cif_part
+
+    part = cif_part(prompt.text)
+    budget = (len(table.ids(part)) if part else 0) + params.max_new_tokens
+    cfg = params.constraint
+    if cfg.max_tokens and cfg.max_tokens < budget:
+        return cfg
+    return ConstraintConfig(**{**asdict(cfg), "max_tokens": budget})
+
+
+def check_constrained(model_dir: str | Path, tokenizer: Any, prompts: Sequence[Prompt], params: GenerationParams) -> TokenTable | None:
+    """Before sampling: a constrained run needs a cif-v2 model, and every prompt must be one the grammar can
+    continue. Raises :class:`EngineError` with one line naming the model or prompt. Returns the token table."""
+    if not params.constrained:
+        return None
+    fmt = model_text_format(model_dir)
+    if fmt != "cif-v2":
+        raise EngineError(
+            f"{model_dir}: the model writes {fmt} text, which the constraint engine cannot constrain (it needs the Wyckoff "
+            "column of cif-v2); sample it with constrained=false, or use a cif-v2 model"
+        )
+    from cifllm.sampling.hf_constraint import cif_part
+
+    table = TokenTable(tokenizer)
+    for p in prompts:
+        try:
+            m = CIFConstraint(table, constraint_config(params, p, table))
+            part = cif_part(p.text)
+            m.feed_prompt(table.ids(part) if part else ())
+        except ConstraintError as exc:
+            raise EngineError(f"prompt {p.id} ({p.text.strip()[:60]!r}): {exc}") from None
+    return table
+
+
 class HFEngine:
     """``transformers`` ``generate`` in batches: left padding, KV cache, temperature/top-k/top-p, seeded per batch.
 
@@ -156,6 +208,7 @@ class HFEngine:
         from cifllm.tokenization import load_tokenizer
 
         path = _check_model_dir(model_dir)
+        self.model_dir = path
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = _resolve_device(device)
@@ -185,6 +238,7 @@ class HFEngine:
         import torch
 
         counts = list(counts) if counts is not None else [params.num_samples] * len(prompts)
+        self._table = check_constrained(self.model_dir, self.tokenizer, prompts, params)
         encoded = [self.tokenizer(p.text)["input_ids"] for p in prompts]
         too_long = {i for i, ids in enumerate(encoded) if len(ids) >= self.max_positions}
         for i in sorted(too_long):
@@ -212,7 +266,19 @@ class HFEngine:
                 eos_token_id=self.eos_id,
                 pad_token_id=self.pad_id,
             )
-            if sampling:
+            proc = None
+            if params.constrained:
+                from transformers import LogitsProcessorList
+
+                from cifllm.sampling.hf_constraint import ConstrainedLogitsProcessor
+
+                row_prompts = [prompts[i].text for i, _, _ in batch for _ in range(n)]
+                configs = [constraint_config(params, prompts[i], self._table) for i, _, _ in batch for _ in range(n)]
+                proc = ConstrainedLogitsProcessor(self._table, row_prompts, configs, params.temperature, params.top_k, params.top_p)
+                kwargs["logits_processor"] = LogitsProcessorList([proc])
+                # temperature / top-k / top-p are applied by the processor, after the mask
+                kwargs.update(temperature=1.0 if sampling else None, top_k=0 if sampling else None, top_p=1.0 if sampling else None)
+            elif sampling:
                 kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
             else:
                 kwargs.update(temperature=None, top_k=None, top_p=None)
@@ -232,7 +298,8 @@ class HFEngine:
                 else:
                     finished = False
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b)
+                stats = proc.machines[r].stats.to_json() if proc is not None else None
+                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b, constraint=stats)
             if progress:
                 progress(len(new))
 
@@ -258,7 +325,11 @@ class VLLMEngine:
         max_lora_rank: int = 64,
         seed: int = 0,
         max_model_len: int | None = None,
+        constrained: bool = False,
     ) -> None:
+        if constrained:
+            # the constraint processor uses the V1 model runner's logits-processor interface
+            os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -269,6 +340,8 @@ class VLLMEngine:
         from cifllm.tokenization import load_tokenizer
 
         path = _check_model_dir(model_dir)
+        self.model_dir = path
+        self.constrained = constrained
         self.tokenizer = load_tokenizer(tokenizer_dir or path)
         self.eos_id = int(self.tokenizer.eos_token_id)
         kwargs: dict[str, Any] = dict(
@@ -280,6 +353,8 @@ class VLLMEngine:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if constrained:
+            kwargs["logits_processors"] = ["cifllm.sampling.vllm_constraint:CIFConstraintLogitsProcessor"]
         adapters = _adapter_map(lora)
         self.adapter_records = {name: _check_adapter(a, path) for name, a in adapters.items()}
         if adapters:
@@ -302,10 +377,19 @@ class VLLMEngine:
             raise EngineError(f"prompt {prompt.id} asks for adapter {name!r}; loaded: {sorted(self.lora_requests) or 'none'}")
         return self.lora_requests[name]
 
-    def sampling_params(self, params: GenerationParams, n: int, seed: int) -> Any:
+    def sampling_params(self, params: GenerationParams, n: int, seed: int, prompt: Prompt | None = None) -> Any:
         from vllm import SamplingParams
 
+        extra: dict[str, Any] = {}
+        if params.constrained:
+            if not self.constrained:
+                raise EngineError("constrained sampling with vLLM: build the engine with constrained=True")
+            from cifllm.sampling.hf_constraint import cif_part
+
+            cfg = constraint_config(params, prompt, TokenTable(self.tokenizer)) if prompt else params.constraint
+            extra["extra_args"] = {"cifllm_constraint": {"prompt": cif_part(prompt.text) if prompt else "", "config": asdict(cfg)}}
         return SamplingParams(
+            **extra,
             n=n,
             temperature=params.temperature,
             top_k=params.top_k if params.top_k > 0 else -1,
@@ -320,10 +404,11 @@ class VLLMEngine:
         self, prompts: Sequence[Prompt], params: GenerationParams, counts: Sequence[int] | None = None, progress: Callable[[int], None] | None = None
     ) -> Iterator[Generation]:
         counts = list(counts) if counts is not None else [params.num_samples] * len(prompts)
+        check_constrained(self.model_dir, self.tokenizer, prompts, params)
         for b, start in enumerate(range(0, len(prompts), params.batch_size)):
             idx = list(range(start, min(start + params.batch_size, len(prompts))))
             inputs = [{"prompt_token_ids": self.tokenizer(prompts[i].text)["input_ids"]} for i in idx]
-            sps = [self.sampling_params(params, counts[i], params.seed + i) for i in idx]
+            sps = [self.sampling_params(params, counts[i], params.seed + i, prompts[i]) for i in idx]
             t0 = time.perf_counter()
             loras = [self._request_for(prompts[i]) for i in idx]
             lora_arg = loras if any(r is not None for r in loras) else None
