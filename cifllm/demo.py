@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -34,11 +34,13 @@ class DemoConfig:
     temperature: float = 1.0
     seed: int = 0
     threads: int = 0
+    engine: Literal["hf", "vllm"] = "hf"  #: sampling engine
+    #: the constraint engine: true / false, null = auto (on for cif-v2 models, off with a note for cif-v1 models)
+    constrained: bool | None = None
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     """Sample -> evaluate -> report; returns the headline numbers (also in ``<out>/demo.json``)."""
-    from cifllm.config import load_config
     from cifllm.evaluation.run import EvalConfig, evaluate
     from cifllm.hub.resolve import resolve_model
     from cifllm.sampling.prompts import read_prompt_file
@@ -60,12 +62,13 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
         lines.append(json.dumps(rec))
     prompts = out / "prompts.jsonl"
     atomic_write_text(prompts, "\n".join(lines) + "\n")
-    scfg = load_config(SampleConfig, None, {
-        "model": str(model), "out": str(out / "samples"), "prompt_file": str(prompts), "max_new_tokens": cfg.max_new_tokens,
-        "temperature": cfg.temperature, "seed": cfg.seed, "threads": cfg.threads, "batch_size": 32,
-    })
+    scfg = SampleConfig(
+        model=str(model), out=str(out / "samples"), prompt_file=str(prompts), max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, seed=cfg.seed, threads=cfg.threads, batch_size=32, engine=cfg.engine,
+        constrained=cfg.constrained,
+    )
     log(f"demo: sampling with {model}")
-    sample(scfg, log=log)
+    sample_dir = sample(scfg, log=log)
     ref, note = _reference(cfg)
     if note:
         log(f"demo: {note}")
@@ -77,6 +80,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
         "model": str(model),
         "model_record": json.loads((model / "cifllm_run.json").read_text()) if (model / "cifllm_run.json").is_file() else None,
         "prompts": [json.loads(x) for x in lines],
+        "constrained": json.loads((sample_dir / "summary.json").read_text()).get("constrained"),
         "reference": ref,
         "novelty_note": note,
         "n_samples": metrics.get("n_samples"),

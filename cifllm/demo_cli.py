@@ -14,11 +14,12 @@ def run(args: argparse.Namespace) -> int:
     from cifllm.config import ConfigError, load_config
     from cifllm.demo import DemoConfig, run_demo
     from cifllm.hub.resolve import ModelNotFoundError
+    from cifllm.sampling.engines import EngineError
 
     try:
         cfg = load_config(DemoConfig, None, list(args.overrides))
         run_demo(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, ModelNotFoundError, EngineError, FileNotFoundError, ValueError) as exc:
         print(f"cifllm demo: error: {exc}", file=sys.stderr)
         return 2
     return 0

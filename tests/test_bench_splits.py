@@ -26,7 +26,7 @@ def task_corpus(tmp_path_factory, structures):
                 text=text,
                 reduced_formula=format_formula(s.composition, reduced=True),
                 elements=[e.symbol for e in s.composition.elements],
-                n_sites=sum(int(ln.split()[2]) for ln in text.split("loop_\n")[1].splitlines()[7:]),
+                n_sites=sum(int(ln.split()[2]) for ln in text.split("loop_\n")[1].splitlines()[8:]),
                 sg_number=s.get_space_group_info(symprec=0.1)[1],
                 n_tokens=len(tok.encode(text, add_special_tokens=False).ids),
                 sources=["toy"],

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cifllm.bench.splits import load_split
 from cifllm.bench.tasks import TaskSpec, load_task
@@ -55,18 +55,27 @@ class BenchConfig:
     template_baseline: bool = True
     stability: bool = False  # relax de novo samples with CHGNet, E_hull vs the task's reference (mlip extra)
     stability_cache: str | None = None  # null = <out>/<task>/stability_cache
+    engine: Literal["hf", "vllm"] = "hf"  # sampling engine of the model rows
+    gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory for weights + KV cache
+    #: the constraint engine for the model rows: true / false, null = auto (on for cif-v2 models, off for cif-v1)
+    constrained: bool | None = None
 
 
-def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: list[int], cfg: BenchConfig) -> list[list[str]]:
-    """Full texts (prompt + continuation) per prompt, ``counts[i]`` samples for prompt ``i``."""
-    from cifllm.sampling.engines import GenerationParams, HFEngine
+def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: list[int], cfg: BenchConfig, constrained: bool) -> list[list[str]]:
+    """Full texts (prompt + continuation) per prompt, ``counts[i]`` samples for prompt ``i`` (engine ``cfg.engine``;
+    ``constrained`` already resolved by the caller)."""
+    from cifllm.sampling.engines import GenerationParams
+    from cifllm.sampling.generation import generate
     from cifllm.sampling.prompts import Prompt
 
-    engine = HFEngine(model, threads=cfg.threads, lora=adapter)
     params = GenerationParams(num_samples=max(counts), temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
     ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
     out: list[list[str]] = [[] for _ in prompts]
-    for g in engine.generate(ps, params, counts=counts):
+    gens = generate(
+        ps, params, model=model, engine_name=cfg.engine, constrained=constrained, counts=counts,
+        threads=cfg.threads, lora=adapter, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+    )
+    for g in gens:
         out[g.prompt_index].append(prompts[g.prompt_index] + g.text if not g.error else "")
     return out
 
@@ -211,10 +220,16 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         out["oracle"] = asdict(oracle.fit([r["text"] for r in rows], [r["value"] for r in rows], threshold))
     gens: list[tuple[str, Any]] = []
     asked_by_row: dict[str, list[float | None]] = {}
+    constrained = False
+    if cfg.model:
+        from cifllm.sampling.generation import resolve_constrained
+
+        constrained = resolve_constrained(cfg.constrained, cfg.model, log=lambda m: log(f"[bench {task.name}] {m}"))
+        out["constrained"] = constrained
 
     def llm(adapter: str | None):
         """CSP and de novo samples from one loaded engine: the CSP prompts, then the empty (BOS-only) prompt."""
-        texts = _generate_llm(cfg.model, adapter, [*prompts, ""], [n_samples] * len(prompts) + [n_denovo], cfg)
+        texts = _generate_llm(cfg.model, adapter, [*prompts, ""], [n_samples] * len(prompts) + [n_denovo], cfg, constrained)
         return texts[:-1], texts[-1]
 
     cond_names: tuple[str, ...] = ()
@@ -242,7 +257,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         asked = sorted({float(x) for x in np.quantile(tail, [0.1, 0.5, 0.9])} | {float(tail.max())}) if tail.size else []
         per = max(1, n_denovo // max(1, len(asked)))
         dn_p = ["".join(ln + "\n" for ln in format_property_lines({main: a})) for a in asked]
-        texts = _generate_llm(cfg.model, adapter, [*csp_p, *dn_p], [n_samples] * len(csp_p) + [per] * len(dn_p), cfg)
+        texts = _generate_llm(cfg.model, adapter, [*csp_p, *dn_p], [n_samples] * len(csp_p) + [per] * len(dn_p), cfg, constrained)
         asked_by_row["lora+cond"] = [None] * (len(csp_p) * n_samples) + [a for a in asked for _ in range(per)]
         return texts[: len(csp_p)], [t for ts in texts[len(csp_p) :] for t in ts]
 

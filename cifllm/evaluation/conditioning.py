@@ -59,26 +59,31 @@ def conditioning_response(
     batch_size: int = 32,
     threads: int = 0,
     engine: Any = None,
+    engine_name: str = "hf",
+    constrained: bool | None = None,
 ) -> dict[str, Any]:
-    """De novo samples asked for each value of ``asked`` (one property line, nothing else in the prompt).
+    """De novo samples asked for each value of ``asked`` (one property line, nothing else in the prompt), through
+    :func:`cifllm.sampling.generation.generate`: ``engine`` if given, else ``engine_name`` loaded for ``model`` +
+    ``adapter``; ``constrained`` None = auto (the constraint engine for cif-v2 models).
 
     Returns ``{"property", "asked": {value: {n, n_measured, mean, median, values}}, "spearman", "n_measured"}``."""
     import numpy as np
     from scipy.stats import spearmanr
 
     from cifllm.conditioning import format_property_lines
-    from cifllm.sampling.engines import GenerationParams, HFEngine
+    from cifllm.sampling.engines import GenerationParams
+    from cifllm.sampling.generation import generate
     from cifllm.sampling.prompts import Prompt
 
     if not asked:
         raise ValueError("no values to ask for")
-    eng = engine or HFEngine(model, threads=threads, lora=adapter)
     texts = ["".join(ln + "\n" for ln in format_property_lines({name: a})) for a in asked]
     prompts = [Prompt(text=t, kind="prefix", id=f"ask-{i}") for i, t in enumerate(texts)]
     params = GenerationParams(num_samples=n_per_value, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     got: dict[int, list[float]] = {i: [] for i in range(len(asked))}
     counts: dict[int, int] = {i: 0 for i in range(len(asked))}
-    for g in eng.generate(prompts, params, counts=[n_per_value] * len(asked)):
+    kwargs: dict[str, Any] = {} if engine is not None else dict(model=model, engine_name=engine_name, threads=threads, lora=adapter, seed=seed)
+    for g in generate(prompts, params, engine, constrained=constrained, counts=[n_per_value] * len(asked), **kwargs):
         counts[g.prompt_index] += 1
         if g.error:
             continue

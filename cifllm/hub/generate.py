@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,21 @@ def generate_cifs(
     engine: Any = None,
     adapter: str | Path | None = None,
     conditions: dict[str, float] | None = None,
+    constrained: bool | None = None,
+    engine_name: str = "hf",
+    log: Callable[[str], None] | None = None,
 ) -> list[GeneratedCIF]:
-    """Sample ``n`` CIFs with the HF engine for ``composition`` (+ ``space_group``, ``z``) or, with ``de_novo``, from
+    """Sample ``n`` CIFs (:func:`cifllm.sampling.generation.generate`) for ``composition`` (+ ``space_group``, ``z``) or, with ``de_novo``, from
     an empty prompt, and run the validity checks on each (``check=False`` skips them: ``valid`` is then False).
 
     ``model``: ``None``/``"default"``, a model folder or a Hub id (:func:`cifllm.hub.resolve.resolve_model`);
-    ``engine``: an already loaded :class:`~cifllm.sampling.engines.HFEngine` (then ``model`` and ``device`` are
-    unused). The prompt is validated before any model is loaded: raises :class:`~cifllm.sampling.PromptError` for a
+    ``engine``: an already loaded engine (then ``model``, ``engine_name``, ``device`` and ``adapter`` are unused), else
+    ``engine_name`` (``hf`` or ``vllm``) is loaded; ``constrained``: the constraint engine on / off, ``None`` = auto
+    (on for cif-v2 models; off with a note on ``log``, default stderr, for cif-v1 models). The prompt is validated before any model is loaded: raises :class:`~cifllm.sampling.PromptError` for a
     bad composition or space group, ``ValueError`` for bad sampling parameters.
     """
-    from cifllm.sampling.engines import GenerationParams, HFEngine
+    from cifllm.sampling.engines import GenerationParams
+    from cifllm.sampling.generation import generate, note
     from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
     conds: dict[str, float] = {}
@@ -95,11 +101,12 @@ def generate_cifs(
         num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
         batch_size=max(1, min(n, 32)),
     )
+    kwargs: dict[str, Any] = {}
     if engine is None:
         from cifllm.hub.resolve import resolve_model
 
-        engine = HFEngine(resolve_model(model), device=device, lora=adapter)
-    gens = sorted(engine.generate([prompt], params), key=lambda g: g.sample_index)
+        kwargs = dict(model=resolve_model(model), engine_name=engine_name, device=device, lora=adapter, seed=seed)
+    gens = sorted(generate([prompt], params, engine, constrained=constrained, log=log or note, **kwargs), key=lambda g: g.sample_index)
     texts = [strip_conditions(prompt.text + g.text) for g in gens]
     if check:
         from cifllm.evaluation.run import evaluate_texts

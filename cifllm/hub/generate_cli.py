@@ -5,6 +5,7 @@ Examples::
     cifllm generate --composition Na4Cl4 --space-group Fm-3m -n 3
     cifllm generate --composition SrTiO3 --model runs/tiny/model --temperature 0.8 --top-k 10
     cifllm generate --de-novo -n 5 --model org/name
+    cifllm generate --composition Na4Cl4 --engine vllm --no-constrained
     cifllm generate --composition YBa2Cu3O7 --model M --adapter runs/finetune-tc_top/adapter --property tc=90
 """
 
@@ -27,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="sampling engine (default: %(default)s)")
+    p.add_argument(
+        "--constrained", action=argparse.BooleanOptionalAction, default=None,
+        help="the constraint engine: only consistent cif-v2 text is written (default: on for cif-v2 models, off for cif-v1)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the validity checks")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (cifllm finetune) trained on --model")
     p.add_argument("--property", action="append", default=[], metavar="NAME=VALUE", help="condition on a property, e.g. tc=90 (needs an adapter trained on it; repeatable)")
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             composition=args.composition, space_group=args.space_group, model=args.model, n=args.num_samples,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             max_new_tokens=args.max_new_tokens, de_novo=args.de_novo, z=args.z, device=args.device, check=not args.no_check,
-            adapter=args.adapter, conditions=conditions or None,
+            adapter=args.adapter, conditions=conditions or None, constrained=args.constrained, engine_name=args.engine,
         )
     except (PromptError, ModelNotFoundError, EngineError, ValueError) as exc:
         print(f"cifllm generate: error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Sampling: prompts, engines (``hf`` batched generate, optional ``vllm``), and the ``sample`` stage."""
 
 from cifllm.sampling.engines import Engine, EngineError, Generation, GenerationParams, make_engine, plan_batches
+from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
     Condition,
     Prompt,
@@ -26,6 +27,8 @@ __all__ = [
     "SampleConfig",
     "build_prompt",
     "collect_prompts",
+    "generate",
+    "load_engine",
     "make_engine",
     "parse_composition",
     "parse_space_group",
@@ -34,6 +37,7 @@ __all__ = [
     "read_prompt_file",
     "read_samples",
     "register_condition",
+    "resolve_constrained",
     "sample",
     "strip_conditions",
 ]

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from cifllm.sampling.engines import Engine, GenerationParams, make_engine
+from cifllm.sampling.engines import Engine, GenerationParams
+from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
     Prompt,
     PromptError,
@@ -51,6 +52,7 @@ SAMPLE_FIELDS = (
     "parse_ok",
     "parse_error",  # "<reason>: <detail>" when parse_ok is false
     "cif_file",  # relative path of the written .cif, or null
+    "constraint",  # constraint-engine counters of this sample, or null (unconstrained, or not measured: vllm)
 )
 
 
@@ -91,6 +93,9 @@ class SampleConfig:
     #: ``lo:hi:n`` (every combination becomes a prompt), e.g. ``tc=80:160:5`` or ``band_gap=3.0;density=2.5``
     conditions: str | None = None
     gpu_memory_utilization: float = 0.5
+    #: the constraint engine (only consistent cif-v2 text can be written): true / false, or null = auto (on for
+    #: cif-v2 models, off with a note for cif-v1 models)
+    constrained: bool | None = None
     write_cifs: bool = True
     parse_max_sites: int = 2000
 
@@ -241,9 +246,11 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
     if engine is None:
         if not cfg.model:
             raise ValueError("model= is required (a save_pretrained folder)")
-        engine = make_engine(
-            cfg.engine,
+        engine, constrained = load_engine(
             cfg.model,
+            cfg.engine,
+            cfg.constrained,
+            log=log,
             tokenizer_dir=cfg.tokenizer or None,
             device=cfg.device,
             dtype=cfg.dtype,
@@ -252,6 +259,9 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             seed=cfg.seed,
         )
+    else:
+        constrained = resolve_constrained(cfg.constrained, getattr(engine, "model_dir", None) or cfg.model, engine, log=log)
+    params = replace(params, constrained=constrained)
     cif_dir = out / "cifs"
     if cfg.write_cifs:
         cif_dir.mkdir(exist_ok=True)
@@ -261,7 +271,7 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
     total = sum(counts)
     bar = tqdm(total=total, desc=f"sample [{engine.name}]", unit="sample", disable=not progress, mininterval=1.0)
     with partial.open("w") as fh:
-        for g in engine.generate(prompts, params, counts=counts, progress=bar.update):
+        for g in generate(prompts, params, engine, constrained=constrained, counts=counts, progress=bar.update, log=log):
             p = prompts[g.prompt_index]
             text = p.text + g.text
             cif_text = strip_conditions(text)
@@ -296,6 +306,7 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
                 "parse_ok": structure is not None,
                 "parse_error": err,
                 "cif_file": cif_file,
+                "constraint": g.constraint,
             }
             fh.write(json.dumps(rec) + "\n")
             n += 1
@@ -317,7 +328,8 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
         "wall_s": round(wall, 3),
         "tokens_per_s": round(n_tokens / wall, 2) if wall > 0 else None,
         "samples_per_s": round(n / wall, 3) if wall > 0 else None,
-        "params": params.__dict__,
+        "constrained": constrained,
+        "params": asdict(params),
     }
     atomic_write_json(out / "summary.json", summary)
     log(f"{n} samples ({n_parsed} parse) in {wall:.1f} s, {summary['tokens_per_s']} tokens/s -> {out}")
