@@ -132,7 +132,7 @@ def test_bench_runner_end_to_end(task_corpus, tmp_path):
     (tasks_dir / "dens.yaml").write_text(yaml.safe_dump(config_to_dict(task)))
     build_split(task, task_corpus, tmp_path / "splits", workers=1)
     model = save_random_llama(tmp_path / "model", shape="test", max_positions=512)
-    cfg = BenchConfig(task=str(tasks_dir / "dens.yaml"), model=str(model), splits=str(tmp_path / "splits"), corpus=str(task_corpus), out=str(tmp_path / "results"), n_prompts=3, n_samples=2, n_denovo=4, max_new_tokens=64)
+    cfg = BenchConfig(task=str(tasks_dir / "dens.yaml"), model=str(model), splits=str(tmp_path / "splits"), corpus=str(task_corpus), out=str(tmp_path / "results"), n_prompts=3, n_samples=2, n_denovo=4, max_new_tokens=64, constrained=False)
     res = run_bench(cfg, log=lambda *_: None)
     names = [r["generator"] for r in res["rows"]]
     assert names == ["base", "template"]
@@ -160,7 +160,7 @@ def test_bench_with_adapter_has_lora_and_conditioned_rows(task_corpus, tmp_path)
     build_split(task, task_corpus, tmp_path / "splits", workers=1)
     model = save_random_llama(tmp_path / "model", shape="test", max_positions=512)
     adapter = finetune(FinetuneConfig(task=str(tmp_path / "dens.yaml"), base=str(model), splits=str(tmp_path / "splits"), out=str(tmp_path / "ft"), max_steps=3, warmup_steps=1, batch_size=4, eval_steps=0, progress=False))
-    cfg = BenchConfig(task=str(tmp_path / "dens.yaml"), model=str(model), adapter=str(adapter), splits=str(tmp_path / "splits"), corpus=str(task_corpus), out=str(tmp_path / "results"), n_prompts=2, n_samples=2, n_denovo=8, max_new_tokens=48, template_baseline=False)
+    cfg = BenchConfig(task=str(tmp_path / "dens.yaml"), model=str(model), adapter=str(adapter), splits=str(tmp_path / "splits"), corpus=str(task_corpus), out=str(tmp_path / "results"), n_prompts=2, n_samples=2, n_denovo=8, max_new_tokens=48, template_baseline=False, constrained=False)
     res = run_bench(cfg, log=lambda *_: None)
     assert [r["generator"] for r in res["rows"]] == ["base", "lora", "lora+cond"]
     cond = res["rows"][2]

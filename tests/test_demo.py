@@ -13,14 +13,14 @@ def test_demo_writes_cifs_metrics_and_report(tmp_path, monkeypatch, tiny_corpus)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("*\nNa4Cl4\n")
     monkeypatch.chdir(tmp_path)  # no data/corpus here
-    res = run_demo(DemoConfig(model=str(model), out=str(tmp_path / "demo"), prompt_file=str(prompts), num_samples=2, n_denovo=3, max_new_tokens=24), log=lambda *_: None)
+    res = run_demo(DemoConfig(model=str(model), out=str(tmp_path / "demo"), prompt_file=str(prompts), num_samples=2, n_denovo=3, max_new_tokens=24, constrained=False), log=lambda *_: None)
     assert res["n_samples"] == 5 and res["reference"] is None and "novelty not measured" in res["novelty_note"]
     out = tmp_path / "demo"
     for f in ("demo.json", "samples/samples.jsonl", "samples/eval/metrics.json", "samples/eval/report.md"):
         assert (out / f).is_file(), f
     assert json.loads((out / "demo.json").read_text())["prompts"][0]["n"] == 3
     # with a reference corpus, novelty is measured
-    res2 = run_demo(DemoConfig(model=str(model), out=str(tmp_path / "demo2"), prompt_file=str(prompts), num_samples=1, n_denovo=1, max_new_tokens=16, reference=str(tiny_corpus)), log=lambda *_: None)
+    res2 = run_demo(DemoConfig(model=str(model), out=str(tmp_path / "demo2"), prompt_file=str(prompts), num_samples=1, n_denovo=1, max_new_tokens=16, reference=str(tiny_corpus), constrained=False), log=lambda *_: None)
     assert res2["reference"] == str(tiny_corpus) and not res2["novelty_note"]
 
 

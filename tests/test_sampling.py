@@ -266,7 +266,7 @@ def test_sample_stage_writes_jsonl_and_cifs(toy_model, structures, tmp_path):
     eng = HFEngine(toy_model, device="cpu", threads=1)
     prompt = "data_Na4Cl4\n"
     _script_model(eng, nacl_text[len(prompt) :])
-    cfg = SampleConfig(model=str(toy_model), out=str(tmp_path / "run"), composition="NaCl", z=4, num_samples=3, batch_size=2, max_new_tokens=400, seed=1)
+    cfg = SampleConfig(model=str(toy_model), out=str(tmp_path / "run"), composition="NaCl", z=4, num_samples=3, batch_size=2, max_new_tokens=400, seed=1, constrained=False)
     out = sample(cfg, engine=eng, progress=False, log=lambda s: None)
     recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(recs) == 3
@@ -310,7 +310,7 @@ def test_cli_sample_then_evaluate_with_a_test_model(toy_model, tiny_corpus, tmp_
     from cifllm.cli import main
 
     run = tmp_path / "run"
-    assert main(["sample", "--no-progress", f"model={toy_model}", f"out={run}", "composition=SrTiO3", "space_group=Pm-3m", "num_samples=3", "batch_size=3", "max_new_tokens=24", "device=cpu", "threads=1"]) == 0
+    assert main(["sample", "--no-progress", f"model={toy_model}", f"out={run}", "composition=SrTiO3", "space_group=Pm-3m", "num_samples=3", "batch_size=3", "max_new_tokens=24", "device=cpu", "threads=1", "constrained=false"]) == 0
     recs = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and all(r["prompt_kind"] == "composition_sg" for r in recs)
     assert main(["evaluate", "--no-progress", f"samples={run}", f"reference={tiny_corpus}", "workers=0"]) == 0
