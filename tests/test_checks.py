@@ -68,8 +68,13 @@ def test_wrong_space_group_same_atoms_rejected(texts):
     assert not v.consistent and v.reason == "space_group_mismatch"
 
 
-def test_wrong_space_group_breaking_multiplicities_rejected(texts):
-    t = _nacl(texts).replace("Fm-3m\n_symmetry_Int_Tables_number 225", "Pm-3m\n_symmetry_Int_Tables_number 221")
+def test_wrong_space_group_breaking_multiplicities_rejected(texts, structures):
+    # cif-v2: the Wyckoff letters of Fm-3m have other multiplicities in Pm-3m, so the text does not even parse
+    v2 = _nacl(texts).replace("Fm-3m\n_symmetry_Int_Tables_number 225", "Pm-3m\n_symmetry_Int_Tables_number 221")
+    assert not check_sample(v2).consistent
+    # cif-v1 (no letters): the multiplicity check catches it
+    nacl = next(s for s in structures if s.composition.reduced_formula == "NaCl")
+    t = structure_to_text(nacl, text_format="cif-v1").replace("Fm-3m\n_symmetry_Int_Tables_number 225", "Pm-3m\n_symmetry_Int_Tables_number 221")
     v = check_sample(t)
     assert v.checks["multiplicity"].reason == "multiplicity_mismatch"
     assert v.checks["sites_formula"].reason == "formula_sites_mismatch"
@@ -109,7 +114,7 @@ def test_volume_mismatch_is_reported(texts):
         (lambda t: t.replace("_cell_length_b 5.6400", "_cell_length_b -5.6400"), "bad_cell"),
         (lambda t: t.replace("Na Na0 4", "Na Na0 1000000"), "too_many_sites"),
         (lambda t: t.replace("Fm-3m", "Xy-9"), "bad_space_group"),
-        (lambda t: t.replace("Cl Cl1 4 0.0000 0.0000 0.5000 1", "Cl Cl1 4 0.0000 0.0000 0.0000 1"), "bad_occupancy"),
+        (lambda t: t.replace("Cl Cl1 4 b 0.5000 0.5000 0.5000 1", "Cl Cl1 4 a 0.0000 0.0000 0.0000 1"), "bad_occupancy"),
         (lambda t: t.replace("_cell_angle_beta 90.0000", "_cell_angle_beta 175.0000"), "cell_angle"),
         (lambda t: t + "\x00\xff garbage", "bad_site_row"),
     ],

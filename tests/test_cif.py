@@ -38,7 +38,8 @@ def test_layout_and_formula_prefix(structures):
     assert lines[0] == "data_Na4Cl4"
     assert lines[1] == "_symmetry_space_group_name_H-M Fm-3m"
     assert lines[3].startswith("_cell_length_a ") and lines[3].split()[1] == "5.6400"
-    assert "Na Na0 4 0.0000 0.0000 0.0000 1" in lines and "Cl Cl1 4 0.0000 0.0000 0.5000 1" in lines
+    assert "Na Na0 4 a 0.0000 0.0000 0.0000 1" in lines and "Cl Cl1 4 b 0.5000 0.5000 0.5000 1" in lines
+    assert "_atom_site_Wyckoff_symbol" in lines
     assert "_symmetry_equiv_pos_as_xyz" not in text
     assert text.startswith("data_" + format_formula(Composition("Na4Cl4")) + "\n")
 
