@@ -218,3 +218,20 @@ def _parses(text: str) -> bool:
         return True
     except CIFError:
         return False
+
+
+def test_grammar_level_is_well_formed_but_unaccounted():
+    """The ablation level: computed fields forced (so the header is consistent), rows free - random choices then
+    break the composition, which is what the full engine's accounting prevents."""
+    rng = np.random.default_rng(5)
+    cfg = ConstraintConfig(level="grammar", max_tokens=1400)
+    adhered = 0
+    for _ in range(20):
+        text, _m = _walk("data_Na4Cl4\n", rng, cfg)
+        p = parse_canonical(text)
+        assert p.sg_number == space_group_number(p.sg_symbol) and abs(cell_volume(p.abc, p.angles) - p.volume) < 1e-3
+        try:
+            adhered += text_to_structure(text).composition.reduced_formula == "NaCl"
+        except CIFError:
+            pass
+    assert adhered < 20

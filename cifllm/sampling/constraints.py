@@ -95,10 +95,18 @@ class ConstraintConfig:
     max_elements: int = 8
     #: heaviest element (atomic number) the formula may use: the corpus drops everything beyond Pu
     max_z: int = 94
+    #: ``full``: everything below; ``grammar``: only the grammar and the computed fields (formula order, Int_Tables,
+    #: cell equalities, volume, Z, formula, labels, multiplicity from the letter, Wyckoff coordinate forms), rows of any
+    #: formula element at any position and EOS after any row - the ablation without composition accounting/geometry
+    level: str = "full"
     #: tokens the whole CIF (from ``data_`` to ``<|eos|>``) may take, 0 = unbounded. The engines set it from
     #: ``max_new_tokens``; the formula is then limited to ``(max_tokens - 210) // 40`` atoms (a header takes at most
     #: 210 tokens and a row at most 40, one row per atom in the worst case), so every sample can finish in budget.
     max_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.level not in ("full", "grammar"):
+            raise ValueError(f"constraint level must be 'full' or 'grammar', got {self.level!r}")
 
     def atom_limit(self) -> int:
         if self.max_tokens <= 0:
@@ -478,7 +486,7 @@ class CIFConstraint:
         # space group
         self._where = "space group"
         yield from self._force("_symmetry_space_group_name_H-M ")
-        groups = realizable_space_groups(tuple(sorted(counts.values())))
+        groups = realizable_space_groups(tuple(sorted(counts.values()))) if cfg.level == "full" else tuple(range(1, 231))
         sg_tok = yield from self._choose_sg(groups)
         sg = t.sg_id[sg_tok]
         self.sg = sg
@@ -520,6 +528,9 @@ class CIFConstraint:
         self.used_fixed = used_fixed
         positions = space_group_wyckoff(sg)
         row = 0
+        if cfg.level == "grammar":
+            yield from self._grammar_rows(sg, list(counts), positions)
+            return
         for sym in list(counts):
             while remaining[sym] > 0:
                 self._where = f"row {row} ({sym})"
@@ -540,6 +551,30 @@ class CIFConstraint:
                 row += 1
         self._where = "end"
         yield t.eos
+
+    def _grammar_rows(self, sg: int, elements: list[str], positions: Sequence[WyckoffPosition]) -> Iterator[Any]:
+        """``level="grammar"``: well-formed rows with forced labels, multiplicities (from the letter) and Wyckoff
+        coordinate forms, elements of the formula, but no composition accounting and no geometry guard; the model
+        decides when to stop (after a complete row)."""
+        t = self.t
+        el_ids = [t.ids(e)[0] for e in elements]
+        row = 0
+        tok = yield from self._choose(el_ids)
+        while True:
+            sym = t.element_id[tok]
+            self._where = f"row {row} ({sym})"
+            yield from self._force(f" {sym}{row} ")
+            mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in positions}))
+            yield from self._force(" ")
+            letter = yield from self._choose_string([w.letter for w in positions if str(w.multiplicity) == mult_s])
+            wp = next(w for w in positions if w.letter == letter)
+            yield from self._force(" ")
+            yield from self._coordinates(sg, wp, guard=False)
+            yield from self._force(" 1\n")
+            row += 1
+            tok = yield from self._choose([*el_ids, t.eos])
+            if tok == t.eos:
+                return
 
     def _choose_sg(self, groups: Sequence[int]) -> Iterator[Any]:
         ids = [self.t.vocab[SPACE_GROUP_SYMBOLS[n - 1]] for n in groups]
@@ -711,7 +746,7 @@ class CIFConstraint:
         coord = next(i for i, step in enumerate(plan) if step[0] == "free")
         return bool(self._valid_values(sg, wp, {}, coord, fallback=False).any())
 
-    def _coordinates(self, sg: int, wp: WyckoffPosition) -> Iterator[Any]:
+    def _coordinates(self, sg: int, wp: WyckoffPosition, guard: bool = True) -> Iterator[Any]:
         plan = coordinate_plan(sg, wp.letter)
         free = [i for i, step in enumerate(plan) if step[0] == "free"]
         written: dict[int, float] = {}
@@ -722,11 +757,13 @@ class CIFConstraint:
             if plan[i][0] == "free":
                 yield from self._force("0.")
                 mask = None
-                if i != free[-1]:
+                if not guard:
+                    pass
+                elif i != free[-1]:
                     mask = self._not_degenerate(sg, wp, written, i, [j for j in free if j > i])
                     if mask.all():
                         mask = None
-                if i == free[-1]:
+                if guard and i == free[-1]:
                     mask = self._valid_values(sg, wp, written, i)
                     if not mask.all():
                         self.stats.guarded_rows += 1
