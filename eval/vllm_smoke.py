@@ -5,6 +5,12 @@
 Runs the `sample` stage through :class:`cifllm.sampling.engines.VLLMEngine` on a composition prompt and a de novo
 prompt, then samples the same prompts again to check the seeding, and writes ``<out>/vllm_smoke.json`` (vLLM version,
 counts, tokens/s, reproducibility). vLLM starts worker processes, hence the ``__main__`` guard.
+
+With ``--constrained`` it instead builds ``VLLMEngine(constrained=True)`` and samples four prompts (de novo, NaCl z=4,
+LiFePO4 z=4, SrTiO3 in Pm-3m) with the constraint engine, then the same prompts and seeds without it, and writes
+every sample (prompt text + generated text) to ``<out>/constrained.jsonl`` for the caller to parse, with tokens/s of
+both runs in ``vllm_smoke.json``. ``--v1-model`` (a cif-v1 copy of the model) is then loaded with
+``constrained=True`` and must be refused with :class:`EngineError` before sampling.
 """
 
 from __future__ import annotations
@@ -26,7 +32,12 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
     ap.add_argument("--prompts", type=int, default=2, help="prompts (alternating composition and de novo)")
+    ap.add_argument("--constrained", action="store_true", help="constrained vs unconstrained sampling (see above)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="with --constrained")
+    ap.add_argument("--v1-model", default=None, help="with --constrained: a cif-v1 model that must be refused")
     args = ap.parse_args()
+    if args.constrained:
+        return constrained(args)
 
     import vllm
 
@@ -77,6 +88,67 @@ def main() -> int:
         "max_tokens_respected": all(r["n_tokens"] <= args.max_new_tokens for r in recs),
         "composition_prompts_kept": all(r["text"].startswith("data_Na1Cl1\n") for r in recs if r["prompt_kind"] == "composition"),
     }
+    (out / "vllm_smoke.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+    return 0
+
+
+def constrained(args: argparse.Namespace) -> int:
+    """``--constrained``: sample with and without the constraint engine on one engine, same prompts and seeds."""
+    import gc
+
+    import vllm
+
+    from cifllm.sampling.engines import EngineError, GenerationParams, VLLMEngine
+    from cifllm.sampling.prompts import build_prompt
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, seed=0, constrained=True)
+    load_s = time.perf_counter() - t0
+    prompts = [
+        build_prompt(),
+        build_prompt(composition="NaCl", z=4),
+        build_prompt(composition="LiFePO4", z=4),
+        build_prompt(composition="SrTiO3", space_group="Pm-3m"),
+    ]
+    runs: dict[str, dict] = {}
+    with (out / "constrained.jsonl").open("w") as f:
+        for mode in ("constrained", "unconstrained"):
+            params = GenerationParams(
+                num_samples=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=3,
+                batch_size=len(prompts), constrained=mode == "constrained",
+            )
+            t = time.perf_counter()
+            gens = list(engine.generate(prompts, params))
+            wall = time.perf_counter() - t
+            tokens = sum(g.n_tokens for g in gens)
+            runs[mode] = {
+                "n_samples": len(gens),
+                "generated_tokens": tokens,
+                "wall_s": round(wall, 3),
+                "tokens_per_s": round(tokens / wall, 1),
+                "n_finished": sum(g.finished for g in gens),
+                "max_n_tokens": max(g.n_tokens for g in gens),
+            }
+            for g in gens:
+                p = prompts[g.prompt_index]
+                rec = {"mode": mode, "prompt_kind": p.kind, "prompt": p.text, "formula": p.meta.get("formula"),
+                       "sample_index": g.sample_index, "generated": g.text, "n_tokens": g.n_tokens, "finished": g.finished}
+                f.write(json.dumps(rec) + "\n")
+    v1_refused = None
+    if args.v1_model:
+        del engine
+        gc.collect()
+        try:
+            v1 = VLLMEngine(args.v1_model, gpu_memory_utilization=args.gpu_memory_utilization, seed=0, constrained=True)
+            list(v1.generate(prompts, GenerationParams(num_samples=1, max_new_tokens=8, constrained=True)))
+            v1_refused = ""
+        except EngineError as exc:
+            v1_refused = str(exc)
+    report = {"vllm_version": vllm.__version__, "load_s": round(load_s, 2), "temperature": args.temperature,
+              "max_new_tokens": args.max_new_tokens, "runs": runs, "v1_refused": v1_refused}
     (out / "vllm_smoke.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
     return 0
