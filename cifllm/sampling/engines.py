@@ -309,7 +309,8 @@ class VLLMEngine:
 
     vLLM is imported here only (optional extra, own virtual environment on CPU). LoRA adapters load through
     ``enable_lora`` + ``LoRARequest``. ``gpu_memory_utilization`` is the share of GPU memory (on the CPU build: of
-    RAM) reserved for weights and KV cache. Prompt ``i`` is sampled with seed ``seed + i``. Scripts that build this
+    RAM) reserved for weights and KV cache. Sample ``k`` of prompt ``i`` is sampled with seed
+    ``seed + counts[0] + ... + counts[i-1] + k`` (vLLM adds ``k`` itself), so no two samples share a seed. Scripts that build this
     engine must run their work under ``if __name__ == "__main__":`` (vLLM starts worker processes).
     """
 
@@ -405,10 +406,13 @@ class VLLMEngine:
     ) -> Iterator[Generation]:
         counts = list(counts) if counts is not None else [params.num_samples] * len(prompts)
         check_constrained(self.model_dir, self.tokenizer, prompts, params)
+        offsets = [sum(counts[:i]) for i in range(len(counts))]
         for b, start in enumerate(range(0, len(prompts), params.batch_size)):
             idx = list(range(start, min(start + params.batch_size, len(prompts))))
             inputs = [{"prompt_token_ids": self.tokenizer(prompts[i].text)["input_ids"]} for i in idx]
-            sps = [self.sampling_params(params, counts[i], params.seed + i, prompts[i]) for i in idx]
+            # vLLM seeds sample k of a request with seed + k: space the prompts' seeds by their sample counts so no
+            # two samples of different prompts share a seed
+            sps = [self.sampling_params(params, counts[i], params.seed + offsets[i], prompts[i]) for i in idx]
             t0 = time.perf_counter()
             loras = [self._request_for(prompts[i]) for i in idx]
             lora_arg = loras if any(r is not None for r in loras) else None
@@ -423,7 +427,7 @@ class VLLMEngine:
                         ids = ids[: ids.index(self.eos_id)]
                         finished = True
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                    yield Generation(i, k, text, len(ids), finished, params.seed + i, dt / max(1, total), b)
+                    yield Generation(i, k, text, len(ids), finished, params.seed + offsets[i] + k, dt / max(1, total), b)
             if progress:
                 progress(total)
 
