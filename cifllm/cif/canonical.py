@@ -53,6 +53,7 @@ import spglib
 from pymatgen.core import Composition, Element, Lattice, Structure
 
 from cifllm.cif.wyckoff import coordinate_plan, hall_number_v2, space_group_wyckoff, wyckoff_coords
+from cifllm.errors import CifllmError
 
 __all__ = [
     "CanonicalCIF",
@@ -121,7 +122,7 @@ HEADER_TAGS = (
 )
 
 
-class CIFError(ValueError):
+class CIFError(CifllmError, ValueError):
     """A CIF text that cannot be serialized or parsed; ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

@@ -58,6 +58,7 @@ from cifllm.cif.canonical import (
     format_formula,
 )
 from cifllm.cif.wyckoff import WyckoffPosition, coordinate_plan, space_group_wyckoff, wyckoff_coords
+from cifllm.errors import CifllmError
 
 __all__ = [
     "ConstraintConfig",
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 
-class ConstraintError(ValueError):
+class ConstraintError(CifllmError, ValueError):
     """A prompt the engine cannot continue (unknown element, too many atoms, unrealizable space group, ...)."""
 
 

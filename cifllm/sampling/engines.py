@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cifllm.errors import CifllmError
 from cifllm.sampling.constraints import CIFConstraint, ConstraintConfig, ConstraintError, TokenTable
 from cifllm.sampling.prompts import Prompt
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class EngineError(RuntimeError):
+class EngineError(CifllmError, RuntimeError):
     """An engine that cannot be built or run (missing model folder, vLLM not installed, ...)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pymatgen.core import Composition
 
 from cifllm.cif import CIFError, format_formula, space_group_number, space_group_symbol
+from cifllm.errors import CifllmError
 
 __all__ = [
     "Condition",
@@ -51,7 +52,7 @@ PromptKind = Literal["de_novo", "composition", "composition_sg", "prefix"]
 MAX_PROMPT_ATOMS = 1000
 
 
-class PromptError(ValueError):
+class PromptError(CifllmError, ValueError):
     """A prompt that cannot be built (unknown element, malformed formula, bad space group, ...)."""
 
 
