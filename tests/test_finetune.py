@@ -231,7 +231,7 @@ def test_base_corpus_excludes_every_task(toy, tiny_corpus, tmp_path):
 def test_generate_with_adapter_and_property(toy, capsys):
     from cifllm.cli import main
 
-    args = ["generate", "--composition", "NaCl", "--z", "4", "--model", str(toy["base"]), "--adapter", str(toy["adapter"]), "-n", "2", "--max-new-tokens", "24", "--no-check"]
+    args = ["generate", "--composition", "NaCl", "--z", "4", "--model", str(toy["base"]), "--adapter", str(toy["adapter"]), "-n", "2", "--max-new-tokens", "24", "--no-constrained", "--no-check"]
     assert main([*args, "--property", "n_atoms=8"]) == 0
     out = capsys.readouterr().out
     assert out.count("# sample") == 2 and "_property_" not in out and "data_Na4Cl4" in out
