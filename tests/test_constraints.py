@@ -110,19 +110,21 @@ def test_wyckoff_mismatch_is_a_parse_error():
 
 
 def test_long_axis_orbits_use_an_angstrom_tolerance():
-    """A 30-layer polytype with an aperiodic stacking along a 75 A axis (the SiC-87R case): the old tolerance,
-    symprec / shortest axis as a fraction, was ~2.4 A along c and merged different layers."""
+    """An 87-layer polytype with an aperiodic stacking along a 219 A axis (the SiC-87R case). The old tolerance,
+    symprec / shortest axis as a fraction, was ~7 A along c: the text re-expanded to 108 of the 174 atoms (checked
+    against the code before the fix)."""
     rng = np.random.default_rng(3)
+    n = 87
     seq = [0]
-    while len(seq) < 30:
+    while len(seq) < n:
         seq.append(int(rng.choice([k for k in range(3) if k != seq[-1]])))
     shifts = [(0, 0), (1 / 3, 2 / 3), (2 / 3, 1 / 3)]
     species, coords = [], []
     for k, pos in enumerate(seq):
         x, y = shifts[pos]
         species += ["Si", "C"]
-        coords += [[x, y, k / 30], [x, y, k / 30 + 0.0253]]
-    s = Structure(Lattice.hexagonal(3.08, 75.6), species, coords)
+        coords += [[x, y, k / n], [x, y, k / n + 0.0253 * 30 / n]]
+    s = Structure(Lattice.hexagonal(3.08, 219.3), species, coords)
     for fmt in ("cif-v1", "cif-v2"):
         back = text_to_structure(structure_to_text(s, text_format=fmt))
         assert back.composition.reduced_composition == s.composition.reduced_composition, fmt
