@@ -236,3 +236,18 @@ def test_grammar_level_is_well_formed_but_unaccounted():
         with contextlib.suppress(CIFError):
             adhered += text_to_structure(text).composition.reduced_formula == "NaCl"
     assert adhered < 20
+
+
+def test_prompt_adherence_and_unmeasured_novelty_in_the_summary(structures):
+    """A valid sample whose composition differs from its prompt is counted as not adherent; novelty that was not
+    measured is None, never 0."""
+    from cifllm.evaluation.run import evaluate_texts, summarize
+
+    nacl = structure_to_text(next(s for s in structures if s.composition.reduced_formula == "NaCl"))
+    verdicts = evaluate_texts([nacl, nacl], workers=1)
+    samples = [{"prompt_meta": {"reduced_formula": "NaCl"}}, {"prompt_meta": {"reduced_formula": "KCl"}}]
+    m = summarize(verdicts, samples, novelty_measured=False)
+    assert [v["prompt_adherence"] for v in verdicts] == [True, False]
+    assert m["counts"]["composition_prompted"] == 2 and m["rates"]["prompt_adherence"] == 0.5
+    assert m["counts"]["valid_not_adherent"] == 1
+    assert m["rates"]["novel"] is None and m["rates_among_valid"]["novel"] is None

@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pymatgen.core import Composition
+
 from cifllm.errors import CifllmError
 from cifllm.evaluation.checks import CHECK_NAMES, CONSISTENCY_CHECKS, VALIDITY_CHECKS, CheckSettings, check_sample
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task, uniqueness_task
@@ -262,10 +264,35 @@ def _rate(n: int, d: int) -> float | None:
     return n / d if d else None
 
 
-def summarize(verdicts: list[dict[str, Any]], samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Counts, rates and failure reasons over all samples (rates over all samples unless named otherwise)."""
+def prompt_adherence(sample: dict[str, Any], verdict: dict[str, Any]) -> bool | None:
+    """Does the sample's structure have its composition prompt's reduced composition? None without a composition
+    prompt; False when the sample has no parsed structure (it cannot adhere)."""
+    meta = sample.get("prompt_meta") if isinstance(sample.get("prompt_meta"), dict) else {}
+    want = meta.get("reduced_formula") or meta.get("formula")
+    if not want:
+        return None
+    got = verdict.get("reduced_formula")
+    if not got:
+        return False
+    try:
+        return Composition(got).reduced_composition.almost_equals(Composition(want).reduced_composition)
+    except (ValueError, TypeError):
+        return False
+
+
+def summarize(
+    verdicts: list[dict[str, Any]], samples: list[dict[str, Any]] | None = None, novelty_measured: bool = True
+) -> dict[str, Any]:
+    """Counts, rates and failure reasons over all samples (rates over all samples unless named otherwise).
+
+    With ``samples``, every verdict gets ``prompt_adherence`` (see :func:`prompt_adherence`); its rate is over the
+    composition-prompted samples, and ``valid_not_adherent`` counts valid samples that ignore their prompt. Without
+    a novelty measurement (``novelty_measured=False``) the novel rates are None ("not measured"), never 0."""
     n = len(verdicts)
     counts: dict[str, int] = {}
+    if samples:
+        for smp, v in zip(samples, verdicts, strict=True):
+            v["prompt_adherence"] = prompt_adherence(smp, v)
     for name in CHECK_NAMES:
         counts[name] = sum(v["checks"][name]["ok"] is True for v in verdicts)
     for agg in ("consistent", "valid", "valid_all"):
@@ -275,6 +302,13 @@ def summarize(verdicts: list[dict[str, Any]], samples: list[dict[str, Any]] | No
     counts["unique_novel"] = sum(v.get("unique") is True and v.get("novel") is True for v in verdicts)
     counts["timeouts"] = sum(v["reason"] in ("timeout", "worker_crash", "error") for v in verdicts)
     rates = {k: _rate(c, n) for k, c in counts.items()}
+    prompted = [v for v in verdicts if v.get("prompt_adherence") is not None]
+    counts["composition_prompted"] = len(prompted)
+    counts["prompt_adherent"] = sum(v["prompt_adherence"] is True for v in prompted)
+    counts["valid_not_adherent"] = sum(bool(v["valid"]) and v["prompt_adherence"] is False for v in prompted)
+    rates["prompt_adherence"] = _rate(counts["prompt_adherent"], len(prompted))
+    if not novelty_measured:
+        rates["novel"] = rates["unique_novel"] = None
     nv = counts["valid"]
     reasons: dict[str, dict[str, int]] = {}
     for name in CHECK_NAMES:
@@ -288,8 +322,8 @@ def summarize(verdicts: list[dict[str, Any]], samples: list[dict[str, Any]] | No
         "rates": rates,
         "rates_among_valid": {
             "unique": _rate(counts["unique"], nv),
-            "novel": _rate(counts["novel"], nv),
-            "unique_novel": _rate(counts["unique_novel"], nv),
+            "novel": _rate(counts["novel"], nv) if novelty_measured else None,
+            "unique_novel": _rate(counts["unique_novel"], nv) if novelty_measured else None,
             "consistent": _rate(sum(bool(v["valid_all"]) for v in verdicts), nv),
         },
         "failure_reasons": reasons,
@@ -357,7 +391,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         t1 = time.perf_counter()
         csp, csp_rms = _csp(cfg, samples, texts, verdicts, workers)
         stage_s["csp"] = round(time.perf_counter() - t1, 3)
-    metrics = summarize(verdicts, samples)
+    metrics = summarize(verdicts, samples, novelty_measured=bool(cfg.reference and cfg.novelty))
     metrics["definitions"] = DEFINITIONS
     metrics["settings"] = {**config_to_dict(settings), "matchers": _matcher_settings(), "workers": workers, "time_limit_s": cfg.time_limit_s}
     metrics["reference"] = {"corpus": cfg.reference, "split": cfg.reference_split, "n": len(reference) if reference else 0}
@@ -390,15 +424,17 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     r = metrics["rates"]
     log(
         f"{len(samples)} samples: parse {_pct(r['parse'])}, valid {_pct(r['valid'])}, consistent {_pct(r['consistent'])}, "
-        f"unique {_pct(r['unique'])}, novel {_pct(r['novel'])} ({wall:.1f} s) -> {out}"
+        f"unique {_pct(r['unique'])}, novel {_pct(r['novel'], 'not measured')}"
+        + (f", prompt adherence {_pct(r['prompt_adherence'])}" if r.get("prompt_adherence") is not None else "")
+        + f" ({wall:.1f} s) -> {out}"
     )
     if csp:
         log("CSP: " + ", ".join(f"{k} {v:.3f}" for k, v in csp.items() if k.startswith("match@") and v is not None))
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+def _pct(x: float | None, missing: str = "n/a") -> str:
+    return missing if x is None else f"{100 * x:.1f}%"
 
 
 def _matcher_settings() -> dict[str, Any]:
