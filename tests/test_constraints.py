@@ -250,4 +250,4 @@ def test_prompt_adherence_and_unmeasured_novelty_in_the_summary(structures):
     assert [v["prompt_adherence"] for v in verdicts] == [True, False]
     assert m["counts"]["composition_prompted"] == 2 and m["rates"]["prompt_adherence"] == 0.5
     assert m["counts"]["valid_not_adherent"] == 1
-    assert m["rates"]["novel"] is None and m["rates_among_valid"]["novel"] is None
+    assert m["rates"]["novel"] is None and m["rates_among_valid"]["novel"] is None and m["counts"]["novel"] is None

@@ -38,8 +38,9 @@ def _plots(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str, Any]
     counts = metrics["counts"]
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = ["all samples"] + [lab for lab, _ in FUNNEL]
-    values = [n] + [counts.get(k, 0) for _, k in FUNNEL]
+    funnel = [(lab, k) for lab, k in FUNNEL if counts.get(k) is not None]  # novelty not measured: no bar, not 0
+    labels = ["all samples"] + [lab for lab, _ in funnel]
+    values = [n] + [counts.get(k, 0) for _, k in funnel]
     ax.barh(labels[::-1], values[::-1], color="#4477aa")
     for y, v in enumerate(values[::-1]):
         ax.text(v, y, f" {v} ({100 * v / n:.1f}%)" if n else " 0", va="center", fontsize=8)
@@ -96,7 +97,7 @@ def _fmt(x: Any) -> str:
 def _tables(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     n = metrics["n_samples"]
     defs = metrics.get("definitions", {})
-    rows = [[k, str(c), _fmt(metrics["rates"].get(k)), defs.get(k, "")] for k, c in metrics["counts"].items()]
+    rows = [[k, "not measured" if c is None else str(c), _fmt(metrics["rates"].get(k)), defs.get(k, "")] for k, c in metrics["counts"].items()]
     tables = [("Counts and rates (over all samples)", ["metric", "count", f"rate (n={n})", "definition"], rows)]
     rv = metrics.get("rates_among_valid", {})
     tables.append(("Rates among valid samples", ["metric", "rate"], [[k, _fmt(v)] for k, v in rv.items()]))

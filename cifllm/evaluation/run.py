@@ -308,6 +308,7 @@ def summarize(
     counts["valid_not_adherent"] = sum(bool(v["valid"]) and v["prompt_adherence"] is False for v in prompted)
     rates["prompt_adherence"] = _rate(counts["prompt_adherent"], len(prompted))
     if not novelty_measured:
+        counts["novel"] = counts["unique_novel"] = None  # type: ignore[assignment]
         rates["novel"] = rates["unique_novel"] = None
     nv = counts["valid"]
     reasons: dict[str, dict[str, int]] = {}
@@ -323,7 +324,7 @@ def summarize(
         "rates_among_valid": {
             "unique": _rate(counts["unique"], nv),
             "novel": _rate(counts["novel"], nv) if novelty_measured else None,
-            "unique_novel": _rate(counts["unique_novel"], nv) if novelty_measured else None,
+            "unique_novel": _rate(counts["unique_novel"], nv) if novelty_measured else None,  # type: ignore[arg-type]
             "consistent": _rate(sum(bool(v["valid_all"]) for v in verdicts), nv),
         },
         "failure_reasons": reasons,
