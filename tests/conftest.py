@@ -82,3 +82,21 @@ def data_dir() -> Path:
     if not (DATA_DIR / "mp_20").is_dir():
         pytest.skip(f"real data not found at {DATA_DIR} (set CIFLLM_DATA_DIR)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """HFEngine(threads=1) sets torch's process-wide thread count; give later test modules the original back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory) -> Path:
+    """A random-weight cif-v2 Llama (shape ``test``, 256 positions) saved like a trained model."""
+    from cifllm.sampling.toy import save_random_llama
+
+    return save_random_llama(tmp_path_factory.mktemp("toy") / "model", shape="test", max_positions=256)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from pymatgen.core import Composition
@@ -175,23 +174,6 @@ def test_generation_params_validate():
 
 
 # ---------------------------------------------------------------- HF engine
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    """HFEngine(threads=1) sets torch's process-wide thread count; give later test modules the original back."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def toy_model(tmp_path_factory) -> Path:
-    from cifllm.sampling.toy import save_random_llama
-
-    return save_random_llama(tmp_path_factory.mktemp("toy") / "model", shape="test", max_positions=256)
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,13 @@ from pymatgen.core import Composition, Element, Lattice
 from cifllm.cif.canonical import (
     LOOP_TAGS,
     SPACE_GROUP_SYMBOLS,
+    _num,
     _symmetry_ops,
     cell_volume,
     format_formula,
+)
+from cifllm.cif.canonical import (
+    _el_order as _el_key,
 )
 from cifllm.cif.wyckoff import WyckoffPosition, coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.errors import CifllmError
@@ -267,16 +271,6 @@ class TokenTable:
 
 # ----------------------------------------------------------------------------------------------------------------
 # the machine
-
-
-def _el_key(symbol: str) -> tuple[float, str]:
-    x = Element(symbol).X
-    return (x if x == x else 99.0, symbol)
-
-
-def _num(x: float) -> str:
-    s = f"{x + 0.0:.4f}"
-    return "0.0000" if s == "-0.0000" else s
 
 
 class _Choice:
