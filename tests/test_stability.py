@@ -155,12 +155,10 @@ def test_perturbed_copy_relaxes_back(chgnet_settings):
 
     ideal = _na_cl_structures()["NaCl_rocksalt"]
     ref = relax_structure(ideal, chgnet_settings)
-    import numpy as np
 
-    np.random.seed(0)  # Structure.perturb draws from numpy's global generator
     p = ideal.copy()
     p.apply_strain(0.05)
-    p.perturb(0.15, min_distance=0.1)
+    p.perturb(0.15, min_distance=0.1, seed=0)  # its own generator: seed it (numpy's global seed does not reach it)
     r = relax_structure(p, chgnet_settings)
     assert r["ok"] and r["converged"] and r["n_atoms"] == 8  # distorted: no primitive reduction
     assert r["energy_per_atom"] < r["energy_initial_per_atom"] - 0.01  # energy falls
@@ -171,7 +169,9 @@ def test_perturbed_copy_relaxes_back(chgnet_settings):
     before = site_rmsd(ideal, p)
     after = site_rmsd(ideal, _same_order(relaxed, p))
     assert r["rmsd_A"] > 0.05 and after < before / 3  # RMSD to the ideal sites shrinks
-    assert r["rms_matcher"] is not None  # still the same structure
+    # still the same structure, although the relaxed cell reduces to the 2-atom primitive cell and the distorted
+    # one does not (seed 0: the case that needs the supercell match)
+    assert r["rms_matcher"] is not None
 
 
 def _same_order(relaxed, perturbed):

@@ -43,15 +43,17 @@ class OccupancyComparator(AbstractComparator):
         return {"@module": type(self).__module__, "@class": type(self).__name__, "tol": self.tol}
 
 
-def make_matcher(kind: str = "dedup", scale: bool | None = None) -> StructureMatcher:
-    """A ``StructureMatcher`` with one of :data:`MATCHER_SETTINGS`; ``scale`` defaults to False for round trips."""
+def make_matcher(kind: str = "dedup", scale: bool | None = None, supercell: bool = False) -> StructureMatcher:
+    """A ``StructureMatcher`` with one of :data:`MATCHER_SETTINGS`; ``scale`` defaults to False for round trips;
+    ``supercell`` lets structures whose primitive cells differ in size match (one a supercell of the other, e.g. a
+    distorted cell that relaxed back to a higher-symmetry one)."""
     try:
         tol = MATCHER_SETTINGS[kind]
     except KeyError:
         raise ValueError(f"unknown matcher setting {kind!r}; choose from {sorted(MATCHER_SETTINGS)}") from None
     if scale is None:
         scale = kind != "roundtrip"
-    return StructureMatcher(**tol, scale=scale, comparator=OccupancyComparator())
+    return StructureMatcher(**tol, scale=scale, attempt_supercell=supercell, comparator=OccupancyComparator())
 
 
 def reduce_for_matching(sm: StructureMatcher, structure: Structure) -> Structure:

@@ -16,7 +16,8 @@ structure (CIF), the RMS displacement between generated and relaxed structure (`
 displacement wrapped to the nearest image, mean translation removed, in the relaxed lattice, A - MatterGen's
 distance to the local minimum; the cell change is reported as ``volume_ratio``) and ``rms_matcher``, the
 ``StructureMatcher`` (ltol 0.2, stol 0.3, angle 5) normalized RMS of generated vs relaxed (null: the relaxed
-structure no longer matches the generated one). The per-structure time limit and the worker processes are those of
+structure no longer matches the generated one; a supercell match counts, so a distorted cell that relaxed back to a
+higher-symmetry one with a smaller primitive cell still matches). The per-structure time limit and the worker processes are those of
 :func:`cifllm.evaluation.limits.map_with_time_limit`; each worker loads the model once.
 
 Verdict reasons (every sample gets one when it could not be evaluated): ``not_valid`` (failed the validity checks:
@@ -328,7 +329,7 @@ def _matcher_rms(a: Any, b: Any) -> float | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            r = make_matcher("novelty").get_rms_dist(a, b)
+            r = make_matcher("novelty", supercell=True).get_rms_dist(a, b)
         except Exception:
             return None
     return None if r is None else round(float(r[0]), 5)
