@@ -208,13 +208,42 @@ def test_grad_accumulation_matches_bigger_batch(tiny_corpus, tmp_path):
     np.testing.assert_allclose(acc, big, rtol=2e-4)
 
 
-def test_grouped_mode_runs(tiny_corpus, tmp_path):
-    cfg = make_cfg(tiny_corpus, tmp_path / "g", max_steps=3, eval_steps=0, save_steps=100)
+def test_grouped_mode_runs_with_source_weights(tiny_corpus, tmp_path):
+    cfg = make_cfg(tiny_corpus, tmp_path / "g", max_steps=3, eval_steps=0, save_steps=100, source_weights={"prototypes": 2.0})
     assert cfg.data_mode == "grouped"  # the default
     model_dir = pretrain(cfg)
     run = json.loads((model_dir / "cifllm_run.json").read_text())
     assert run["data_mode"] == "grouped" and np.isfinite(run["eval_loss"])
     assert run["data"]["train"]["n_documents"] == run["data"]["train"]["n_cifs"]
+    sw = run["data"]["source_weights"]
+    assert sw["train_rows_after"] == 2 * sw["train_cifs_before"] == run["data"]["train"]["n_cifs"]
+
+
+def test_source_repeats_is_a_fixed_hashed_fraction():
+    from cifllm.training.data import source_repeats
+
+    ids = [f"r{i}" for i in range(4000)]
+    srcs = [["perov"]] * 2000 + [["mp"]] * 1000 + [["perov", "mp"]] * 1000
+    assert source_repeats(ids, srcs, {}).tolist() == [1] * 4000
+    r = source_repeats(ids, srcs, {"perov": 0.25})
+    assert set(r[:2000].tolist()) == {0, 1} and 400 < r[:2000].sum() < 600  # ~25%, binomial sd ~19
+    assert r[2000:].tolist() == [1] * 2000  # a CIF also in an unweighted source keeps weight 1 (the largest)
+    assert (source_repeats(ids, srcs, {"perov": 0.25}) == r).all()  # deterministic
+    assert not (source_repeats(ids, srcs, {"perov": 0.25}, seed=1) == r).all()  # the seed picks the subset
+    r2 = source_repeats(ids, srcs, {"perov": 2.5, "mp": 0.0})
+    assert set(r2[:2000].tolist()) == {2, 3} and set(r2[3000:].tolist()) <= {2, 3} and r2[2000:3000].sum() == 0
+    with pytest.raises(ValueError, match="source_weights"):
+        make_cfg("c", "o", source_weights={"perov": -1})
+
+
+def test_per_source_validation_loss(trained_run, tiny_corpus):
+    from cifllm.evaluation.nll import corpus_groups, nll_by_group
+
+    g = corpus_groups(tiny_corpus, split="val", max_per_group=3)
+    assert set(g) == {"all", "real", "source:prototypes"} and all(0 < len(v) <= 3 for v in g.values())
+    assert corpus_groups(tiny_corpus, split="val", hypothetical=("prototypes",))["real"] == []
+    r = nll_by_group(trained_run / "model", {**g, "empty": []})
+    assert set(r) == set(g) and all(np.isfinite(v["nll"]) and v["n_texts"] == len(g[k]) for k, v in r.items())
 
 
 # -- bad input: clear errors before any long work --------------------------------------------------------------------

@@ -9,19 +9,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["nll_per_token"]
+__all__ = ["HYPOTHETICAL_SOURCES", "corpus_groups", "nll_by_group", "nll_per_token"]
+
+#: corpus sources of hypothetical (never synthesized) structures: perovskite and carbon enumerations
+HYPOTHETICAL_SOURCES: tuple[str, ...] = ("perov_5", "jarvis_atomgen_perov5", "carbon_24", "jarvis_atomgen_carbon24")
 
 
-def nll_per_token(model_dir: str | Path, texts: list[str], adapter: str | Path | None = None, batch_size: int = 16, threads: int = 0) -> dict[str, float]:
-    """``{"nll": nats/token, "n_tokens", "n_texts", "perplexity"}`` over ``texts`` (BOS + text + EOS each).
-    Texts longer than the model's context are skipped and counted in ``n_skipped``."""
+def _load(model_dir: str | Path, adapter: str | Path | None, threads: int):
     import torch
     from transformers import AutoModelForCausalLM
 
     from cifllm.tokenization import load_tokenizer
 
-    if not texts:
-        raise ValueError("no texts to score")
     if threads > 0:
         torch.set_num_threads(threads)
     tok = load_tokenizer(model_dir)
@@ -34,6 +33,14 @@ def nll_per_token(model_dir: str | Path, texts: list[str], adapter: str | Path |
         check_adapter_base(adapter, model_dir)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.eval()
+    return model, tok
+
+
+def _score(model, tok, texts: list[str], batch_size: int) -> dict[str, float]:
+    import torch
+
+    if not texts:
+        raise ValueError("no texts to score")
     mpe = int(model.config.max_position_embeddings)
     enc = tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
     seqs = [[tok.bos_token_id, *e.ids, tok.eos_token_id] for e in enc]
@@ -59,3 +66,41 @@ def nll_per_token(model_dir: str | Path, texts: list[str], adapter: str | Path |
         raise ValueError(f"every text is longer than the model's context ({mpe} tokens)")
     nll = total / n_tok
     return {"nll": nll, "perplexity": math.exp(nll), "n_tokens": n_tok, "n_texts": len(keep), "n_skipped": len(seqs) - len(keep)}
+
+
+def nll_per_token(model_dir: str | Path, texts: list[str], adapter: str | Path | None = None, batch_size: int = 16, threads: int = 0) -> dict[str, float]:
+    """``{"nll": nats/token, "n_tokens", "n_texts", "perplexity"}`` over ``texts`` (BOS + text + EOS each).
+    Texts longer than the model's context are skipped and counted in ``n_skipped``."""
+    if not texts:
+        raise ValueError("no texts to score")
+    model, tok = _load(model_dir, adapter, threads)
+    return _score(model, tok, texts, batch_size)
+
+
+def nll_by_group(
+    model_dir: str | Path, groups: dict[str, list[str]], adapter: str | Path | None = None, batch_size: int = 16, threads: int = 0
+) -> dict[str, dict[str, float]]:
+    """:func:`nll_per_token` for several named groups of texts, loading the model once; empty groups are skipped."""
+    model, tok = _load(model_dir, adapter, threads)
+    return {name: _score(model, tok, texts, batch_size) for name, texts in groups.items() if texts}
+
+
+def corpus_groups(
+    corpus: str | Path, split: str = "val", max_per_group: int = 256, hypothetical: tuple[str, ...] = HYPOTHETICAL_SOURCES, seed: int = 0
+) -> dict[str, list[str]]:
+    """Texts of one split of a corpus, grouped: ``all``, one group per source, and ``real`` (CIFs with at least one
+    source not in ``hypothetical``). Each group is a seeded random sample of at most ``max_per_group`` CIFs."""
+    import random
+
+    from cifllm.data.corpus import load_corpus
+
+    ds = load_corpus(corpus).select_columns(["text", "split", "sources"])
+    rows = [(t, s) for t, sp, s in zip(ds["text"], ds["split"], ds["sources"]) if sp == split]
+    if not rows:
+        raise ValueError(f"{corpus}: no CIFs in split {split!r}")
+    groups: dict[str, list[str]] = {"all": [t for t, _ in rows], "real": [t for t, s in rows if any(x not in hypothetical for x in s)]}
+    for t, srcs in rows:
+        for x in srcs:
+            groups.setdefault(f"source:{x}", []).append(t)
+    rng = random.Random(seed)
+    return {k: (rng.sample(v, max_per_group) if len(v) > max_per_group else v) for k, v in groups.items()}

@@ -6,7 +6,7 @@ sequences per device per micro-step (packed blocks in ``packed`` mode, CIFs in `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,10 @@ class PretrainConfig:
     data_mode: Literal["grouped", "packed"] = "grouped"
     block_size: int = 0  #: tokens per packed block; 0 = the model's max_position_embeddings
     eval_max_sequences: int = 0  #: cap on validation blocks/CIFs per evaluation (0 = the whole val split)
+    #: training-split weight per corpus source (e.g. {perov_5: 0.3}); a CIF takes the largest weight of its sources
+    #: (default 1.0); weight w < 1 keeps a fixed hashed fraction w of those CIFs, w >= 1 repeats each floor(w) times
+    #: plus a hashed fraction of the remainder; the validation split is never reweighted
+    source_weights: dict[str, float] = field(default_factory=dict)
     # -- model --------------------------------------------------------------------------------------------------
     preset: str = "tiny"  #: model preset (cifllm.modeling.PRESETS)
     max_position_embeddings: int = 0  #: 0 = longest CIF in the corpus + BOS/EOS, rounded up to a multiple of 64
@@ -71,6 +75,9 @@ class PretrainConfig:
             raise ValueError(f"block_size {self.block_size} is too small (>= 16 tokens, 0 = automatic)")
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
+        for src, w in self.source_weights.items():
+            if not (isinstance(w, (int, float)) and 0.0 <= w <= 100.0):
+                raise ValueError(f"source_weights[{src!r}] must be a number in [0, 100], got {w!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -20,6 +20,7 @@ Token counts are int32 numpy arrays; nothing here depends on the number of proce
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,28 @@ class TokenizedDocs:
     @property
     def n_tokens(self) -> int:
         return int(self.offsets[-1])
+
+
+def source_repeats(ids: list[str], sources: list[list[str]], weights: dict[str, float], seed: int = 0) -> np.ndarray:
+    """How many times each training record enters the training set under per-source ``weights`` (int array).
+
+    A record takes the largest weight of its sources (1.0 for a source not named). Weight ``w`` gives ``floor(w)``
+    copies plus one more with probability ``w - floor(w)``, decided by a hash of (seed, record id): the same subset
+    on every run, resume and process. ``weights={}`` gives all ones.
+    """
+    out = np.ones(len(ids), dtype=np.int64)
+    if not weights:
+        return out
+    for i, (rid, srcs) in enumerate(zip(ids, sources)):
+        w = max((float(weights.get(s, 1.0)) for s in srcs), default=1.0)
+        base = int(np.floor(w))
+        frac = w - base
+        extra = 0
+        if frac > 0:
+            h = hashlib.blake2b(f"{seed}:{rid}".encode(), digest_size=8).digest()
+            extra = int(int.from_bytes(h, "little") / 2**64 < frac)
+        out[i] = base + extra
+    return out
 
 
 def tokenize_texts(

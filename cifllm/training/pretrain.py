@@ -230,11 +230,18 @@ def _datasets(prep: PreparedRun):
     from transformers import default_data_collator
 
     from cifllm.data.corpus import load_corpus
-    from cifllm.training.data import Documents, PackedBlocks, PadCollator, pack_documents, tokenize_texts
+    from cifllm.training.data import (
+        Documents,
+        PackedBlocks,
+        PadCollator,
+        pack_documents,
+        source_repeats,
+        tokenize_texts,
+    )
 
     cfg, tok = prep.cfg, prep.tokenizer
     t0 = time.time()
-    ds = load_corpus(cfg.corpus).select_columns(["text", "n_tokens", "split"])
+    ds = load_corpus(cfg.corpus).select_columns(["id", "text", "n_tokens", "split", "sources"])
     split = list(ds["split"])
     texts = list(ds["text"])
     n_tok = list(ds["n_tokens"])
@@ -242,6 +249,11 @@ def _datasets(prep: PreparedRun):
     out = {}
     for name in ("train", "val"):
         idx = [i for i, s in enumerate(split) if s == name]
+        if name == "train" and cfg.source_weights:
+            ids, sources = list(ds["id"]), list(ds["sources"])
+            reps = source_repeats([ids[i] for i in idx], [sources[i] for i in idx], cfg.source_weights, seed=cfg.seed)
+            stats["source_weights"] = {"weights": dict(cfg.source_weights), "train_cifs_before": len(idx), "train_rows_after": int(reps.sum())}
+            idx = [i for i, r in zip(idx, reps) for _ in range(int(r))]
         if not idx:
             out[name] = None
             continue
