@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.utils.resources import resolve_path
+
 __all__ = ["DemoConfig", "run_demo"]
 
 
@@ -26,7 +28,8 @@ __all__ = ["DemoConfig", "run_demo"]
 class DemoConfig:
     model: str = "default"  #: "default" (the shipped model), a model folder or a Hub id
     out: str = "runs/demo"
-    prompt_file: str = "eval/demo_prompts.txt"  #: one composition per line, "*" = de novo
+    #: one composition per line, "*" = de novo; builtin:demo_prompts = the packaged file (checkout: eval/demo_prompts.txt)
+    prompt_file: str = "builtin:demo_prompts"
     num_samples: int = 6  #: samples per prompt
     n_denovo: int = 24  #: samples of the de novo ("*") prompt
     reference: str = ""  #: corpus folder for novelty; "" = data/corpus when it exists
@@ -52,7 +55,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     # one prompt file with per-prompt counts: the de novo prompt gets n_denovo samples
-    items = read_prompt_file(cfg.prompt_file)
+    items = read_prompt_file(resolve_path(cfg.prompt_file, folders=("prompts",)))
     lines = []
     for p, n in items:
         rec: dict[str, Any] = {"prefix": p.text} if p.kind == "prefix" else {}

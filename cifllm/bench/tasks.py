@@ -1,4 +1,5 @@
-"""Discovery-task definitions: one YAML per task in ``eval/tasks/``, loaded into a frozen :class:`TaskSpec`.
+"""Discovery-task definitions: one YAML per task in the package (``cifllm/resources/tasks/``, linked from the
+checkout's ``eval/tasks/``), loaded into a frozen :class:`TaskSpec`.
 
 Rules (``rule``):
 
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cifllm.config import load_config
+from cifllm.core.config import ConfigError, load_config
+from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["TaskSpec", "load_task", "list_tasks", "TASKS_DIR"]
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"
+#: the packaged task folder (``cifllm/resources/tasks``)
+TASKS_DIR = resources_root() / "tasks"
 MP_STYLE_SOURCES = ("mp_20", "mpts_52", "mp40_time_split", "materialmini", "lemat_baselines")
 
 
@@ -64,12 +67,21 @@ class TaskSpec:
 
 
 def list_tasks(tasks_dir: str | Path = TASKS_DIR) -> list[str]:
-    return sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
+    """Task names (file stems) in ``tasks_dir``; a missing folder or one without ``*.yaml`` is a ``ConfigError``."""
+    d = Path(tasks_dir)
+    if not d.is_dir():
+        raise ConfigError(f"tasks folder {d} does not exist")
+    names = sorted(p.stem for p in d.glob("*.yaml"))
+    if not names:
+        raise ConfigError(f"tasks folder {d} has no *.yaml task files")
+    return names
 
 
 def load_task(name_or_path: str | Path, tasks_dir: str | Path = TASKS_DIR, overrides: list[str] | None = None) -> TaskSpec:
-    """A task by name (``eval/tasks/<name>.yaml``) or by path; unknown keys and bad values raise ``ConfigError``."""
-    p = Path(name_or_path)
+    """A task by name (``<tasks_dir>/<name>.yaml``, default the packaged tasks) or by path (``builtin:<name>`` and the
+    checkout's ``eval/tasks/<name>.yaml`` resolve to the packaged file); unknown keys and bad values raise
+    ``ConfigError``."""
+    p = resolve_path(name_or_path, folders=("tasks",))
     if not p.suffix:
         p = Path(tasks_dir) / f"{name_or_path}.yaml"
     if not p.is_file():

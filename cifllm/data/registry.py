@@ -1,4 +1,5 @@
-"""The dataset registry: one YAML file per dataset in ``data_prep/datasets/``.
+"""The dataset registry: one YAML file per dataset in the package (``cifllm/resources/datasets/``, linked from the
+checkout's ``data_prep/datasets/``).
 
 Each entry names its files (relative to the data directory, with the SHA-256 of the *uncompressed* content and the
 public URL serving that content where one exists), the CIF and id columns, the property columns with units, the
@@ -14,9 +15,12 @@ from typing import Any
 
 import yaml
 
+from cifllm.utils.resources import resolve_path, resources_root
+
 __all__ = ["DataError", "DatasetSpec", "FileSpec", "load_registry", "resolve_data_dir", "DEFAULT_REGISTRY"]
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "data_prep" / "datasets"
+#: the packaged registry folder (``cifllm/resources/datasets``)
+DEFAULT_REGISTRY = resources_root() / "datasets"
 FORMATS = ("csv", "parquet", "cif_dir", "structure_files")
 
 
@@ -95,8 +99,9 @@ def _spec_from_yaml(path: Path) -> DatasetSpec:
 
 def load_registry(registry_dir: str | Path = DEFAULT_REGISTRY) -> dict[str, DatasetSpec]:
     """All registry entries by name, ordered by ``priority`` then name (this order ranks sources when duplicates merge:
-    the first source's record becomes the representative)."""
-    d = Path(registry_dir)
+    the first source's record becomes the representative). The checkout's ``data_prep/datasets`` resolves to the
+    packaged registry where the checkout is absent."""
+    d = resolve_path(registry_dir)
     if not d.is_dir():
         raise DataError(f"registry folder {d} does not exist")
     specs: dict[str, DatasetSpec] = {}

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifllm.config import ConfigError, load_config, save_config
+from cifllm.core.config import ConfigError, load_config, save_config
+from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["ScalingConfig", "run_sweep", "fit_sweep", "render_sweep_pbs", "load_scaling_config"]
 
@@ -54,7 +55,7 @@ class ScalingConfig:
     splits: str = "data/tasks"
     corpus: str = "data/corpus"
     out: str = ""  #: "" = results/scaling/<task>
-    pretrain_config: str = "train/configs/tiny.yaml"
+    pretrain_config: str = "train/configs/tiny.yaml"  #: a path, or builtin:<preset>; the checkout path falls back to the packaged preset
     #: every run gets the same context (else a small corpus's shorter longest CIF would skip long test CIFs)
     pretrain_overrides: tuple[str, ...] = ("max_position_embeddings=2048", "max_steps=150", "batch_size=16", "warmup_steps=15", "eval_steps=0", "save_steps=50", "logging_steps=50")
     finetune_config: str = "train/configs/lora.yaml"
@@ -175,7 +176,7 @@ def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val:
         man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
         man.update(scaling={"task": task.name, "size": size, "repeat": repeat, "seed": seed})
         write_corpus(subset + val, corpus_dir, man)
-    pcfg = load_pretrain_config(cfg.pretrain_config, [*cfg.pretrain_overrides, f"corpus={corpus_dir}", f"out={run / 'pretrain'}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
+    pcfg = load_pretrain_config(resolve_path(cfg.pretrain_config, folders=("configs/train",)), [*cfg.pretrain_overrides, f"corpus={corpus_dir}", f"out={run / 'pretrain'}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
     model = run / "pretrain" / "model"
     if not (model / "config.json").is_file():
         pretrain(pcfg, resume=True)
@@ -186,7 +187,7 @@ def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val:
     else:
         if fdir.exists():
             shutil.rmtree(fdir)  # fine-tuning is short: restart it rather than resume a half-written run
-        fcfg = load_finetune_config(cfg.finetune_config, [*cfg.finetune_overrides, f"task={cfg.task}", f"base={model}", f"splits={cfg.splits}", f"out={fdir}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
+        fcfg = load_finetune_config(resolve_path(cfg.finetune_config, folders=("configs/train",)), [*cfg.finetune_overrides, f"task={cfg.task}", f"base={model}", f"splits={cfg.splits}", f"out={fdir}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
         adapter = finetune(fcfg)
     ft = json.loads((adapter / "cifllm_adapter.json").read_text())
     nll = nll_per_token(model, test_texts, adapter=adapter)
@@ -227,7 +228,7 @@ def run_sweep(cfg: ScalingConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     from cifllm.training.config import load_pretrain_config
 
-    pc = load_pretrain_config(cfg.pretrain_config, list(cfg.pretrain_overrides))
+    pc = load_pretrain_config(resolve_path(cfg.pretrain_config, folders=("configs/train",)), list(cfg.pretrain_overrides))
     per_step = pc.batch_size * pc.grad_accum
     if min(cfg.sizes) < per_step:
         raise ValueError(f"size {min(cfg.sizes)} is smaller than one pretraining batch ({per_step} CIFs per step): no step could be made")
@@ -287,7 +288,7 @@ def render_sweep_pbs(cfg: ScalingConfig, job_dir: str | Path, workdir: str = "."
 
     from cifllm.training.cluster import DEFAULT_MODULES, render_template
 
-    tpl = Path(__file__).resolve().parents[2] / "train" / "miyabi" / "scaling.pbs.tmpl"
+    tpl = resources_root() / "templates" / "miyabi" / "scaling.pbs.tmpl"
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     group = group or os.environ.get("GROUP") or "CHANGE_ME"

@@ -1,6 +1,6 @@
 """Cluster launch: render (and submit) a PBS Professional job for Miyabi-G (one GH200 per node).
 
-The job (template ``train/miyabi/pretrain.pbs.tmpl``) starts one MPI rank per node; each rank runs
+The job (packaged template ``cifllm/resources/templates/miyabi/pretrain.pbs.tmpl``, linked from ``train/miyabi/``) starts one MPI rank per node; each rank runs
 ``torchrun --nnodes N --nproc_per_node 1 --node_rank $OMPI_COMM_WORLD_RANK --master_addr <first node>`` with
 ``-m cifllm.cli pretrain ... --resume``, so resubmitting the same job continues the run. Rendering checks the options
 (walltime format, node count, DeepSpeed config against the world size) before anything is submitted.
@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifllm.config import ConfigError
+from cifllm.core.config import ConfigError
 from cifllm.training.config import PretrainConfig
+from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["DEFAULT_MODULES", "MiyabiJob", "TEMPLATE", "render_pbs", "submit"]
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "train" / "miyabi" / "pretrain.pbs.tmpl"
+TEMPLATE = resources_root() / "templates" / "miyabi" / "pretrain.pbs.tmpl"
 #: modules loaded by the job; check ``module avail`` on Miyabi and pass ``--modules`` if the names differ
 DEFAULT_MODULES = ("cuda", "ompi-cuda")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -116,7 +117,7 @@ def _check_deepspeed(job: MiyabiJob) -> None:
 
 def render_pbs(job: MiyabiJob, template: str | Path | None = None, now: _dt.datetime | None = None) -> str:
     """The PBS job file for ``job``. Raises ``ConfigError`` on a bad option or an unknown template placeholder."""
-    tpl_path = Path(template) if template else TEMPLATE
+    tpl_path = resolve_path(template, folders=("templates/miyabi",)) if template else TEMPLATE
     if not tpl_path.is_file():
         raise FileNotFoundError(f"PBS template {tpl_path} not found (run from a cifllm checkout)")
     _check_deepspeed(job)

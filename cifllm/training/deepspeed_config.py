@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cifllm.utils.resources import resolve_path
+
 __all__ = ["DeepSpeedConfigError", "load_deepspeed_config", "check_deepspeed_config"]
 
 
@@ -105,7 +107,7 @@ def check_deepspeed_config(
 
 def load_deepspeed_config(path: str | Path, **run: Any) -> dict[str, Any]:
     """Read a DeepSpeed JSON and check it against the run (keyword args of :func:`check_deepspeed_config`)."""
-    p = Path(path)
+    p = resolve_path(path, folders=("configs/deepspeed",))  # train/deepspeed/<x>.json or builtin:<x>: the packaged file
     if not p.is_file():
         raise DeepSpeedConfigError(f"DeepSpeed config {p} does not exist (see train/deepspeed/)")
     try:
