@@ -1,13 +1,7 @@
-"""The base class of cifllm's user errors (bad config, path, input file, task, model).
-
-This module imports nothing from cifllm, so every subpackage can subclass :class:`CifllmError` without an import
-cycle. ``cifllm <stage>`` turns any such error into one line on stderr and exit code 2 (``--debug``: traceback).
-"""
+"""Compatibility name of :mod:`cifllm.core.errors` (the one base class of user errors)."""
 
 from __future__ import annotations
 
+from cifllm.core.errors import CifllmError
+
 __all__ = ["CifllmError"]
-
-
-class CifllmError(Exception):
-    """A problem with what the user gave cifllm (not a bug in cifllm): its message names the thing and the reason."""

@@ -12,7 +12,7 @@ import yaml
 
 from cifllm.cli import main
 from cifllm.hub import card as card_mod
-from cifllm.hub import resolve as resolve_mod
+from cifllm.core import models as resolve_mod
 from cifllm.hub.card import CardError, choose_license, render_model_card, training_command, write_model_card
 from cifllm.hub.export import LOGIT_TOLERANCE, ExportError, export_model
 from cifllm.hub.generate import generate_cifs

@@ -1,26 +1,55 @@
-"""Typed stage configs: frozen dataclasses filled from YAML files and ``key=value`` overrides.
+"""Typed stage configs: (nested) frozen dataclasses filled from YAML files and ``key=value`` overrides.
 
-Unknown keys are errors (with the list of valid keys); values are coerced to the field's declared type; the resolved
-config is written into every run directory (``config.yaml``) so a run can be repeated exactly.
+* Sources, later wins: the dataclass defaults <- a YAML file <- ``key=value`` overrides <- values a CLI flag gave.
+* Nested blocks are dataclass fields whose type is a dataclass; in YAML they are mappings, on the command line dotted
+  keys (``train.lr=1e-3``). A plain leaf name (``lr=1e-3``) still works when exactly one block has that key.
+* Unknown keys are errors naming the close matches; values are coerced to the field's declared type.
+* ``cifllm <stage> --help`` lists every key (:func:`config_help`) with its default and its ``#:`` comment.
+* The resolved config is written into every run folder (``config.yaml``, :func:`save_config`) so a run can be repeated
+  exactly; :func:`merge_for_resume` is the one resume policy of every stage that resumes.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
+import textwrap
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "load_config", "parse_overrides", "config_to_dict", "save_config"]
+from cifllm.core.errors import CifllmError
+from cifllm.core.records import CONFIG_FILE
+from cifllm.utils import atomic_write_text
+from cifllm.utils.resources import resolve_path
+
+__all__ = [
+    "ConfigError",
+    "FieldInfo",
+    "config_help",
+    "config_to_dict",
+    "describe_config",
+    "explicit_keys",
+    "flatten",
+    "load_config",
+    "merge_for_resume",
+    "parse_overrides",
+    "resolve_run_config",
+    "save_config",
+]
 
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(CifllmError, ValueError):
     """A config file or override that does not fit the stage's config class."""
+
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -84,14 +113,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["lr=3e-4", "preset=tiny"]`` -> ``{"lr": 3e-4, "preset": "tiny"}`` (values parsed as YAML scalars)."""
+def _is_block(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["lr=3e-4", "train.seed=1"]`` -> ``{"lr": 3e-4, "train.seed": 1}`` (values parsed as YAML scalars; keys keep
+    their dots, ``-`` becomes ``_``)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         k, v = item.split("=", 1)
         k = k.strip().replace("-", "_")
+        if not k:
+            raise ConfigError(f"override {item!r} has no key")
         try:
             out[k] = yaml.safe_load(v) if v != "" else ""
         except yaml.YAMLError:
@@ -99,43 +135,259 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> C:
-    """Build ``cls`` from defaults <- YAML file <- overrides. Raises :class:`ConfigError` on unknown keys/bad values."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls} is not a dataclass")
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        values.update(loaded)
-    if overrides:
-        values.update(parse_overrides(overrides) if isinstance(overrides, (list, tuple)) else overrides)
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = resolve_path(path)  # a checkout path (train/configs/tiny.yaml) or builtin:<name> -> the packaged copy
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return loaded
+
+
+def flatten(values: Mapping[str, Any], cls: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys. With ``cls``, only mappings that stand for a nested block are flattened (a
+    ``dict`` field such as ``source_weights`` stays one value)."""
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        sub = hints.get(k)
+        if isinstance(v, Mapping) and (cls is None or _is_block(sub)):
+            out.update(flatten(v, sub if cls is not None else None, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _leaves(cls: type, prefix: str = "") -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every leaf key of ``cls`` (dotted) -> (owning class, field)."""
+    out: dict[str, tuple[type, dataclasses.Field]] = {}
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}")
-    kwargs = {k: _coerce(v, hints[k], k) for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if _is_block(hints[f.name]):
+            out.update(_leaves(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = (cls, f)
+    return out
+
+
+def _resolve_key(key: str, leaves: Mapping[str, Any], cls: type) -> str:
+    """A given key -> its dotted leaf key (a unique plain leaf name is accepted); else :class:`ConfigError`."""
+    if key in leaves:
+        return key
+    if "." not in key:
+        owners = [k for k in leaves if k.rsplit(".", 1)[-1] == key]
+        if len(owners) == 1:
+            return owners[0]
+        if len(owners) > 1:
+            raise ConfigError(f"key {key!r} of {cls.__name__} is ambiguous: write one of {owners}")
+    close = difflib.get_close_matches(key, list(leaves), n=4, cutoff=0.6)
+    close += [k for k in leaves if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1] and k not in close]
+    hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(leaves)}"
+    raise ConfigError(f"unknown key {key!r} for {cls.__name__}; {hint} (all keys: cifllm <stage> --help)")
+
+
+def _build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if _is_block(tp):
+            sub = {k[len(f.name) + 1 :]: v for k, v in values.items() if k.startswith(f"{f.name}.")}
+            kwargs[f.name] = _build(tp, sub, f"{prefix}{f.name}.")
+        elif f.name in values:
+            kwargs[f.name] = _coerce(values[f.name], tp, f"{prefix}{f.name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
+        if isinstance(exc, ConfigError):
+            raise
+        where = f" ({prefix.rstrip('.')})" if prefix else ""
+        raise ConfigError(f"{cls.__name__}{where}: {exc}") from None
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from defaults <- YAML file <- ``overrides`` (``key=value`` strings or a mapping, nested or
+    dotted) <- ``extra``. Raises :class:`ConfigError` on unknown keys (naming close matches) and bad values."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    leaves = _leaves(cls)
+    merged: dict[str, Any] = {}
+    layers: list[Mapping[str, Any]] = []
+    if path is not None:
+        layers.append(flatten(_read_yaml(path), cls))
+    if overrides:
+        given = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        layers.append(flatten(given, cls))
+    if extra:
+        layers.append(flatten(extra, cls))
+    for layer in layers:
+        for k, v in layer.items():
+            merged[_resolve_key(k, leaves, cls)] = v
+    return _build(cls, merged)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+    """The config as plain YAML-able data: nested blocks are mappings, tuples are lists."""
+    return _plain(dataclasses.asdict(cfg))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomic)."""
-    from cifllm.utils import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def merge_for_resume(saved: C, given: C, explicit: Iterable[str], mutable: Iterable[str]) -> C:
+    """The one resume policy: the config to continue a run with.
+
+    ``saved`` is the run's saved config, ``given`` the config built from what the user gave now and ``explicit`` the
+    dotted keys they gave (file + overrides). Explicit keys in ``mutable`` (bookkeeping that does not change the data
+    order or the loss curve) take the new value; an explicit key outside it with a different value is an error;
+    everything else keeps the saved value.
+    """
+    old, new = flatten(config_to_dict(saved), type(saved)), flatten(config_to_dict(given), type(given))
+    mutable = set(mutable)
+    changed = {k: new[k] for k in explicit if k in old and k in new and old[k] != new[k]}
+    bad = sorted(k for k in changed if k not in mutable and k.rsplit(".", 1)[-1] not in mutable)
+    if bad:
+        detail = ", ".join(f"{k}: run has {old[k]!r}, given {changed[k]!r}" for k in bad)
+        name = getattr(saved, "out", None) or "the run"
+        raise ConfigError(
+            f"cannot resume {name} with a different config ({detail}): these keys differ from the saved run config "
+            f"and change the data order or the loss curve. Drop them from the command, or start a new run with another "
+            f"out=..."
+        )
+    merged = dict(old)
+    merged.update(changed)
+    return load_config(type(saved), None, merged)
+
+
+def explicit_keys(cls: type, path: str | Path | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None) -> set[str]:
+    """The dotted leaf keys a YAML file and overrides set (what the user gave explicitly)."""
+    leaves = _leaves(cls)
+    keys: set[str] = set()
+    if path is not None:
+        keys |= {_resolve_key(k, leaves, cls) for k in flatten(_read_yaml(path), cls)}
+    if overrides:
+        given = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        keys |= {_resolve_key(k, leaves, cls) for k in flatten(given, cls)}
+    return keys
+
+
+# ------------------------------------------------------------------------------------------------------- --help
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """One key of a config class, for ``--help``: dotted ``key``, ``type`` and ``default`` as text, ``comment``."""
+
+    key: str
+    type: str
+    default: str
+    comment: str
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """Field name -> its ``#:`` comment (on the field's line, or the ``#:`` lines just above it)."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = src.splitlines()
+    out: dict[str, str] = {}
+    body = ast.parse(src).body[0]
+    for node in getattr(body, "body", []):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        line = lines[node.lineno - 1]
+        parts = []
+        i = node.lineno - 2
+        while i >= 0 and lines[i].strip().startswith("#:"):
+            parts.insert(0, lines[i].strip()[2:].strip())
+            i -= 1
+        if "#:" in line:
+            parts.append(line.split("#:", 1)[1].strip())
+        if parts:
+            out[node.target.id] = " ".join(parts)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def describe_config(cls: type, prefix: str = "") -> list[FieldInfo]:
+    """Every key of ``cls`` (nested blocks dotted) with its type, default and comment (field metadata ``help`` or
+    the ``#:`` comment)."""
+    hints = typing.get_type_hints(cls)
+    comments = _comments(cls)
+    out: list[FieldInfo] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if _is_block(tp):
+            out.extend(describe_config(tp, f"{prefix}{f.name}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        text = yaml.safe_dump(_plain(default), default_flow_style=True).strip().removesuffix("...").strip()
+        out.append(FieldInfo(f"{prefix}{f.name}", _type_name(tp), text, f.metadata.get("help") or comments.get(f.name, "")))
+    return out
+
+
+def config_help(cls: type, width: int = 118) -> str:
+    """``--help`` text: one entry per key, ``key = default  (type)`` then its comment, indented."""
+    rows = []
+    for info in describe_config(cls):
+        rows.append(f"  {info.key} = {info.default}  ({info.type})")
+        if info.comment:
+            rows.extend(textwrap.wrap(info.comment, width=width, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(rows)
+
+
+def resolve_run_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    resume: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    mutable: Iterable[str] | None = None,
+) -> C:
+    """The config of a run that may be resumed (pretraining, fine-tuning, a sweep): ``cls`` from the file, overrides and
+    ``extra``; with ``resume`` and a saved ``<run_dir>/config.yaml``, :func:`merge_for_resume` of the saved config and
+    the keys given now (``mutable`` defaults to ``cls.RESUME_MUTABLE_KEYS``)."""
+    cfg = load_config(cls, path, overrides, extra)
+    saved = Path(cfg.run_dir) / CONFIG_FILE  # type: ignore[attr-defined]
+    if resume and saved.is_file():
+        given = explicit_keys(cls, path, overrides) | explicit_keys(cls, None, extra)
+        keep = getattr(cls, "RESUME_MUTABLE_KEYS", ()) if mutable is None else mutable
+        cfg = merge_for_resume(load_config(cls, saved), cfg, given, keep)
+    return cfg

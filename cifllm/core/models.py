@@ -1,4 +1,4 @@
-"""Find a model folder: the bundled default model, a local ``save_pretrained`` folder, or a Hugging Face Hub id.
+"""Find a model folder (base layer: sampling, training, the demo and the hub all resolve models here): the bundled default model, a local ``save_pretrained`` folder, or a Hugging Face Hub id.
 
 Only safetensors weights and text records are downloaded from the Hub (:data:`DOWNLOAD_PATTERNS`): never pickles.
 """
@@ -9,12 +9,12 @@ import os
 import re
 from pathlib import Path
 
-import cifllm
+from cifllm.core.errors import CifllmError
 
 __all__ = ["DEFAULT_MODEL_DIR", "DOWNLOAD_PATTERNS", "HUB_ID_RE", "MODEL_ENV", "ModelNotFoundError", "is_hub_id", "resolve_model"]
 
 #: Where the trained default model ships inside the package (may be absent in a source checkout).
-DEFAULT_MODEL_DIR = Path(cifllm.__file__).parent / "resources" / "default-model"
+DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "resources" / "default-model"
 #: Environment variable naming the model used for ``None`` / ``"default"`` (a folder or a Hub id).
 MODEL_ENV = "CIFLLM_MODEL"
 #: Files fetched from a Hub repository: weights as safetensors, configs, tokenizer, card and records.
@@ -23,7 +23,7 @@ DOWNLOAD_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.txt", "*.yaml"]
 HUB_ID_RE = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(CifllmError, FileNotFoundError):
     """No usable model folder for the given name (with a hint on how to get one)."""
 
 
@@ -41,7 +41,7 @@ def _check_folder(p: Path, what: str) -> Path:
 
 
 def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # network client: only a Hub id needs it
 
     try:
         local = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=list(DOWNLOAD_PATTERNS))

@@ -1,13 +1,15 @@
-"""``cifllm <stage>``: thin argument parsing; every stage is a typed function in the library.
+"""``cifllm <stage>``: the top layer - thin argument parsing over typed library functions, one module per stage.
 
-Each stage module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported lazily so
+Each stage module (``cifllm.cli.<stage>``) exposes ``add_arguments(parser)`` and ``run(args) -> int``; a stage with a
+config class builds it with :mod:`cifllm.cli.common` (``--config`` YAML + ``key=value`` overrides; ``--help`` lists
+every key). :data:`STAGES` maps a stage name to its module *by name*: only the stage that runs is imported, so
 ``cifllm --help`` stays fast and a stage's heavy dependencies load only when it runs.
 
 Error contract (one handler, here, for every stage): a user error - a bad config key or value, a missing path, an
 unknown task, an empty data folder, a corrupt model file, bad input records - ends the run with one line on stderr,
 ``cifllm <stage>: error: <what>: <why>``, and exit code 2; no traceback unless ``--debug`` (anywhere on the command
-line) or ``CIFLLM_DEBUG=1``. User errors are :class:`cifllm.errors.CifllmError` and the package's older error classes
-listed in :data:`USER_ERRORS`, plus ``OSError`` (a path), ``ValueError`` and the safetensors loader's error (reported
+line) or ``CIFLLM_DEBUG=1``. User errors are :class:`cifllm.core.errors.CifllmError` (and the error classes still outside
+that hierarchy, listed in :data:`USER_ERRORS`), plus ``OSError`` (a path), ``ValueError`` and the safetensors loader's error (reported
 with the file it was reading). Anything else is a bug and keeps its traceback.
 """
 
@@ -21,27 +23,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from cifllm.errors import CifllmError
+from cifllm.core.errors import CifllmError
 
-#: Error classes of cifllm that predate :class:`CifllmError` (module, class name). They are matched only when their
-#: module is already imported (an exception of that class cannot exist otherwise), so the handler imports nothing.
+#: Error classes of cifllm outside the :class:`CifllmError` hierarchy (module, class name). They are matched only when
+#: their module is already imported (an exception of that class cannot exist otherwise), so the handler imports nothing.
 USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("cifllm.config", "ConfigError"),
-    ("cifllm.cif.canonical", "CIFError"),
     ("cifllm.data.registry", "DataError"),
-    ("cifllm.sampling.prompts", "PromptError"),
-    ("cifllm.sampling.engines", "EngineError"),
     ("cifllm.conditioning", "ConditioningError"),
-    ("cifllm.bench.splits", "SplitError"),
-    ("cifllm.modeling", "UnknownPresetError"),
-    ("cifllm.scaling.fit", "ScalingError"),
-    ("cifllm.training.adapters", "AdapterError"),
-    ("cifllm.training.checkpoints", "CheckpointError"),
-    ("cifllm.training.deepspeed_config", "DeepSpeedConfigError"),
-    ("cifllm.hub.export", "ExportError"),
-    ("cifllm.hub.resolve", "ModelNotFoundError"),
-    ("cifllm.hub.push", "PushError"),
-    ("cifllm.hub.card", "CardError"),
 )
 MAX_MESSAGE_CHARS = 1000
 
@@ -88,22 +76,23 @@ def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     env = os.environ.get("CIFLLM_DEBUG", "").lower() in ("1", "true", "yes", "on")
     return len(rest) != len(argv) or env, rest
 
+
 #: stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
-    "demo": ("cifllm.demo_cli", "the main job on built-in defaults: sample with the default model, check, report"),
-    "data": ("cifllm.data.cli", "build the canonical CIF corpus from the dataset registry"),
-    "tokenizer": ("cifllm.tokenizer_cli", "save the CIF tokenizer and check its round trip on a corpus"),
-    "pretrain": ("cifllm.training.cli", "pretrain a Llama model on a corpus"),
-    "sample": ("cifllm.sampling.cli", "sample CIFs from a model (HF generate or vLLM)"),
-    "evaluate": ("cifllm.evaluation.cli", "check and score sampled CIFs"),
-    "split": ("cifllm.bench.cli", "build leakage-checked discovery-task splits from a corpus"),
-    "bench": ("cifllm.bench.bench_cli", "run discovery tasks for a model and the template baseline"),
-    "finetune": ("cifllm.training.finetune_cli", "LoRA fine-tune a pretrained model on a discovery task"),
-    "scaling": ("cifllm.scaling.cli", "transfer scaling-law sweep and fit err(n) = D n^-alpha + C"),
-    "generate": ("cifllm.hub.generate_cli", "print CIFs for a composition from the default (or any) model"),
-    "export": ("cifllm.hub.export_cli", "write a Hub-ready bf16/fp16 safetensors copy of a model folder"),
-    "card": ("cifllm.hub.card_cli", "generate a model card (README.md) from a model's run records"),
-    "push": ("cifllm.hub.push_cli", "upload a model folder (model, tokenizer, card) to the Hugging Face Hub"),
+    "demo": ("cifllm.cli.demo", "the main job on built-in defaults: sample with the default model, check, report"),
+    "data": ("cifllm.cli.data", "build the canonical CIF corpus from the dataset registry"),
+    "tokenizer": ("cifllm.cli.tokenizer", "save the CIF tokenizer and check its round trip on a corpus"),
+    "pretrain": ("cifllm.cli.pretrain", "pretrain a Llama model on a corpus"),
+    "sample": ("cifllm.cli.sample", "sample CIFs from a model (HF generate or vLLM)"),
+    "evaluate": ("cifllm.cli.evaluate", "check and score sampled CIFs"),
+    "split": ("cifllm.cli.split", "build leakage-checked discovery-task splits from a corpus"),
+    "bench": ("cifllm.cli.bench", "run discovery tasks for a model and the template baseline"),
+    "finetune": ("cifllm.cli.finetune", "LoRA fine-tune a pretrained model on a discovery task"),
+    "scaling": ("cifllm.cli.scaling", "transfer scaling-law sweep and fit err(n) = D n^-alpha + C"),
+    "generate": ("cifllm.cli.generate", "print CIFs for a composition from the default (or any) model"),
+    "export": ("cifllm.cli.export", "write a Hub-ready bf16/fp16 safetensors copy of a model folder"),
+    "card": ("cifllm.cli.card", "generate a model card (README.md) from a model's run records"),
+    "push": ("cifllm.cli.push", "upload a model folder (model, tokenizer, card) to the Hugging Face Hub"),
 }
 
 
@@ -160,6 +149,3 @@ def run_stage(stage: str, module: str, args: argparse.Namespace, debug: bool = F
 
 __all__ = ["main", "run_stage", "user_error_message", "USER_ERRORS", "STAGES"]
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,12 +8,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
+
+from cifllm.hub.export import DTYPES, export_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cifllm.hub.export import DTYPES
-
     p.add_argument("src", help="model folder (save_pretrained output, e.g. runs/<run>/model)")
     p.add_argument("dst", help="destination folder (must not exist unless --overwrite)")
     p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="weights dtype (default: %(default)s)")
@@ -21,13 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifllm.hub.export import ExportError, export_model
-
-    try:
-        r = export_model(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
-    except (ExportError, FileNotFoundError, ValueError) as exc:
-        print(f"cifllm export: error: {exc}", file=sys.stderr)
-        return 2
+    r = export_model(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
     print(
         f"exported {args.src} -> {r.dst} ({r.dtype}): weights {r.src_weights_mb:.2f} MB -> {r.dst_weights_mb:.2f} MB, "
         f"max |logit diff| {r.max_abs_logit_diff:.3g} (tolerance {r.tolerance:.3g}), top-1 agreement {100 * r.top1_agreement:.1f}%"

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from cifllm.bench.splits import build_split, task_pretrain_corpus
+from cifllm.bench.tasks import list_tasks, load_task
+from cifllm.core.records import SplitFiles
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,11 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cifllm.bench.splits import build_split, task_pretrain_corpus
-    from cifllm.bench.tasks import list_tasks, load_task
-
     names = args.task or list_tasks()
     for name in names:
         task = load_task(name)
@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
             task_pretrain_corpus(args.corpus, Path(args.out) / task.name, Path(args.out) / task.name / "pretrain_corpus")
     if args.base_corpus:
         out = task_pretrain_corpus(args.corpus, [Path(args.out) / load_task(n).name for n in names], args.base_corpus)
-        print(json.dumps({"base_corpus": str(out), "excluded_rows": json.loads((Path(out) / "manifest.json").read_text())["excluded_rows"]}))
+        print(json.dumps({"base_corpus": str(out), "excluded_rows": json.loads(SplitFiles(out).manifest.read_text())["excluded_rows"]}))
     return 0

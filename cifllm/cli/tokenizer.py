@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from cifllm.data.corpus import load_corpus
+from cifllm.tokenization import check_round_trip, save_tokenizer, tokenizer_fingerprint
+from cifllm.utils import atomic_write_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="tokenizer/cif-v1", help="folder for tokenizer.json + configs (default: %(default)s)")
@@ -14,15 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifllm.tokenization import check_round_trip, save_tokenizer, tokenizer_fingerprint
-
     out = save_tokenizer(args.out)
     print(f"tokenizer saved to {out} (fingerprint {tokenizer_fingerprint()})")
     if not args.corpus:
         return 0
-    from cifllm.data.corpus import load_corpus
-    from cifllm.utils import atomic_write_json
-
     ds = load_corpus(args.corpus)
     rep = check_round_trip(ds["text"])
     lengths = sorted(rep.lengths)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cifllm.hub.card import render_model_card, write_model_card
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="model folder (an export, or runs/<run>/model)")
@@ -20,15 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifllm.hub.card import CardError, render_model_card, write_model_card
-
-    try:
-        if args.stdout:
-            sys.stdout.write(render_model_card(args.model_dir, args.eval_metrics, args.bench_dir, args.repo_id))
-            return 0
-        path = write_model_card(args.model_dir, args.eval_metrics, args.bench_dir, args.repo_id)
-    except CardError as exc:
-        print(f"cifllm card: error: {exc}", file=sys.stderr)
-        return 2
+    if args.stdout:
+        sys.stdout.write(render_model_card(args.model_dir, args.eval_metrics, args.bench_dir, args.repo_id))
+        return 0
+    path = write_model_card(args.model_dir, args.eval_metrics, args.bench_dir, args.repo_id)
     print(f"wrote {path}")
     return 0

@@ -6,30 +6,30 @@ from __future__ import annotations
 import argparse
 import json
 
+from cifllm.cli.common import add_config_arguments, config_from_args
+from cifllm.data.download import download_dataset, verify_dataset
+from cifllm.data.prep import PrepConfig, prepare_corpus
+from cifllm.data.registry import load_registry, resolve_data_dir
+
+CONFIG = PrepConfig
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML with PrepConfig keys (e.g. data_prep/pooled.yaml)")
+    add_config_arguments(p, CONFIG, example="data_prep/pooled.yaml")
     p.add_argument("--list", action="store_true", help="list registry entries and exit")
     p.add_argument("--verify", action="store_true", help="check local files against registry SHA-256 and exit")
     p.add_argument("--download", metavar="DATASET", default=None, help="download a dataset's files (with checksum) into data_dir")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of PrepConfig (e.g. limit_per_file=50 workers=2)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifllm.config import load_config
-    from cifllm.data.prep import PrepConfig, prepare_corpus
-    from cifllm.data.registry import load_registry, resolve_data_dir
-
-    cfg = load_config(PrepConfig, args.config, args.overrides)
+    cfg = config_from_args(CONFIG, args)
     registry = load_registry(cfg.registry) if cfg.registry else load_registry()
     if args.list:
         for name, s in registry.items():
             print(f"{name:26s} {s.kind:10s} {len(s.files):2d} file(s)  {s.licence}")
         return 0
     if args.verify or args.download:
-        from cifllm.data.download import download_dataset, verify_dataset
-
         data_dir = resolve_data_dir(cfg.data_dir or None) if args.verify else (cfg.data_dir or None)
         if args.download:
             for path in download_dataset(registry.get(args.download, args.download), data_dir or "data/raw"):

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cifllm.core.errors import CifllmError
+from cifllm.hub.generate import generate_cifs
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--composition", "-c", default=None, help="cell formula of the prompt, e.g. Na4Cl4 or SrTiO3")
@@ -39,30 +42,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifllm.hub.generate import generate_cifs
-    from cifllm.hub.resolve import ModelNotFoundError
-    from cifllm.sampling.engines import EngineError
-    from cifllm.sampling.prompts import PromptError
-
-    try:
-        conditions = {}
-        for item in args.property:
-            if "=" not in item:
-                raise ValueError(f"--property {item!r}: expected NAME=VALUE, e.g. tc=90")
-            k, v = item.split("=", 1)
-            try:
-                conditions[k.strip()] = float(v)
-            except ValueError:
-                raise ValueError(f"--property {item!r}: {v!r} is not a number") from None
-        samples = generate_cifs(
-            composition=args.composition, space_group=args.space_group, model=args.model, n=args.num_samples,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            max_new_tokens=args.max_new_tokens, de_novo=args.de_novo, z=args.z, device=args.device, check=not args.no_check,
-            adapter=args.adapter, conditions=conditions or None, constrained=args.constrained, engine_name=args.engine,
-        )
-    except (PromptError, ModelNotFoundError, EngineError, ValueError) as exc:
-        print(f"cifllm generate: error: {exc}", file=sys.stderr)
-        return 2
+    conditions = {}
+    for item in args.property:
+        if "=" not in item:
+            raise CifllmError(f"--property {item!r}: expected NAME=VALUE, e.g. tc=90")
+        k, v = item.split("=", 1)
+        try:
+            conditions[k.strip()] = float(v)
+        except ValueError:
+            raise CifllmError(f"--property {item!r}: {v!r} is not a number") from None
+    samples = generate_cifs(
+        composition=args.composition, space_group=args.space_group, model=args.model, n=args.num_samples,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, de_novo=args.de_novo, z=args.z, device=args.device, check=not args.no_check,
+        adapter=args.adapter, conditions=conditions or None, constrained=args.constrained, engine_name=args.engine,
+    )
     blocks = []
     for s in samples:
         blocks.append(f"# sample {s.index + 1}: valid={s.valid}, consistent={s.consistent}, {s.reason}\n{s.text.rstrip()}\n")

@@ -9,7 +9,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
+
+from cifllm.hub.push import push_to_hub
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,16 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifllm.hub.push import PushError, push_to_hub
-
-    try:
-        r = push_to_hub(
-            args.model_dir, args.repo, token=args.token, private=args.private, revision=args.revision,
-            commit_message=args.message, dry_run=args.dry_run,
-        )
-    except PushError as exc:
-        print(f"cifllm push: error: {exc}", file=sys.stderr)
-        return 2
+    r = push_to_hub(
+        args.model_dir, args.repo, token=args.token, private=args.private, revision=args.revision,
+        commit_message=args.message, dry_run=args.dry_run,
+    )
     verb = "would upload" if r.dry_run else "uploaded"
     print(f"{verb} {len(r.files)} files ({r.total_mb:.2f} MB) to {r.repo_id}{' (private)' if r.private else ''}:")
     for f in r.files:

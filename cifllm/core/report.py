@@ -1,0 +1,37 @@
+"""Number formatting shared by every report (evaluation, stability, benchmark, model card, demo).
+
+One spelling per kind of number: a rate is ``12.3%``; a quantity that was not measured is :data:`MISSING`
+(``n/a``), never 0; a count of something not measured is ``not measured`` (:data:`NOT_MEASURED`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["MISSING", "NOT_MEASURED", "fmt_num", "pct"]
+
+#: what a report shows for a number that was not measured
+MISSING = "n/a"
+#: what a report shows for a whole metric that was not measured (e.g. novelty without a reference corpus)
+NOT_MEASURED = "not measured"
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def pct(x: Any, missing: str = MISSING, digits: int = 1) -> str:
+    """A fraction in [0, 1] as a percentage, ``0.1234 -> "12.3%"``; ``missing`` for None, NaN or a non-number."""
+    v = _number(x)
+    return missing if v is None else f"{100 * v:.{digits}f}%"
+
+
+def fmt_num(x: Any, digits: int = 3, missing: str = MISSING) -> str:
+    """A number with ``digits`` significant digits (``%g``); ints as they are; ``missing`` for None or a non-number."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
+    v = _number(x)
+    return missing if v is None else f"{v:.{digits}g}"
