@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "PRESETS",
+    "SAMPLING_DEFAULTS",
     "ModelPreset",
     "UnknownPresetError",
     "build_model",
@@ -38,7 +39,14 @@ __all__ = [
     "make_config",
     "max_positions_for",
     "preset_num_parameters",
+    "sampling_generation_config",
 ]
+
+#: What a saved model's ``generation_config.json`` makes plain ``model.generate`` do: sample (never greedy) with the
+#: defaults of ``cifllm sample`` (:class:`cifllm.sampling.engines.GenerationParams`: temperature 1, no top-k / top-p
+#: filter), until ``<|eos|>`` or a whole context of new tokens (``max_new_tokens`` = ``max_position_embeddings``, not
+#: transformers' default of 20 tokens in all). A test checks these equal the sampling defaults.
+SAMPLING_DEFAULTS: dict[str, Any] = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 @dataclass(frozen=True)
@@ -191,12 +199,21 @@ def build_model(config, seed: int | None = None, attn_implementation: str = "sdp
     Goes through ``AutoModelForCausalLM.from_config`` so an active DeepSpeed ZeRO-3 config partitions it at
     construction; the model itself stays a plain Hugging Face model.
     """
-    from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
+    from transformers import AutoModelForCausalLM, set_seed
 
     if seed is not None:
         set_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
+    model.generation_config = sampling_generation_config(config)
     return model
+
+
+def sampling_generation_config(config):
+    """The ``GenerationConfig`` every saved cifllm model carries (see :data:`SAMPLING_DEFAULTS`): BOS/EOS/PAD ids from
+    ``config`` and ``max_new_tokens`` = its ``max_position_embeddings`` (the longest CIF it was trained on fits)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+        max_new_tokens=int(config.max_position_embeddings), **SAMPLING_DEFAULTS,
+    )

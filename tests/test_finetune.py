@@ -14,7 +14,6 @@ from cifllm.conditioning import (
     format_property_lines,
     parse_property_lines,
     property_values,
-    register_property_conditions,
     split_conditioning,
 )
 
@@ -64,7 +63,6 @@ def test_values_lists_and_grids():
 def test_prompts_with_property_conditions_and_strip():
     from cifllm.sampling.prompts import build_prompt, strip_conditions
 
-    register_property_conditions()
     p = build_prompt(composition="NaCl", z=4, conditions={"tc": 120})
     assert p.text == "_property_tc_K 120.0\ndata_Na4Cl4\n"
     assert build_prompt(conditions={"band_gap": 3}).text == "_property_band_gap_eV 3.00\n"

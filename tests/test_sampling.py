@@ -8,8 +8,8 @@ import pytest
 from pymatgen.core import Composition
 
 from cifllm.cif import structure_to_text
+from cifllm.conditioning import BUILTIN
 from cifllm.sampling import (
-    Condition,
     GenerationParams,
     Prompt,
     PromptError,
@@ -17,29 +17,14 @@ from cifllm.sampling import (
     build_prompt,
     plan_batches,
     read_prompt_file,
-    register_condition,
     sample,
     strip_conditions,
 )
 from cifllm.sampling.engines import Generation, HFEngine
-from cifllm.sampling.prompts import unregister_condition
 from cifllm.tokenization import build_tokenizer
 
 # ---------------------------------------------------------------- prompts
 
-
-
-@pytest.fixture(autouse=True)
-def _no_registered_conditions():
-    """These tests define their own conditions: start from an empty registry (other test modules register the
-    property conditions of cifllm.conditioning process-wide) and restore it afterwards."""
-    from cifllm.sampling import prompts as _prompts
-
-    saved = dict(_prompts._CONDITIONS)
-    _prompts._CONDITIONS.clear()
-    yield
-    _prompts._CONDITIONS.clear()
-    _prompts._CONDITIONS.update(saved)
 
 
 def test_composition_prompts_use_the_canonical_formula():
@@ -87,7 +72,7 @@ def test_prompts_are_token_prefixes_of_the_canonical_text(structures):
         ({"prefix": "data_", "composition": "NaCl"}, "excludes"),
         ({"prefix": "<|eos|>"}, "special tokens"),
         ({"prefix": "data_Na\u00e9"}, "ASCII"),
-        ({"conditions": {"band_gap": 1.0}}, "unknown condition"),
+        ({"conditions": {"colour": 1.0}}, "unknown condition"),
     ],
 )
 def test_bad_prompts_are_rejected_with_a_message(kwargs, match):
@@ -122,28 +107,28 @@ def test_prompt_files(tmp_path):
         read_prompt_file(empty)
 
 
-def test_conditions_plug_in_without_changes_elsewhere(tmp_path):
-    cond = Condition(
-        name="band_gap",
-        render=lambda v: [f"_property_band_gap_eV {float(v):.2f}"],
-        where="after_data",
-        is_condition_line=lambda ln: ln.startswith("_property_band_gap_eV"),
-    )
-    register_condition(cond)
-    try:
-        p = build_prompt(composition="NaCl", z=4, conditions={"band_gap": 5})
-        assert p.text == "data_Na4Cl4\n_property_band_gap_eV 5.00\n"
-        assert p.meta["conditions"] == {"band_gap": 5}
-        assert build_prompt(conditions={"band_gap": 1}).text == "_property_band_gap_eV 1.00\n"
-        assert strip_conditions(p.text + "_symmetry_space_group_name_H-M Fm-3m\n") == "data_Na4Cl4\n_symmetry_space_group_name_H-M Fm-3m\n"
-        f = tmp_path / "c.jsonl"
-        f.write_text('{"composition": "NaCl", "band_gap": 2.5}\n')
-        assert read_prompt_file(f)[0][0].text == "data_Na1Cl1\n_property_band_gap_eV 2.50\n"
-        with pytest.raises(PromptError, match="band_gap"):
-            build_prompt(conditions={"band_gap": "high"})
-    finally:
-        unregister_condition("band_gap")
-    assert strip_conditions("_property_band_gap_eV 1\n") == "_property_band_gap_eV 1\n"
+def test_property_conditions_need_no_registry(tmp_path):
+    """Property lines are pure functions of an explicit property set: nothing to register, strip always works."""
+    assert strip_conditions("_property_band_gap_eV 1\ndata_X\n") == "data_X\n"  # fresh process state, no setup
+    p = build_prompt(composition="NaCl", z=4, conditions={"band_gap": 5, "tc": 9})
+    assert p.text == "_property_tc_K 9.0\n_property_band_gap_eV 5.00\ndata_Na4Cl4\n"  # the property set's order
+    assert p.meta["conditions"] == {"band_gap": 5, "tc": 9}
+    assert build_prompt(conditions={"band_gap": 1}).text == "_property_band_gap_eV 1.00\n"
+    assert strip_conditions(p.text + "_symmetry_space_group_name_H-M Fm-3m\n") == "data_Na4Cl4\n_symmetry_space_group_name_H-M Fm-3m\n"
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"composition": "NaCl", "band_gap": 2.5}\n')
+    assert read_prompt_file(f)[0][0].text == "_property_band_gap_eV 2.50\ndata_Na1Cl1\n"
+    with pytest.raises(PromptError, match="band_gap"):
+        build_prompt(conditions={"band_gap": "high"})
+    # a user property exists only in the set that maps it
+    mine = BUILTIN.with_user("hardness", unit="GPa", decimals=1)
+    assert build_prompt(conditions={"hardness": 7.25}, properties=mine).text == "_property_reserved_0 7.2\n"
+    with pytest.raises(PromptError, match="unknown condition"):
+        build_prompt(conditions={"hardness": 7})
+    f.write_text('{"hardness": 3}\n')
+    assert read_prompt_file(f, mine)[0][0].text == "_property_reserved_0 3.0\n"
+    with pytest.raises(PromptError, match="unknown key"):
+        read_prompt_file(f)
 
 
 # ---------------------------------------------------------------- batching

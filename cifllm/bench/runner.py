@@ -270,10 +270,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     if cfg.template_baseline:
         tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
         gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))
-    from cifllm.conditioning import register_property_conditions
     from cifllm.sampling.prompts import strip_conditions
 
-    register_property_conditions()
     for name, make in gens:
         t1 = time.time()
         log(f"[bench {task.name}] generating: {name}")

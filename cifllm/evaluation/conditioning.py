@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cifllm.conditioning import format_property_lines, load_properties, strip_property_lines
+
 __all__ = ["measure_property", "conditioning_response"]
 
 _DATA_LINE = re.compile(r"^data_([A-Za-z0-9.]+)\s*$", re.M)
@@ -21,11 +23,7 @@ _DATA_LINE = re.compile(r"^data_([A-Za-z0-9.]+)\s*$", re.M)
 
 def measure_property(name: str, text: str) -> float | None:
     """The derived property ``name`` of generated text (property lines allowed), or None if it cannot be read."""
-    from cifllm.conditioning import register_property_conditions
-    from cifllm.sampling.prompts import strip_conditions
-
-    register_property_conditions()
-    body = strip_conditions(text)
+    body = strip_property_lines(text)
     if name == "n_atoms":
         m = _DATA_LINE.search(body)
         if not m:
@@ -70,14 +68,14 @@ def conditioning_response(
     import numpy as np
     from scipy.stats import spearmanr
 
-    from cifllm.conditioning import format_property_lines
     from cifllm.sampling.engines import GenerationParams
     from cifllm.sampling.generation import generate
     from cifllm.sampling.prompts import Prompt
 
     if not asked:
         raise ValueError("no values to ask for")
-    texts = ["".join(ln + "\n" for ln in format_property_lines({name: a})) for a in asked]
+    props = load_properties(adapter)  # an adapter's own property set (built-in properties without a record)
+    texts = ["".join(ln + "\n" for ln in format_property_lines({name: a}, props)) for a in asked]
     prompts = [Prompt(text=t, kind="prefix", id=f"ask-{i}") for i, t in enumerate(texts)]
     params = GenerationParams(num_samples=n_per_value, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     got: dict[int, list[float]] = {i: [] for i in range(len(asked))}

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cifllm.modeling import sampling_generation_config
+
 __all__ = [
     "CHECK_PROMPT",
     "DTYPES",
@@ -124,6 +126,7 @@ def export_model(src: str | Path, dst: str | Path, dtype: str = "bfloat16", over
     try:
         model = AutoModelForCausalLM.from_pretrained(str(src_p), dtype=torch_dtype)
         model.config.use_cache = True
+        model.generation_config = sampling_generation_config(model.config)  # plain model.generate samples, whole CIFs
         model.save_pretrained(str(tmp))  # transformers 5 writes safetensors only
         del model
         tok.save_pretrained(str(tmp))

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifllm.conditioning import load_properties
+
 __all__ = ["GeneratedCIF", "generate_cifs"]
 
 
@@ -75,9 +77,8 @@ def generate_cifs(
     from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
     conds: dict[str, float] = {}
+    properties = load_properties(adapter)
     if conditions:
-        from cifllm.conditioning import PROPERTIES, register_property_conditions
-
         if adapter is None:
             raise PromptError("property conditioning needs a LoRA adapter trained on it (--adapter)")
         from cifllm.training.adapters import check_conditions, read_adapter_record
@@ -87,16 +88,15 @@ def generate_cifs(
             import sys
 
             print(f"note: extrapolating: {note}", file=sys.stderr)
-        register_property_conditions()
-        conds = {k: conditions[k] for k in PROPERTIES if k in conditions}
+        conds = dict(conditions)
     if de_novo:
         if composition or space_group is not None or z is not None:
             raise PromptError("--de-novo excludes a composition, space group and Z")
-        prompt = build_prompt(conditions=conds)
+        prompt = build_prompt(conditions=conds, properties=properties)
     else:
         if not composition:
             raise PromptError("give a composition (e.g. 'Na4Cl4') or ask for de novo samples")
-        prompt = build_prompt(composition=composition, z=z, space_group=space_group, conditions=conds)
+        prompt = build_prompt(composition=composition, z=z, space_group=space_group, conditions=conds, properties=properties)
     params = GenerationParams(
         num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
         batch_size=max(1, min(n, 32)),

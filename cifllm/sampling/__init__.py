@@ -3,7 +3,6 @@
 from cifllm.sampling.engines import Engine, EngineError, Generation, GenerationParams, make_engine, plan_batches
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
-    Condition,
     Prompt,
     PromptError,
     build_prompt,
@@ -11,13 +10,11 @@ from cifllm.sampling.prompts import (
     parse_space_group,
     prompts_from_structures,
     read_prompt_file,
-    register_condition,
     strip_conditions,
 )
 from cifllm.sampling.run import SampleConfig, collect_prompts, read_samples, sample
 
 __all__ = [
-    "Condition",
     "Engine",
     "EngineError",
     "Generation",
@@ -36,7 +33,6 @@ __all__ = [
     "prompts_from_structures",
     "read_prompt_file",
     "read_samples",
-    "register_condition",
     "resolve_constrained",
     "sample",
     "strip_conditions",

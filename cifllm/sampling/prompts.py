@@ -9,10 +9,10 @@ Kinds of prompt (the tokenizer prepends ``<|bos|>`` to every one):
 * ``prefix``: any text, continued as is (end it at a line break: a prefix cut inside a token, e.g. ``data_N`` for
   ``Na``, is tokenized differently from the training text).
 
-Conditioning lines (property tags, added by the LoRA issue) plug in through :func:`register_condition`: a registered
-condition renders its own lines and says where they go; engines, output and evaluation see only ``Prompt.text`` and
-the JSON ``Prompt.meta``, and :func:`strip_conditions` removes the lines again before a CIF is parsed, so nothing
-outside this module changes when a condition is added.
+Conditioning lines (property tags, :mod:`cifllm.conditioning`) go before everything else; the property set that
+maps names to tags is passed explicitly (``properties``, default the built-in properties; an adapter's own set comes
+from :func:`cifllm.conditioning.load_properties`). Engines, output and evaluation see only ``Prompt.text`` and the
+JSON ``Prompt.meta``, and :func:`strip_conditions` (pure) removes the lines again before a CIF is parsed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,10 +28,10 @@ from typing import Any, Literal
 from pymatgen.core import Composition
 
 from cifllm.cif import CIFError, format_formula, space_group_number, space_group_symbol
+from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_values, strip_property_lines
 from cifllm.errors import CifllmError
 
 __all__ = [
-    "Condition",
     "Prompt",
     "PromptError",
     "MAX_PROMPT_ATOMS",
@@ -39,11 +39,8 @@ __all__ = [
     "parse_composition",
     "parse_space_group",
     "read_prompt_file",
-    "register_condition",
     "prompts_from_structures",
-    "registered_conditions",
     "strip_conditions",
-    "unregister_condition",
 ]
 
 PromptKind = Literal["de_novo", "composition", "composition_sg", "prefix"]
@@ -56,45 +53,9 @@ class PromptError(CifllmError, ValueError):
     """A prompt that cannot be built (unknown element, malformed formula, bad space group, ...)."""
 
 
-@dataclass(frozen=True)
-class Condition:
-    """A conditioning input: ``render(value)`` gives whole lines (no trailing newline) placed ``where``.
-
-    ``where``: ``"before_data"`` (lines before ``data_``) or ``"after_data"`` (right after the ``data_`` line; for a
-    de novo prompt there is no data line yet, so they are placed first). ``is_condition_line(line)`` must recognise
-    every line ``render`` can produce, so :func:`strip_conditions` can remove them from generated text.
-    """
-
-    name: str
-    render: Callable[[Any], list[str]]
-    where: Literal["before_data", "after_data"]
-    is_condition_line: Callable[[str], bool]
-
-
-_CONDITIONS: dict[str, Condition] = {}
-
-
-def register_condition(condition: Condition) -> None:
-    """Make ``condition.name`` a valid key of :func:`build_prompt` ``conditions`` and of prompt files."""
-    _CONDITIONS[condition.name] = condition
-
-
-def unregister_condition(name: str) -> None:
-    """Remove a registered condition (tests; a model stage that registers conditions keeps them)."""
-    _CONDITIONS.pop(name, None)
-
-
-def registered_conditions() -> dict[str, Condition]:
-    return dict(_CONDITIONS)
-
-
 def strip_conditions(text: str) -> str:
-    """Remove every line a registered condition could have written (generated text -> plain canonical CIF)."""
-    if not _CONDITIONS:
-        return text
-    checks = [c.is_condition_line for c in _CONDITIONS.values()]
-    lines = text.split("\n")
-    return "\n".join(ln for ln in lines if not any(f(ln.strip()) for f in checks))
+    """Remove every conditioning line (``_property_*``) from generated text -> plain canonical CIF (pure)."""
+    return strip_property_lines(text)
 
 
 @dataclass(frozen=True)
@@ -202,19 +163,18 @@ def build_prompt(
     conditions: Mapping[str, Any] | None = None,
     id: str | None = None,
     meta: Mapping[str, Any] | None = None,
+    properties: PropertySet = BUILTIN,
 ) -> Prompt:
     """Build and validate a prompt (see the module docstring for the kinds).
 
     ``prefix`` excludes ``composition``/``space_group``; ``space_group`` needs ``composition``; ``z`` multiplies the
-    formula. ``conditions`` keys must be registered with :func:`register_condition`. Extra ``meta`` (e.g.
-    ``target_id`` for CSP) is copied into every sample. Raises :class:`PromptError`.
+    formula. ``conditions``: ``{property: one value}``, names of ``properties`` (lines written first, in the set's
+    order). Extra ``meta`` (e.g. ``target_id`` for CSP) is copied into every sample. Raises :class:`PromptError`.
     """
     conditions = dict(conditions or {})
-    unknown = sorted(set(conditions) - set(_CONDITIONS))
+    unknown = sorted(set(conditions) - set(properties.names))
     if unknown:
-        raise PromptError(
-            f"unknown condition(s) {unknown}; registered: {sorted(_CONDITIONS) or 'none (property conditioning comes with the LoRA stage)'}"
-        )
+        raise PromptError(f"unknown condition(s) {unknown}; known properties: {', '.join(properties.names) or 'none'}")
     m: dict[str, Any] = dict(meta or {})
     if prefix is not None:
         if composition is not None or space_group is not None or z is not None:
@@ -242,38 +202,33 @@ def build_prompt(
             raise PromptError("space_group and z need a composition")
         body, kind = "", "de_novo"
     before: list[str] = []
-    after: list[str] = []
-    for name, value in conditions.items():
-        c = _CONDITIONS[name]
+    for spec in properties:
+        if spec.name not in conditions:
+            continue
+        value = conditions[spec.name]
         try:
-            lines = c.render(value)
-        except (TypeError, ValueError) as exc:
-            raise PromptError(f"condition {name}={value!r}: {exc}") from None
-        (before if c.where == "before_data" else after).extend(lines)
+            vals = expand_values(value)
+            if len(vals) != 1:
+                raise ConditioningError("one value per prompt; expand lists and grids with cifllm.conditioning.expand_conditions")
+            before.append(spec.line(vals[0]))
+        except ConditioningError as exc:
+            raise PromptError(f"condition {spec.name}={value!r}: {exc}") from None
     if conditions:
         m["conditions"] = conditions
-    text = body
-    if after:
-        if body.startswith("data_"):
-            first, rest = body.split("\n", 1)
-            text = first + "\n" + "".join(ln + "\n" for ln in after) + rest
-        else:
-            text = "".join(ln + "\n" for ln in after) + body
-    if before:
-        text = "".join(ln + "\n" for ln in before) + text
+    text = "".join(ln + "\n" for ln in before) + body
     return Prompt(text=text, kind=kind, id=id or _prompt_id(kind, text, m), meta=m)  # type: ignore[arg-type]
 
 
 _JSONL_KEYS = {"id", "composition", "formula", "z", "space_group", "prefix", "conditions", "meta", "n"}
 
 
-def _prompt_from_record(rec: Mapping[str, Any], where: str) -> tuple[Prompt, int | None]:
+def _prompt_from_record(rec: Mapping[str, Any], where: str, properties: PropertySet = BUILTIN) -> tuple[Prompt, int | None]:
     if not isinstance(rec, Mapping):
         raise PromptError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    cond_keys = set(rec) & set(_CONDITIONS)
+    cond_keys = set(rec) & set(properties.names)
     unknown = sorted(set(rec) - _JSONL_KEYS - cond_keys)
     if unknown:
-        raise PromptError(f"{where}: unknown key(s) {unknown}; valid: {sorted(_JSONL_KEYS | set(_CONDITIONS))}")
+        raise PromptError(f"{where}: unknown key(s) {unknown}; valid: {sorted(_JSONL_KEYS | set(properties.names))}")
     if "composition" in rec and "formula" in rec:
         raise PromptError(f"{where}: give 'composition' or 'formula', not both")
     conditions = dict(rec.get("conditions") or {})
@@ -290,17 +245,18 @@ def _prompt_from_record(rec: Mapping[str, Any], where: str) -> tuple[Prompt, int
             conditions=conditions,
             id=str(rec["id"]) if rec.get("id") is not None else None,
             meta=rec.get("meta") or {},
+            properties=properties,
         )
     except PromptError as exc:
         raise PromptError(f"{where}: {exc}") from None
     return p, n
 
 
-def read_prompt_file(path: str | Path) -> list[tuple[Prompt, int | None]]:
+def read_prompt_file(path: str | Path, properties: PropertySet = BUILTIN) -> list[tuple[Prompt, int | None]]:
     """Read prompts for a batch job; returns (prompt, samples for this prompt or None for the default).
 
     * ``*.jsonl``: one JSON object per line with keys ``composition`` (or ``formula``), ``z``, ``space_group``,
-      ``prefix``, ``conditions`` (or registered condition names), ``id``, ``meta``, ``n``. ``{}`` is a de novo prompt.
+      ``prefix``, ``conditions`` (or property names of ``properties``), ``id``, ``meta``, ``n``. ``{}`` is a de novo prompt.
     * anything else: one prompt per line, ``<formula> [<space group>]`` (e.g. ``Na4Cl4`` or ``SrTiO3 Pm-3m``);
       ``*`` is a de novo prompt; blank lines and lines starting with ``#`` are skipped.
 
@@ -321,7 +277,7 @@ def read_prompt_file(path: str | Path) -> list[tuple[Prompt, int | None]]:
                 rec = json.loads(s)
             except json.JSONDecodeError as exc:
                 raise PromptError(f"{where}: invalid JSON ({exc.msg})") from None
-            out.append(_prompt_from_record(rec, where))
+            out.append(_prompt_from_record(rec, where, properties))
             continue
         parts = s.split()
         if parts == ["*"]:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_conditions, load_properties
 from cifllm.sampling.engines import Engine, GenerationParams
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
@@ -135,11 +136,13 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
 
     With ``conditions`` every base prompt is repeated for each combination of property values; with a LoRA adapter
     the properties must be ones it was trained on, and values outside its training range are flagged in the prompt's
-    ``meta["extrapolation"]`` (and so in every sample record)."""
-    from cifllm.conditioning import ConditioningError, expand_conditions, register_property_conditions
-
-    register_property_conditions()
-    prompts, counts = _base_prompts(cfg)
+    ``meta["extrapolation"]`` (and so in every sample record). Property names map to tags through the adapter's
+    recorded property set (:func:`cifllm.conditioning.load_properties`; built-in properties without an adapter)."""
+    try:
+        properties = load_properties(cfg.lora) if _set(cfg.lora) else BUILTIN
+    except ConditioningError as exc:
+        raise PromptError(str(exc)) from None
+    prompts, counts = _base_prompts(cfg, properties)
     conds = parse_conditions(cfg.conditions)
     record = None
     if _set(cfg.lora):
@@ -162,7 +165,7 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
     if any(p.meta.get("conditions") for p in prompts):
         raise PromptError("conditions= and a prompt file with its own conditions: give the properties in one place")
     try:
-        combos = expand_conditions(conds)
+        combos = expand_conditions(conds, properties)
     except ConditioningError as exc:
         raise PromptError(f"conditions: {exc}") from None
     flags_by_combo = []
@@ -181,19 +184,21 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
             if flags:
                 meta["extrapolation"] = flags
             if p.kind == "prefix":
-                q = build_prompt(prefix=p.text, conditions=combo, meta=meta)
+                q = build_prompt(prefix=p.text, conditions=combo, meta=meta, properties=properties)
             elif p.kind == "de_novo":
-                q = build_prompt(conditions=combo, meta=meta)
+                q = build_prompt(conditions=combo, meta=meta, properties=properties)
             else:
-                q = build_prompt(composition=p.meta["formula"], space_group=p.meta.get("sg_number"), conditions=combo, meta=meta)
+                q = build_prompt(
+                    composition=p.meta["formula"], space_group=p.meta.get("sg_number"), conditions=combo, meta=meta, properties=properties
+                )
             out_p.append(q)
             out_n.append(n)
     return out_p, out_n
 
 
-def _base_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
+def _base_prompts(cfg: SampleConfig, properties: PropertySet = BUILTIN) -> tuple[list[Prompt], list[int]]:
     if _set(cfg.prompt_file):
-        items = read_prompt_file(cfg.prompt_file)  # type: ignore[arg-type]
+        items = read_prompt_file(cfg.prompt_file, properties)  # type: ignore[arg-type]
         return [p for p, _ in items], [n or cfg.num_samples for _, n in items]
     if _set(cfg.csp_corpus):
         from cifllm.data.corpus import load_corpus

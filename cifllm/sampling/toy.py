@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cifllm.modeling import sampling_generation_config
+
 __all__ = ["TOY_SHAPES", "save_random_llama"]
 
 #: name -> (layers, hidden size, attention heads, MLP size). ``tiny`` is ~0.1M parameters, ``small`` ~6M.
@@ -42,6 +44,7 @@ def save_random_llama(out_dir: str | Path, shape: str = "test", max_positions: i
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
+    model.generation_config = sampling_generation_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))

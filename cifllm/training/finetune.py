@@ -1,9 +1,12 @@
 """``cifllm finetune``: one LoRA adapter per discovery task, optionally conditioned on continuous properties.
 
-Data: the task's ``train`` split (``data/tasks/<task>/train.jsonl``), each CIF preceded by its property lines
-(:mod:`cifllm.conditioning`); every property line is dropped with probability ``cond_dropout`` (fixed per row and
-seed), so the adapter also learns the unconditioned distribution and a prompt without a property means
-"unconditioned". Validation: the task's ``val`` split with every available property line (no dropout).
+Data: the task's ``train`` split (``data/tasks/<task>/train.jsonl``) - or your own structures (``data=``: a folder of
+CIFs, a CSV/Parquet file with a CIF column, or a corpus folder; :mod:`cifllm.training.own_data`) - each CIF preceded
+by its property lines (:mod:`cifllm.conditioning`); every property line is dropped with probability ``cond_dropout``
+(fixed per row and seed), so the adapter also learns the unconditioned distribution and a prompt without a property
+means "unconditioned". Validation: the task's ``val`` split with every available property line (no dropout).
+``property=``: a built-in property or your own name, mapped onto a free reserved tokenizer tag; the mapping is written
+to ``adapter/properties.json`` and read back by sampling and evaluation.
 
 Defaults, and why: rank 16 / alpha 32 (scale 2) on all attention and MLP projections (``q,k,v,o,gate,up,down``) -
 attention-only LoRA learns new *formats* (the property lines) poorly in our runs on tiny models, and the MLP
@@ -16,12 +19,15 @@ Run folder (``out``)::
     config.yaml          resolved FinetuneConfig
     log.jsonl            train/eval losses
     checkpoint-*/        Trainer checkpoints (adapter weights + optimizer; resume with --resume)
-    adapter/             peft adapter (adapter_config.json, adapter_model.safetensors), tokenizer, cifllm_adapter.json
+    adapter/             peft adapter (adapter_config.json, adapter_model.safetensors), tokenizer, cifllm_adapter.json,
+                         properties.json (property name -> tag, decimals)
+    own_data/            with data=...: the corpus made from it (see cifllm.training.own_data)
     merged/              with merge=true: the base model with the adapter merged in (a plain save_pretrained folder)
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -33,7 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.conditioning import (
+    BUILTIN,
+    PROPERTIES,
+    PropertySet,
+    format_property_lines,
+    property_values,
+    save_properties,
+)
 from cifllm.config import ConfigError, config_to_dict, load_config, save_config
+from cifllm.modeling import sampling_generation_config
+from cifllm.training.guards import check_enough_data
+from cifllm.training.own_data import prepare_own_data
 
 __all__ = ["FinetuneConfig", "build_finetune_texts", "finetune", "load_finetune_config", "resolve_base"]
 
@@ -76,6 +93,16 @@ class FinetuneConfig:
     merge: bool = False  #: also write <out>/merged (the adapter folded into the base weights)
     progress: bool = True
     threads: int = 0  #: torch CPU threads (0 = torch default)
+    #: your own structures instead of a task split: a folder of .cif files, a CSV/Parquet file with a CIF column, or a
+    #: corpus folder; made into <out>/own_data/corpus by the `cifllm data` pipeline ("" = the task's split)
+    data: str = ""
+    cif_column: str = "cif"  #: CIF text column of a CSV/Parquet ``data``
+    val_fraction: float = 0.1  #: share of the reduced formulas of ``data`` held out for validation
+    #: condition on this property: a built-in one (tc, band_gap, ...) or your own name (lower case), mapped onto a free
+    #: reserved tokenizer tag and recorded in adapter/properties.json
+    property: str = ""
+    property_column: str = ""  #: numeric column of ``data`` (or corpus ``properties`` key) holding it; "" = property
+    property_decimals: int = 2  #: digits written after the decimal point of your own property's value
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit"):
@@ -90,15 +117,25 @@ class FinetuneConfig:
         if not self.target_modules:
             raise ValueError("target_modules must not be empty")
         if self.conditioning is not None:
-            from cifllm.conditioning import PROPERTIES
-
-            unknown = sorted(set(self.conditioning) - set(PROPERTIES))
+            unknown = sorted(set(self.conditioning) - set(PROPERTIES) - {self.property})
             if unknown:
                 raise ValueError(f"unknown conditioning propert{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {', '.join(PROPERTIES)}")
 
-    @property
+        if self.property:
+            self.properties()  # a bad name or no free reserved tag: refused here
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+
+    def properties(self) -> PropertySet:
+        """The property set of this run: the built-in properties plus ``property`` when it is your own."""
+        if not self.property or self.property in PROPERTIES:
+            return BUILTIN
+        key = self.property if self.data else (self.property_column or self.property)
+        return BUILTIN.with_user(self.property, decimals=self.property_decimals, corpus_keys=(key,))
+
+    @builtins.property  # the field ``property`` above shadows the builtin in this class body
     def run_dir(self) -> Path:
-        return Path(self.out or f"runs/finetune-{self.task}")
+        return Path(self.out or (f"runs/finetune-{Path(self.data).stem or 'data'}" if self.data else f"runs/finetune-{self.task}"))
 
 
 def load_finetune_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> FinetuneConfig:
@@ -118,42 +155,42 @@ def resolve_base(base: str) -> Path:
 
 
 def build_finetune_texts(
-    rows: list[dict[str, Any]], names: tuple[str, ...], task_property: str | None, cond_dropout: float, seed: int
+    rows: list[dict[str, Any]], names: tuple[str, ...], task_property: str | None, cond_dropout: float, seed: int,
+    properties: PropertySet = BUILTIN,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Training texts (property lines + CIF) and, per property, the statistics of the values written
     (``n``, ``min``, ``max``, ``p05``, ``p50``, ``p95``, ``unit``): the adapter's training range."""
     import numpy as np
 
-    from cifllm.conditioning import PROPERTIES, format_property_lines, property_values
-
     rng = random.Random(seed)
     texts: list[str] = []
     seen: dict[str, list[float]] = {n: [] for n in names}
     for row in rows:
-        vals = property_values(row, names, task_property) if names else {}
+        vals = property_values(row, names, task_property, properties) if names else {}
         for n, v in vals.items():
             seen[n].append(v)
         kept = {n: v for n, v in vals.items() if rng.random() >= cond_dropout}
-        texts.append("".join(ln + "\n" for ln in format_property_lines(kept)) + row["text"])
+        texts.append("".join(ln + "\n" for ln in format_property_lines(kept, properties)) + row["text"])
     stats: dict[str, dict[str, Any]] = {}
     for n, vs in seen.items():
         if not vs:
             raise ValueError(f"no training row carries property {n!r}; cannot condition on it")
         a = np.asarray(vs, dtype=float)
+        spec = properties.get(n)
         stats[n] = {
-            "tag": PROPERTIES[n].tag, "unit": PROPERTIES[n].unit, "decimals": PROPERTIES[n].decimals, "n": int(a.size),
+            "tag": spec.tag, "unit": spec.unit, "decimals": spec.decimals, "n": int(a.size),
             "min": float(a.min()), "max": float(a.max()), "p05": float(np.quantile(a, 0.05)),
             "p50": float(np.quantile(a, 0.5)), "p95": float(np.quantile(a, 0.95)),
         }
     return texts, stats
 
 
-def _attach_corpus_properties(split_dir: Path, rows: list[dict[str, Any]], names: tuple[str, ...], task_property: str | None) -> None:
+def _attach_corpus_properties(
+    split_dir: Path, rows: list[dict[str, Any]], names: tuple[str, ...], task_property: str | None, properties: PropertySet = BUILTIN
+) -> None:
     """Split rows carry only the task's ``value``; other stored properties come from the corpus the split was made
     from (its manifest's ``corpus``), joined on ``id``."""
-    from cifllm.conditioning import PROPERTIES
-
-    need = [n for n in names if n != task_property and not PROPERTIES[n].derived and n != "year"]
+    need = [n for n in names if n != task_property and not properties.get(n).derived and n != "year"]
     if not need or not rows:
         return
     from cifllm.data.corpus import load_corpus
@@ -195,15 +232,18 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     from cifllm.utils import atomic_write_json, sha256_file
 
     # -- checks before any long work ----------------------------------------------------------------------------
-    task = load_task(cfg.task)
-    split_dir = Path(cfg.splits) / task.name
-    if not (split_dir / "manifest.json").is_file():
+    task = None if cfg.data else load_task(cfg.task)  # data=...: your own structures instead of a task split
+    split_dir = Path(cfg.splits) / task.name if task is not None else None
+    if split_dir is not None and not (split_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{split_dir}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
     base = resolve_base(cfg.base)
     tok = load_tokenizer(base)
     if tokenizer_fingerprint(tok.backend_tokenizer) != tokenizer_fingerprint():
         raise ValueError(f"{base}: its tokenizer does not match this cifllm's tokenizer ({TOKENIZER_VERSION})")
-    names = tuple(task.conditioning) if cfg.conditioning is None else tuple(cfg.conditioning)
+    names = (tuple(task.conditioning) if task is not None else ()) if cfg.conditioning is None else tuple(cfg.conditioning)
+    names = tuple(dict.fromkeys((*names, cfg.property))) if cfg.property else names
+    properties = cfg.properties()
+    task_property = (task.property or None) if task is not None else None
     run_dir = cfg.run_dir
     resume_from, incomplete = (None, [])
     if resume:
@@ -220,15 +260,23 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
 
-    train_rows = load_split(split_dir, "train")
+    if split_dir is not None:
+        task_name, manifest_file = task.name, split_dir / "manifest.json"
+        train_rows = load_split(split_dir, "train")
+        val_rows = load_split(split_dir, "val")
+        if not train_rows:
+            raise ValueError(f"{split_dir}/train.jsonl is empty")
+        _attach_corpus_properties(split_dir, [*train_rows, *val_rows], names, task_property, properties)
+    else:
+        spec = properties.get(cfg.property) if cfg.property else None
+        columns = {spec.corpus_keys[0]: cfg.property_column or cfg.property} if spec and not spec.derived and spec.corpus_keys else {}
+        own = prepare_own_data(cfg.data, run_dir / "own_data", cfg.cif_column, columns, cfg.val_fraction, cfg.seed, cfg.progress)
+        task_name, manifest_file, train_rows, val_rows = f"own:{Path(cfg.data).name}", own.manifest_file, own.train, own.val
+        _say(f"own data: {len(train_rows)} train / {len(val_rows)} val CIFs in {own.corpus} (dropped records: {own.corpus / 'rejects.jsonl'})")
     if cfg.max_train_rows:
         train_rows = train_rows[: cfg.max_train_rows]
-    val_rows = load_split(split_dir, "val")
-    if not train_rows:
-        raise ValueError(f"{split_dir}/train.jsonl is empty")
-    _attach_corpus_properties(split_dir, [*train_rows, *val_rows], names, task.property or None)
-    texts, stats = build_finetune_texts(train_rows, names, task.property or None, cfg.cond_dropout, cfg.seed)
-    val_texts, _ = build_finetune_texts(val_rows[: cfg.eval_max_sequences or None], names, task.property or None, 0.0, cfg.seed) if val_rows else ([], {})
+    texts, stats = build_finetune_texts(train_rows, names, task_property, cfg.cond_dropout, cfg.seed, properties)
+    val_texts, _ = build_finetune_texts(val_rows[: cfg.eval_max_sequences or None], names, task_property, 0.0, cfg.seed, properties) if val_rows else ([], {})
 
     import transformers
 
@@ -243,6 +291,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         vdocs = tokenize_texts(val_texts, tok)
         vkeep = [i for i, n in enumerate(vdocs.lengths) if n <= mpe]
         val_ds = Documents(vdocs, vkeep)
+    check_enough_data("finetune", cfg.data or str(split_dir), len(train_ds), None if val_ds is None else len(val_ds), cfg.batch_size, drop_last=False, unit="CIFs")
     n_base_params = sum(p.numel() for p in model.parameters())
     lcfg = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules),
@@ -256,7 +305,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
     _say(
-        f"task={task.name} base={base} conditioning={list(names) or 'none'} train={len(train_ds)} CIFs "
+        f"task={task_name} base={base} conditioning={list(names) or 'none'} train={len(train_ds)} CIFs "
         f"(dropped {dropped} longer than {mpe} tokens) val={len(val_ds) if val_ds else 0} "
         f"trainable={n_trainable:,} of {n_base_params:,} precision={'bf16' if bf16 else 'fp32'}"
     )
@@ -305,14 +354,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         shutil.rmtree(tmp)
     if cfg.method == "full":
         trainer.model.config.use_cache = True
+        trainer.model.generation_config = sampling_generation_config(trainer.model.config)
     trainer.model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     adapter_mb = sum(f.stat().st_size for f in tmp.glob("adapter_model.*" if cfg.method == "lora" else "model*.safetensors")) / 2**20
     record = {
         "format": "cifllm-lora-v1" if cfg.method == "lora" else "cifllm-full-finetune-v1",
         "method": cfg.method,
-        "task": task.name,
-        "task_manifest_sha256": sha256_file(split_dir / "manifest.json"),
+        "task": task_name,
+        "task_manifest_sha256": sha256_file(manifest_file),
         "base_model": str(base),
         "base_fingerprint": model_fingerprint(base),
         "tokenizer": {"version": TOKENIZER_VERSION, "fingerprint": tokenizer_fingerprint(tok.backend_tokenizer)},
@@ -337,6 +387,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": __import__("peft").__version__},
     }
     atomic_write_json(tmp / (ADAPTER_RECORD if cfg.method == "lora" else "cifllm_finetune.json"), record)
+    save_properties(properties.subset(names), tmp)  # property name -> tag, read back by sampling and evaluation
     if adapter.exists():
         import shutil
 
@@ -347,11 +398,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         mtmp = run_dir / ".merged.tmp"
         m = trainer.model.merge_and_unload()
         m.config.use_cache = True
+        m.generation_config = sampling_generation_config(m.config)
         m.save_pretrained(str(mtmp), safe_serialization=True)
         tok.save_pretrained(str(mtmp))
         for name in ("cifllm_tokenizer.json", "data_manifest.json"):
             if (base / name).is_file():
                 (mtmp / name).write_bytes((base / name).read_bytes())
+        save_properties(properties.subset(names), mtmp)
         atomic_write_json(mtmp / "cifllm_merged.json", {**record, "merged": True})
         if merged.exists():
             import shutil

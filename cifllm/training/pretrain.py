@@ -29,6 +29,7 @@ from typing import Any
 from cifllm.config import ConfigError, config_to_dict, load_config, save_config
 from cifllm.training.checkpoints import find_resume_checkpoint, move_incomplete_aside, truncate_log
 from cifllm.training.config import PretrainConfig, merge_for_resume
+from cifllm.training.guards import check_enough_data
 
 __all__ = ["PreparedRun", "bf16_supported", "prepare", "pretrain"]
 
@@ -369,6 +370,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, prepared: PreparedRun | 
         _say(f"--resume: no finished checkpoint in {run_dir}, starting from scratch")
 
     train_ds, val_ds, collator, lengths, stats = _datasets(prep)
+    check_enough_data("pretrain", str(cfg.corpus), len(train_ds), len(val_ds) if val_ds is not None and cfg.eval_steps else None, cfg.batch_size, prep.world_size, unit="sequences")
     stats.update(block_size=prep.block_size, data_mode=cfg.data_mode)
     _say(f"data: {json.dumps(stats)}")
     if val_ds is None or len(val_ds) == 0:
