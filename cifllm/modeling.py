@@ -11,15 +11,17 @@ Building the model with :func:`build_model` under an active DeepSpeed ZeRO-3 con
 
 Sizes (parameters with the 512-row padded vocabulary, embeddings counted once):
 
-======  ======  ======  =====  =========  ============  ===========
-preset  layers  hidden  heads  kv heads   intermediate  parameters
-======  ======  ======  =====  =========  ============  ===========
-tiny    2       64      1      1          192           ~0.14 M
-mini    6       256     4      4          704           ~4.95 M
-small   8       512     8      8          1376          ~25.6 M
-base    12      768     12     12         2688          ~103.0 M
-large   16      2048    32     8          8192          ~0.97 B
-======  ======  ======  =====  =========  ============  ===========
+=========  ======  ======  =====  =========  ============  ===========
+preset     layers  hidden  heads  kv heads   intermediate  parameters
+=========  ======  ======  =====  =========  ============  ===========
+tiny       2       64      1      1          192           ~0.14 M
+mini       6       256     4      4          704           ~4.95 M
+mini-wide  4       384     6      6          1024          ~7.28 M (recipe study)
+mini-deep  8       256     4      4          704           ~6.56 M (recipe study)
+small      8       512     8      8          1376          ~25.6 M
+base       12      768     12     12         2688          ~103.0 M
+large      16      2048    32     8          8192          ~0.97 B
+=========  ======  ======  =====  =========  ============  ===========
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ PRESETS: dict[str, ModelPreset] = {
     for p in (
         ModelPreset("tiny", 2, 64, 1, 1, 192, "tests and CPU smoke runs (<1M parameters)"),
         ModelPreset("mini", 6, 256, 4, 4, 704, "the shipped default model: trains on 2 CPU cores in ~2 h (~4.9M parameters)"),
+        ModelPreset("mini-wide", 4, 384, 6, 6, 1024, "recipe-study shape: 4 layers x 384 (~7.3M parameters)"),
+        ModelPreset("mini-deep", 8, 256, 4, 4, 704, "recipe-study shape: 8 layers x 256 (~6.5M parameters)"),
         ModelPreset("small", 8, 512, 8, 8, 1376, "CrystaLLM-small scale (~25M parameters)"),
         ModelPreset("base", 12, 768, 12, 12, 2688, "~100M parameters"),
         ModelPreset("large", 16, 2048, 32, 8, 8192, "~1B parameters (grouped-query attention, 8 KV heads)"),

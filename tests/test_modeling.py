@@ -32,7 +32,7 @@ def _cfg(tok, preset: str = "tiny", mpe: int = 256, **kw):
 
 
 def test_preset_sizes_and_head_dims():
-    assert set(PRESETS) == {"tiny", "mini", "small", "base", "large"}
+    assert set(PRESETS) == {"tiny", "mini", "mini-wide", "mini-deep", "small", "base", "large"}
     n = {name: preset_num_parameters(name) for name in PRESETS}
     assert n["tiny"] < 1_000_000
     assert 4.5e6 < n["mini"] < 5.5e6
