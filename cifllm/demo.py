@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.core.models import resolve_model
+from cifllm.core.records import CIFS_DIR, MANIFEST_FILE, METRICS_FILE, PROMPTS_FILE, REPORT_FILE
+from cifllm.evaluation.run import EvalConfig, evaluate
+from cifllm.sampling.prompts import read_prompt_file
+from cifllm.sampling.run import SampleConfig, sample
+from cifllm.utils import atomic_write_json, atomic_write_text
 from cifllm.utils.resources import resolve_path
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -44,12 +50,6 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     """Sample -> evaluate -> report; returns the headline numbers (also in ``<out>/demo.json``)."""
-    from cifllm.evaluation.run import EvalConfig, evaluate
-    from cifllm.hub.resolve import resolve_model
-    from cifllm.sampling.prompts import read_prompt_file
-    from cifllm.sampling.run import SampleConfig, sample
-    from cifllm.utils import atomic_write_json, atomic_write_text
-
     t0 = time.time()
     model = resolve_model(cfg.model)
     out = Path(cfg.out)
@@ -63,7 +63,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
             rec = {"composition": p.meta["formula"], **({"space_group": p.meta["sg_number"]} if "sg_number" in p.meta else {})}
         rec["n"] = n or (cfg.n_denovo if p.kind == "de_novo" else cfg.num_samples)
         lines.append(json.dumps(rec))
-    prompts = out / "prompts.jsonl"
+    prompts = out / PROMPTS_FILE
     atomic_write_text(prompts, "\n".join(lines) + "\n")
     scfg = SampleConfig(
         model=str(model), out=str(out / "samples"), prompt_file=str(prompts), max_new_tokens=cfg.max_new_tokens,
@@ -77,7 +77,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
         log(f"demo: {note}")
     ecfg = EvalConfig(samples=str(out / "samples"), reference=ref, novelty=ref is not None, reference_split=None)
     ev = evaluate(ecfg, log=log)
-    metrics = json.loads((ev / "metrics.json").read_text())
+    metrics = json.loads((ev / METRICS_FILE).read_text())
     rates = metrics.get("rates", {})
     summary = {
         "model": str(model),
@@ -88,8 +88,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
         "novelty_note": note,
         "n_samples": metrics.get("n_samples"),
         "rates": rates,
-        "report": str(ev / "report.md"),
-        "cifs": str(out / "samples" / "cifs"),
+        "report": str(ev / REPORT_FILE),
+        "cifs": str(out / "samples" / CIFS_DIR),
         "seconds": round(time.time() - t0, 1),
     }
     summary["model_record"] = {k: summary["model_record"][k] for k in ("preset", "n_parameters", "global_step", "eval_loss")} if summary["model_record"] else None
@@ -104,10 +104,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
 
 def _reference(cfg: DemoConfig) -> tuple[str | None, str]:
     if cfg.reference:
-        if not (Path(cfg.reference) / "manifest.json").is_file():
+        if not (Path(cfg.reference) / MANIFEST_FILE).is_file():
             raise FileNotFoundError(f"reference={cfg.reference}: not a corpus folder (no manifest.json)")
         return cfg.reference, ""
-    if (Path("data/corpus") / "manifest.json").is_file():
+    if (Path("data/corpus") / MANIFEST_FILE).is_file():
         return "data/corpus", ""
     return None, (
         "novelty not measured: no reference corpus (build one with `make data`, which reads CIFLLM_DATA_DIR, or pass "

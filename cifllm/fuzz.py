@@ -27,6 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cifllm.cif import structure_to_text
+from cifllm.cli import main
+from cifllm.core.records import EVAL_DIR, METRICS_FILE, SAMPLES_FILE
+from cifllm.data.filters import FilterSettings, Reject, formula_disagreement, process_record, stated_formula
+from cifllm.data.readers import RawRecord
+from cifllm.evaluation.checks import check_sample
+from cifllm.tokenization import build_tokenizer
+from cifllm.utils.limits import map_with_time_limit
+
 __all__ = ["FuzzReport", "MUTATORS", "seed_structures", "seed_cifs", "mutate", "fuzz_prep", "fuzz_checks", "fuzz_evaluate", "fuzz_tokenizer", "peak_rss_mb"]
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+\.?\d*(?:[eE][-+]?\d+)?")
@@ -348,10 +357,6 @@ def fuzz_prep(n: int = 200, seed: int = 0, hang_s: float = 10.0, time_limit_s: f
 
     Outcome ``kept`` or the reject reason. Also counted: ``silent_corruption`` - a kept record whose composition
     differs from its file's own ``_chemical_formula_sum`` (hydrogen exception as in the filter)."""
-    from cifllm.data.filters import FilterSettings, Reject, formula_disagreement, process_record, stated_formula
-    from cifllm.data.readers import RawRecord
-    from cifllm.utils.limits import map_with_time_limit
-
     rep = FuzzReport("prep: process_record")
     settings = FilterSettings(keep_partial=False)
     cases = _cases(seed_cifs(), n, seed)
@@ -392,8 +397,6 @@ def fuzz_prep(n: int = 200, seed: int = 0, hang_s: float = 10.0, time_limit_s: f
 
 
 def _canonical_seeds() -> list[tuple[str, str]]:
-    from cifllm.cif import structure_to_text
-
     out = []
     for name, s in seed_structures():
         with warnings.catch_warnings():
@@ -405,9 +408,6 @@ def _canonical_seeds() -> list[tuple[str, str]]:
 
 def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: float = 30.0) -> FuzzReport:
     """(b) :func:`cifllm.evaluation.checks.check_sample` on damaged canonical texts (and 1 in 5 undamaged)."""
-    from cifllm.evaluation.checks import check_sample
-    from cifllm.utils.limits import map_with_time_limit
-
     rep = FuzzReport("check_sample")
     seeds = _canonical_seeds()
     by_name = dict(seeds)
@@ -480,8 +480,6 @@ def fuzz_evaluate(n: int = 6, seed: int = 0, hang_s: float = 10.0) -> FuzzReport
     """(c) ``cifllm evaluate`` (in process, ``workers=0``) on garbage ``samples.jsonl`` files. Outcome ``ok`` (exit 0,
     ``metrics.json`` with one verdict per record) or ``user_error`` (exit 2, one line on stderr); anything else, or an
     exception, is a crash."""
-    from cifllm.cli import main
-
     rep = FuzzReport("cifllm evaluate")
     rng = random.Random(seed)
     texts = [t for _, t in _canonical_seeds()]
@@ -491,7 +489,7 @@ def fuzz_evaluate(n: int = 6, seed: int = 0, hang_s: float = 10.0) -> FuzzReport
             kind, content = _garbage_samples(rng, texts, GARBAGE_KINDS[(i + seed) % len(GARBAGE_KINDS)])
             run = Path(tmp) / f"run{i}"
             run.mkdir()
-            (run / "samples.jsonl").write_text(content, errors="replace")
+            (run / SAMPLES_FILE).write_text(content, errors="replace")
             err = io.StringIO()
             t = time.perf_counter()
             try:
@@ -503,8 +501,8 @@ def fuzz_evaluate(n: int = 6, seed: int = 0, hang_s: float = 10.0) -> FuzzReport
             dt = time.perf_counter() - t
             lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
             if rc == 0:
-                n_rec = sum(1 for ln in (run / "eval" / "checks.jsonl").read_text().splitlines() if ln.strip())
-                outcome = "ok" if (run / "eval" / "metrics.json").is_file() else "ok_without_metrics"
+                n_rec = sum(1 for ln in (run / EVAL_DIR / "checks.jsonl").read_text().splitlines() if ln.strip())
+                outcome = "ok" if (run / EVAL_DIR / METRICS_FILE).is_file() else "ok_without_metrics"
                 rep.extra.setdefault("verdicts_written", 0)
                 rep.extra["verdicts_written"] += n_rec
             elif rc == 2:
@@ -524,8 +522,6 @@ def fuzz_evaluate(n: int = 6, seed: int = 0, hang_s: float = 10.0) -> FuzzReport
 def fuzz_tokenizer(n: int = 300, seed: int = 0, hang_s: float = 10.0) -> FuzzReport:
     """(d) The tokenizer on damaged canonical texts and random strings: encode/decode never raise; text of printable
     ASCII round-trips exactly (``decode(encode(t)) == t``); other characters become ``<|unk|>``."""
-    from cifllm.tokenization import build_tokenizer
-
     rep = FuzzReport("tokenizer")
     tok = build_tokenizer()
     unk = tok.token_to_id("<|unk|>")

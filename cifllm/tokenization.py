@@ -26,6 +26,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from cifllm.cif.canonical import HEADER_TAGS, LOOP_TAGS_V1, SPACE_GROUP_SYMBOLS
+from cifllm.utils import atomic_write_json
 
 __all__ = [
     "BOS",
@@ -137,8 +138,6 @@ def as_pretrained(tok: Tokenizer | None = None, model_max_length: int = 4096):
 
 def save_tokenizer(out_dir: str | Path, model_max_length: int = 4096) -> Path:
     """Save ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json`` + ``cifllm_tokenizer.json``."""
-    from cifllm.utils import atomic_write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()

@@ -169,7 +169,7 @@ def test_card_with_eval_and_bench(toy_model, tmp_path):
     (ev / "metrics.json").write_text(json.dumps(metrics))
     (ev.parent / "summary.json").write_text(json.dumps({"n_prompts": 2, "engine": "hf", "params": {"temperature": 0.7}}))
     text = render_model_card(toy_model, eval_metrics=ev / "metrics.json", bench_dir=bench)
-    assert "| task_a | 1 | base | 25.0% | 50.0% (k=4) | 75.0% | 50.0% | 37.5% | 12.5% | - |" in text
+    assert "| task_a | 1 | base | 25.0% | 50.0% (k=4) | 75.0% | 50.0% | 37.5% | 12.5% | n/a |" in text
     assert "62.5%" in text and "80.0%" in text and "temperature 0.7" in text
     assert "parse, cell, structural and compositional" in text
     fm = _front_matter(text)

@@ -26,14 +26,19 @@ from typing import Any
 import numpy as np
 
 from cifllm.bench.tasks import TaskSpec
-from cifllm.cif import SPACE_GROUP_SYMBOLS
+from cifllm.cif import SPACE_GROUP_SYMBOLS, CIFError, text_to_structure
+from cifllm.cif.matching import fit_reduced, make_matcher, reduce_for_matching
+from cifllm.cif.prototype import prototype_key_from_text
+from cifllm.core.errors import CifllmError
+from cifllm.core.records import MANIFEST_FILE
+from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
 from cifllm.data.filters import CENTERING_FACTOR
 from cifllm.utils import atomic_write_json, atomic_write_text, sha256_file
 
 __all__ = ["SplitError", "build_split", "task_pretrain_corpus", "load_split"]
 
 
-class SplitError(ValueError):
+class SplitError(CifllmError, ValueError):
     """A task whose split cannot be made (empty side, unknown source, ...)."""
 
 
@@ -46,9 +51,6 @@ def _n_prim(row: dict[str, Any]) -> int:
 
 
 def _proto_job(text: str) -> str:
-    from cifllm.cif import CIFError
-    from cifllm.cif.prototype import prototype_key_from_text
-
     try:
         return prototype_key_from_text(text)
     except (CIFError, ValueError):
@@ -65,8 +67,6 @@ def _prototypes(texts: list[str], workers: int) -> list[str]:
 def _leak_job(args: tuple[list[str], list[str]]) -> list[int]:
     """Positions of test texts matching any reference text (same bucket)."""
     tests, refs = args
-    from cifllm.cif import CIFError, text_to_structure
-    from cifllm.cif.matching import fit_reduced, make_matcher, reduce_for_matching
 
     sm = make_matcher("dedup")
 
@@ -122,8 +122,6 @@ def _h_fraction(row: dict[str, Any]) -> float:
 
 def build_split(task: TaskSpec, corpus_dir: str | Path, out_dir: str | Path, workers: int = 2) -> dict[str, Any]:
     """Write the task's split (see module docstring) and return its manifest. Raises :class:`SplitError`."""
-    from cifllm.data.corpus import load_corpus
-
     t0 = time.time()
     ds = load_corpus(corpus_dir)
     cols = ["id", "text", "reduced_formula", "elements", "n_sites", "sg_number", "sources", "properties", "year"]
@@ -211,7 +209,7 @@ def build_split(task: TaskSpec, corpus_dir: str | Path, out_dir: str | Path, wor
     man = {
         "task": asdict(task),
         "corpus": str(corpus_dir),
-        "corpus_manifest_sha256": sha256_file(Path(corpus_dir) / "manifest.json"),
+        "corpus_manifest_sha256": sha256_file(Path(corpus_dir) / MANIFEST_FILE),
         "corpus_rows": len(ds),
         "counts": {"train": len(train), "val": len(val), "test": len(test), "pretrain_excluded": len(exclude | leaked), "pretrain_rows": len(rows) - len(exclude | leaked)},
         "rule": notes,
@@ -219,14 +217,14 @@ def build_split(task: TaskSpec, corpus_dir: str | Path, out_dir: str | Path, wor
         "files_sha256": files,
         "seconds": round(time.time() - t0, 1),
     }
-    atomic_write_json(out / "manifest.json", man)
+    atomic_write_json(out / MANIFEST_FILE, man)
     return man
 
 
 def load_split(task_dir: str | Path, part: str) -> list[dict[str, Any]]:
     """Rows of ``train``/``val``/``test`` from a split folder, checking the manifest's SHA-256."""
     d = Path(task_dir)
-    man = json.loads((d / "manifest.json").read_text())
+    man = json.loads((d / MANIFEST_FILE).read_text())
     f = d / f"{part}.jsonl"
     if sha256_file(f) != man["files_sha256"][f.name]:
         raise SplitError(f"{f}: content does not match its manifest checksum (modified after the split was made)")
@@ -239,8 +237,6 @@ def task_pretrain_corpus(corpus_dir: str | Path, task_dir: str | Path | list[str
 
     Several task folders: the corpus without the *union* of their exclusions - a base model pretrained on it is
     leak-free for every one of those tasks (how the shipped default model is trained)."""
-    from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
-
     dirs = [Path(task_dir)] if isinstance(task_dir, str | Path) else [Path(d) for d in task_dir]
     if not dirs:
         raise SplitError("no task folders given")
@@ -255,8 +251,8 @@ def task_pretrain_corpus(corpus_dir: str | Path, task_dir: str | Path | list[str
     keep = ds.filter(lambda i: i not in excl, input_columns="id")
     man = {k: v for k, v in load_manifest(corpus_dir).items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
     if len(dirs) == 1:
-        man.update({"task": dirs[0].name, "task_manifest_sha256": sha256_file(dirs[0] / "manifest.json")})
+        man.update({"task": dirs[0].name, "task_manifest_sha256": sha256_file(dirs[0] / MANIFEST_FILE)})
     else:
-        man.update({"tasks": {d.name: sha256_file(d / "manifest.json") for d in dirs}, "excluded_per_task": per_task})
+        man.update({"tasks": {d.name: sha256_file(d / MANIFEST_FILE) for d in dirs}, "excluded_per_task": per_task})
     man["excluded_rows"] = len(ds) - len(keep)
     return write_corpus(keep.to_list(), out_dir, man)

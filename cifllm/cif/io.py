@@ -14,6 +14,7 @@ from pymatgen.core import Structure
 from pymatgen.io.cif import CifParser, CifWriter
 
 from cifllm.cif.canonical import CIFError
+from cifllm.utils import atomic_write_text
 
 __all__ = ["read_cif_text", "read_structure_file", "structure_from_dict", "write_cif_file", "MAX_CIF_CHARS"]
 
@@ -98,6 +99,4 @@ def read_structure_file(path: str | Path) -> list[Structure]:
 
 def write_cif_file(structure: Structure, path: str | Path, symprec: float | None = None) -> None:
     """Write a full CIF (with symmetry operators) that any CIF reader opens; atomic (temp file + rename)."""
-    from cifllm.utils import atomic_write_text
-
     atomic_write_text(Path(path), str(CifWriter(structure, symprec=symprec)))

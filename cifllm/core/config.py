@@ -30,6 +30,7 @@ from cifllm.utils import atomic_write_text
 from cifllm.utils.resources import resolve_path
 
 __all__ = [
+    "BlockAccess",
     "ConfigError",
     "FieldInfo",
     "config_help",
@@ -82,6 +83,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         items = [_coerce(v, item_t, key) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) and "=" in v for v in value):
+            value = parse_overrides(value)  # [a=1, b.c=2]: the key=value form of a mapping
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -193,7 +196,15 @@ def _resolve_key(key: str, leaves: Mapping[str, Any], cls: type) -> str:
     raise ConfigError(f"unknown key {key!r} for {cls.__name__}; {hint} (all keys: cifllm <stage> --help)")
 
 
-def _build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
+def _block_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls: type[C], values: Mapping[str, Any], prefix: str = "", base: Any = None) -> C:
+    """``cls`` from dotted ``values``; keys not given keep ``base``'s value (a block's own default: the default
+    instance of the field holding it, e.g. fine-tuning's training arguments) or the class default."""
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -202,9 +213,12 @@ def _build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
         tp = hints[f.name]
         if _is_block(tp):
             sub = {k[len(f.name) + 1 :]: v for k, v in values.items() if k.startswith(f"{f.name}.")}
-            kwargs[f.name] = _build(tp, sub, f"{prefix}{f.name}.")
+            inner = getattr(base, f.name) if base is not None else _block_default(f)
+            kwargs[f.name] = _build(tp, sub, f"{prefix}{f.name}.", inner)
         elif f.name in values:
             kwargs[f.name] = _coerce(values[f.name], tp, f"{prefix}{f.name}")
+        elif base is not None:
+            kwargs[f.name] = getattr(base, f.name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -295,6 +309,23 @@ def explicit_keys(cls: type, path: str | Path | None = None, overrides: Mapping[
     return keys
 
 
+class BlockAccess:
+    """Read access to a nested block's key by its plain name (``cfg.lr`` for ``cfg.train.lr``), for code written
+    against the flat config; a name held by no block is an ``AttributeError`` as usual. Writing goes through the
+    blocks (``dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=...))``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and dataclasses.is_dataclass(self):
+            for f in dataclasses.fields(self):
+                try:
+                    block = object.__getattribute__(self, f.name)
+                except AttributeError:
+                    continue
+                if dataclasses.is_dataclass(block) and not isinstance(block, type) and name in {g.name for g in dataclasses.fields(block)}:
+                    return getattr(block, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
 # ------------------------------------------------------------------------------------------------------- --help
 
 
@@ -339,7 +370,7 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def describe_config(cls: type, prefix: str = "") -> list[FieldInfo]:
+def describe_config(cls: type, prefix: str = "", base: Any = None) -> list[FieldInfo]:
     """Every key of ``cls`` (nested blocks dotted) with its type, default and comment (field metadata ``help`` or
     the ``#:`` comment)."""
     hints = typing.get_type_hints(cls)
@@ -350,10 +381,12 @@ def describe_config(cls: type, prefix: str = "") -> list[FieldInfo]:
             continue
         tp = hints[f.name]
         if _is_block(tp):
-            out.extend(describe_config(tp, f"{prefix}{f.name}."))
+            out.extend(describe_config(tp, f"{prefix}{f.name}.", getattr(base, f.name) if base is not None else _block_default(f)))
             continue
-        if f.default is not dataclasses.MISSING:
-            default: Any = f.default
+        if base is not None:
+            default: Any = getattr(base, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:

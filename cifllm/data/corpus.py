@@ -39,6 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifllm.cif.canonical import TEXT_FORMAT
+from cifllm.core.records import MANIFEST_FILE
+from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
+from cifllm.utils import atomic_write_json
+
 __all__ = [
     "CORPUS_SCHEMA_VERSION",
     "CorpusRow",
@@ -127,9 +132,6 @@ def write_corpus(rows: list[CorpusRow] | list[dict[str, Any]], out_dir: str | Pa
 
     from datasets import Dataset
 
-    from cifllm.cif.canonical import TEXT_FORMAT
-    from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
-    from cifllm.utils import atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,12 +163,12 @@ def write_corpus(rows: list[CorpusRow] | list[dict[str, Any]], out_dir: str | Pa
         "max_tokens": max(r["n_tokens"] for r in records),
     }
     man.update(manifest or {})
-    atomic_write_json(out / "manifest.json", man)
+    atomic_write_json(out / MANIFEST_FILE, man)
     return out
 
 
 def load_manifest(corpus_dir: str | Path) -> dict[str, Any]:
-    p = Path(corpus_dir) / "manifest.json"
+    p = Path(corpus_dir) / MANIFEST_FILE
     if not p.is_file():
         raise FileNotFoundError(f"{corpus_dir}: not a cifllm corpus (no manifest.json); build one with `cifllm data`")
     return json.loads(p.read_text())
@@ -176,7 +178,6 @@ def load_corpus(corpus_dir: str | Path, split: str | None = None, check_tokenize
     """Load a corpus as a ``datasets.Dataset`` (optionally one split), checking it was made with this tokenizer."""
     from datasets import load_from_disk
 
-    from cifllm.tokenization import tokenizer_fingerprint
 
     d = Path(corpus_dir)
     man = load_manifest(d)

@@ -11,6 +11,16 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from cifllm.cif import CIFError, text_to_structure
+from cifllm.cif.matching import (
+    MATCHER_SETTINGS,
+    fit_reduced,
+    lattice_signature,
+    make_matcher,
+    may_match,
+    reduce_for_matching,
+)
+
 __all__ = ["group_duplicates", "bucket_keys"]
 
 
@@ -37,15 +47,6 @@ def _group_bucket(args: tuple[list[str], str, bool]) -> list[list[int]]:
     texts, kind, scale = args
     if len(texts) == 1:
         return [[0]]
-    from cifllm.cif import CIFError, text_to_structure
-    from cifllm.cif.matching import (
-        MATCHER_SETTINGS,
-        fit_reduced,
-        lattice_signature,
-        make_matcher,
-        may_match,
-        reduce_for_matching,
-    )
 
     sm = make_matcher(kind, scale=scale)
     structs = []

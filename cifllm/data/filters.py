@@ -41,6 +41,7 @@ import numpy as np
 
 from cifllm.cif import CIFError, expand_sites, format_formula, parse_canonical, structure_to_text
 from cifllm.cif.io import read_cif_text, structure_from_dict
+from cifllm.cif.matching import make_matcher, round_trip
 from cifllm.data.readers import RawRecord
 
 __all__ = [
@@ -287,7 +288,6 @@ def canonical_composition_change(structure: Any, text: str) -> tuple[str | None,
 
 def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
     """Parse, filter and canonicalize one record. Never raises for bad data: returns a :class:`Reject`."""
-
     def reject(reason: str, detail: str = "") -> Reject:
         return Reject(rec.dataset, rec.file, rec.row, rec.record_id, reason, detail[:300])
 
@@ -366,7 +366,6 @@ def _round_trip_reason(structure, text: str, symprec: float, mode: str) -> str:
     """"" when ``text`` parses back to a match of ``structure``; else ``parse:<reason>``, ``no_match`` or
     ``symmetrization_changed_structure`` (see :func:`cifllm.cif.matching.round_trip`)."""
     global _MATCHER
-    from cifllm.cif.matching import make_matcher, round_trip
 
     if _MATCHER is None:
         _MATCHER = make_matcher("roundtrip")

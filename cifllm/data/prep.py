@@ -25,12 +25,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cifllm.config import config_to_dict, save_config
+from cifllm.cif.canonical import CANONICAL_VERSION
+from cifllm.core.config import config_to_dict, save_config
+from cifllm.core.records import CONFIG_FILE, REPORT_FILE
 from cifllm.data.corpus import CorpusRow, formula_split, write_corpus
 from cifllm.data.dedup import group_duplicates
 from cifllm.data.filters import Canonical, FilterSettings, Reject, process_record
 from cifllm.data.readers import RawRecord, iter_dataset, load_join_table
 from cifllm.data.registry import DataError, load_registry, resolve_data_dir
+from cifllm.tokenization import build_tokenizer
 from cifllm.utils import atomic_write_json, atomic_write_text
 from cifllm.utils.limits import map_with_time_limit
 
@@ -142,7 +145,6 @@ def _canonicalize(
     restarts where it stopped. ``workers`` > 1: that many processes; otherwise in this process (soft limit)."""
     cache_dir = out / ".prep_cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    from cifllm.cif.canonical import CANONICAL_VERSION
 
     tag = hashlib.sha1(json.dumps({**asdict(settings), "canonical_version": CANONICAL_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
     cache_file = cache_dir / f"canonical-{tag}.jsonl"
@@ -231,8 +233,6 @@ def collect_records(cfg: PrepConfig) -> tuple[list[RawRecord], dict[str, Any]]:
 
 def prepare_corpus(cfg: PrepConfig, progress: bool = True) -> PrepResult:
     """Build the corpus described by ``cfg``; returns its folder and the report dict."""
-    from cifllm.tokenization import build_tokenizer
-
     t0 = time.time()
     records, meta = collect_records(cfg)
     if not records:
@@ -375,9 +375,9 @@ def prepare_corpus(cfg: PrepConfig, progress: bool = True) -> PrepResult:
     if not rows:
         raise DataError(f"every record was dropped: {dict(drops)}; see {out / 'rejects.jsonl'}")
     write_corpus(rows, out, manifest)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, out / CONFIG_FILE)
     atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_report_md(report))
+    atomic_write_text(out / REPORT_FILE, render_report_md(report))
     return PrepResult(out, report)
 
 

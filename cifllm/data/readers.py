@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cifllm.cif import CIFError
+from cifllm.cif.io import read_structure_file
 from cifllm.data.registry import DataError, DatasetSpec, FileSpec
 
 __all__ = ["RawRecord", "iter_dataset", "read_table", "load_join_table", "records_from_paths"]
@@ -148,9 +150,6 @@ def _iter_structure_files(spec: DatasetSpec, fs: FileSpec, data_dir: Path, limit
 def records_from_paths(paths: list[Path], dataset: str = "files", split: str = "all", rel_to: Path | None = None) -> Iterator[RawRecord]:
     """Records from loose files: ``.cif`` text goes through the CIF parser later; other files (extxyz, POSCAR, pymatgen
     JSON) are read now with ASE/pymatgen. An unreadable file yields a record whose ``extras['read_error']`` says why."""
-    from cifllm.cif import CIFError
-    from cifllm.cif.io import read_structure_file
-
     for p in paths:
         name = str(p.relative_to(rel_to)) if rel_to and p.is_relative_to(rel_to) else str(p)
         if p.suffix.lower() == ".cif":

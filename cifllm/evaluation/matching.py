@@ -21,6 +21,7 @@ from typing import Any
 
 from cifllm.cif import format_formula, parse_canonical, text_to_structure
 from cifllm.cif.matching import make_matcher
+from cifllm.data.corpus import load_corpus
 
 __all__ = [
     "ReferenceIndex",
@@ -103,8 +104,6 @@ class ReferenceIndex:
     @classmethod
     def from_corpus(cls, corpus_dir: str | Path, split: str | None = None) -> ReferenceIndex:
         """Index a cifllm corpus folder (its ``text``, ``reduced_formula`` and ``id`` columns)."""
-        from cifllm.data.corpus import load_corpus
-
         ds = load_corpus(corpus_dir, split=split).select_columns(["id", "text", "reduced_formula"])
         return cls.from_records(ds["text"], ds["reduced_formula"], ds["id"])
 

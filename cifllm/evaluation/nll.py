@@ -9,6 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cifllm.core.records import check_adapter_base
+from cifllm.data.corpus import load_corpus
+from cifllm.tokenization import load_tokenizer
+
 __all__ = ["HYPOTHETICAL_SOURCES", "corpus_groups", "nll_by_group", "nll_per_token"]
 
 #: corpus sources of hypothetical (never synthesized) structures: perovskite and carbon enumerations
@@ -19,7 +23,6 @@ def _load(model_dir: str | Path, adapter: str | Path | None, threads: int):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cifllm.tokenization import load_tokenizer
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -28,7 +31,6 @@ def _load(model_dir: str | Path, adapter: str | Path | None, threads: int):
     if adapter is not None:
         from peft import PeftModel
 
-        from cifllm.training.adapters import check_adapter_base
 
         check_adapter_base(adapter, model_dir)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -92,7 +94,6 @@ def corpus_groups(
     source not in ``hypothetical``). Each group is a seeded random sample of at most ``max_per_group`` CIFs."""
     import random
 
-    from cifllm.data.corpus import load_corpus
 
     ds = load_corpus(corpus).select_columns(["text", "split", "sources"])
     rows = [(t, s) for t, sp, s in zip(ds["text"], ds["split"], ds["sources"]) if sp == split]

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cifllm.core.records import REPORT_FILE
+from cifllm.utils import atomic_write_text
+
 __all__ = ["write_report", "FUNNEL"]
 
 #: (label, key in metrics["counts"]) from all samples down to unique and novel ones.
@@ -117,7 +120,6 @@ def _tables(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
 
 def _stability_tables(st: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """Stability rates (Wilson 95% intervals), distributions and the reasons samples have no verdict."""
-
     def ci(r: dict[str, Any]) -> str:
         return "n/a" if not r.get("ci95") else f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
 
@@ -138,8 +140,6 @@ def _stability_tables(st: dict[str, Any]) -> list[tuple[str, list[str], list[lis
 
 def write_report(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str, Any]], ref: dict[str, list[float]] | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` (plots in ``plots/``) and a self-contained ``report.html``; returns both paths."""
-    from cifllm.utils import atomic_write_text
-
     out = Path(out)
     plots = _plots(out, metrics, verdicts, ref) + [tuple(p) for p in metrics.get("stability", {}).get("plots", [])]
     tables = _tables(metrics)
@@ -152,7 +152,7 @@ def write_report(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str
     md.append("")
     for title, rel in plots:
         md += [f"### {title}", "", f"![{title}]({rel})", ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / REPORT_FILE, "\n".join(md))
 
     h = [
         "<!doctype html><html><head><meta charset='utf-8'><title>cifllm evaluation report</title>",
@@ -171,4 +171,4 @@ def write_report(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str
         h.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     h.append("</body></html>")
     atomic_write_text(out / "report.html", "\n".join(h))
-    return out / "report.md", out / "report.html"
+    return out / REPORT_FILE, out / "report.html"

@@ -20,9 +20,26 @@ from typing import Any
 
 from pymatgen.core import Composition
 
-from cifllm.errors import CifllmError
-from cifllm.evaluation.checks import CHECK_NAMES, CONSISTENCY_CHECKS, VALIDITY_CHECKS, CheckSettings, check_sample
+from cifllm.cif import parse_canonical
+from cifllm.cif.matching import MATCHER_SETTINGS
+from cifllm.core.config import config_to_dict, save_config
+from cifllm.core.errors import CifllmError
+from cifllm.core.records import CONFIG_FILE, EVAL_DIR, METRICS_FILE, SAMPLES_FILE
+from cifllm.core.report import NOT_MEASURED, pct
+from cifllm.data.corpus import load_corpus
+from cifllm.evaluation.checks import (
+    CHECK_NAMES,
+    CONSISTENCY_CHECKS,
+    VALIDITY_CHECKS,
+    CheckSettings,
+    check_sample,
+    text_density,
+)
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task, uniqueness_task
+from cifllm.evaluation.report import write_report
+from cifllm.evaluation.stability import potential_key, stability_stage
+from cifllm.sampling.run import read_samples
+from cifllm.utils import atomic_write_json, atomic_write_text
 from cifllm.utils.limits import default_workers, map_with_time_limit
 
 __all__ = ["EvalConfig", "SamplesError", "evaluate", "evaluate_texts", "novelty_stage", "validate_samples"]
@@ -344,25 +361,21 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     """Run the evaluate stage; returns the output folder."""
     from tqdm.auto import tqdm
 
-    from cifllm.config import config_to_dict, save_config
-    from cifllm.sampling.run import read_samples
-    from cifllm.utils import atomic_write_json, atomic_write_text
 
     if not cfg.samples:
         raise ValueError("samples= is required (a `cifllm sample` run folder or its samples.jsonl)")
     if cfg.stability:
-        from cifllm.evaluation.stability import potential_key
 
         potential_key(cfg.stability_model or "0.3.0")  # the mlip extra is installed (else a one-line error)
     src = Path(cfg.samples)
     run_dir = src if src.is_dir() else src.parent
-    out = Path(cfg.out) if cfg.out else run_dir / "eval"
+    out = Path(cfg.out) if cfg.out else run_dir / EVAL_DIR
     samples = read_samples(src)
     if cfg.max_samples > 0:
         samples = samples[: cfg.max_samples]
-    validate_samples(samples, str(src / "samples.jsonl" if src.is_dir() else src))
+    validate_samples(samples, str(src / SAMPLES_FILE if src.is_dir() else src))
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, out / CONFIG_FILE)
     texts = [str(s.get("cif_text") or "") for s in samples]
     settings = cfg.check_settings()
     workers = cfg.n_workers()
@@ -399,7 +412,6 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     if csp is not None:
         metrics["csp"] = csp
     if cfg.stability:
-        from cifllm.evaluation.stability import stability_stage
 
         t1 = time.perf_counter()
         metrics["stability"] = stability_stage(cfg, samples, texts, verdicts, out, log, make_bar)
@@ -416,17 +428,16 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
             rec["target_id"] = tid
         lines.append(json.dumps(rec))
     atomic_write_text(out / "checks.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / METRICS_FILE, metrics)
     if cfg.report:
-        from cifllm.evaluation.report import write_report
 
         ref_stats = _reference_stats(cfg) if cfg.reference else None
         write_report(out, metrics, verdicts, ref_stats)
     r = metrics["rates"]
     log(
-        f"{len(samples)} samples: parse {_pct(r['parse'])}, valid {_pct(r['valid'])}, consistent {_pct(r['consistent'])}, "
-        f"unique {_pct(r['unique'])}, novel {_pct(r['novel'], 'not measured')}"
-        + (f", prompt adherence {_pct(r['prompt_adherence'])}" if r.get("prompt_adherence") is not None else "")
+        f"{len(samples)} samples: parse {pct(r['parse'])}, valid {pct(r['valid'])}, consistent {pct(r['consistent'])}, "
+        f"unique {pct(r['unique'])}, novel {pct(r['novel'], NOT_MEASURED)}"
+        + (f", prompt adherence {pct(r['prompt_adherence'])}" if r.get("prompt_adherence") is not None else "")
         + f" ({wall:.1f} s) -> {out}"
     )
     if csp:
@@ -434,20 +445,12 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     return out
 
 
-def _pct(x: float | None, missing: str = "n/a") -> str:
-    return missing if x is None else f"{100 * x:.1f}%"
-
-
 def _matcher_settings() -> dict[str, Any]:
-    from cifllm.cif.matching import MATCHER_SETTINGS
-
     return {"novelty_uniqueness": MATCHER_SETTINGS["novelty"], "csp": MATCHER_SETTINGS["csp"]}
 
 
 def _csp(cfg: EvalConfig, samples: list[dict[str, Any]], texts: list[str], verdicts: list[dict[str, Any]], workers: int) -> tuple[dict[str, Any], dict[str, list[float | None]]]:
     """Pair samples with ground truth through ``prompt_meta.target_id`` and compute match@1, match@k and RMSE."""
-    from cifllm.data.corpus import load_corpus
-
     ds = load_corpus(cfg.ground_truth).select_columns(["id", "text"])  # type: ignore[arg-type]
     truth = dict(zip(ds["id"], ds["text"], strict=True))
     preds: dict[str, list[tuple[int, str | None]]] = {}
@@ -476,10 +479,6 @@ def _csp(cfg: EvalConfig, samples: list[dict[str, Any]], texts: list[str], verdi
 def _reference_stats(cfg: EvalConfig) -> dict[str, list[float]] | None:
     """Density (g/cm^3, from text), number of elements and space-group numbers of up to ``reference_plot_rows``
     reference rows (seeded random subset)."""
-    from cifllm.cif import parse_canonical
-    from cifllm.data.corpus import load_corpus
-    from cifllm.evaluation.checks import text_density
-
     try:
         ds = load_corpus(cfg.reference, split=cfg.reference_split)  # type: ignore[arg-type]
     except Exception:

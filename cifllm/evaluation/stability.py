@@ -64,7 +64,13 @@ from typing import Any
 
 import numpy as np
 
+from cifllm.cif import parse_canonical, text_to_structure
+from cifllm.cif.matching import make_matcher
+from cifllm.core.errors import CifllmError
+from cifllm.core.report import pct
+from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.limits import map_with_time_limit
+from cifllm.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
     "POTENTIAL_MODELS",
@@ -101,7 +107,7 @@ CAVEATS: tuple[str, ...] = (
 )
 
 
-class MissingExtraError(ValueError):
+class MissingExtraError(CifllmError, ValueError):
     """The ``mlip`` extra (chgnet) is not installed."""
 
 
@@ -324,8 +330,6 @@ def relax_structure(structure: Any, settings: StabilitySettings = StabilitySetti
 
 
 def _matcher_rms(a: Any, b: Any) -> float | None:
-    from cifllm.cif.matching import make_matcher
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -343,8 +347,6 @@ class RelaxTask:
         self.settings = settings
 
     def __call__(self, text: str) -> dict[str, Any]:
-        from cifllm.cif import text_to_structure
-
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -405,8 +407,6 @@ class StabilityCache:
         return data.get("entries", {}) if data.get("potential") == self.potential else {}
 
     def put_system(self, chemsys: str, entries: dict[str, dict[str, Any]]) -> None:
-        from cifllm.utils import atomic_write_json
-
         atomic_write_json(self.hull_dir / f"{chemsys}.json", {"potential": self.potential, "settings": json.loads(self.settings_key), "chemsys": chemsys, "entries": entries})
 
 
@@ -441,8 +441,6 @@ class HullReference:
 
     @classmethod
     def from_corpus(cls, corpus_dir: str | Path, split: str | None = None) -> HullReference:
-        from cifllm.data.corpus import load_corpus
-
         ds = load_corpus(corpus_dir, split=split).select_columns(["id", "text", "reduced_formula"])
         return cls.from_records(ds["id"], ds["text"], ds["reduced_formula"])
 
@@ -641,7 +639,6 @@ def _comp_dict(formula: str) -> dict[str, float]:
 def _elements_of(text: str) -> list[str]:
     from pymatgen.core import Composition
 
-    from cifllm.cif import parse_canonical
 
     try:
         return sorted(e.symbol for e in Composition(parse_canonical(text).formula).elements)
@@ -755,8 +752,6 @@ def stability_stage(cfg: Any, samples: Sequence[dict[str, Any]], texts: Sequence
     """The ``stability=true`` part of ``cifllm evaluate``: writes ``stability.jsonl`` (one record per sample, relaxed
     CIF included) and plots; returns ``metrics["stability"]``. The cache folder is ``stability_cache`` (default
     ``<out>/stability_cache``); the hull references come from ``reference`` (``reference_split``)."""
-    from cifllm.utils import atomic_write_text
-
     settings = StabilitySettings.from_config(cfg, cfg.n_workers())
     potential_key(settings.model)  # fail early without the extra
     reference = None
@@ -775,11 +770,9 @@ def stability_stage(cfg: Any, samples: Sequence[dict[str, Any]], texts: Sequence
     summary["plots"] = [list(p) for p in stability_plots(out, recs)]
     r = summary["rates"]
     log(
-        f"stability: {summary['n_e_hull']}/{summary['n_samples']} on a hull; stable {_pct(r['stable']['rate'])}, metastable {_pct(r['metastable']['rate'])}, "
-        f"S.U.N. {_pct(r['sun']['rate'])}, M.S.U.N. {_pct(r['msun']['rate'])}; reasons {summary['reasons']} ({stats['wall_s']:.1f} s, {stats['cache_hits']} cached)"
+        f"stability: {summary['n_e_hull']}/{summary['n_samples']} on a hull; stable {pct(r['stable']['rate'])}, metastable {pct(r['metastable']['rate'])}, "
+        f"S.U.N. {pct(r['sun']['rate'])}, M.S.U.N. {pct(r['msun']['rate'])}; reasons {summary['reasons']} ({stats['wall_s']:.1f} s, {stats['cache_hits']} cached)"
     )
     return summary
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"

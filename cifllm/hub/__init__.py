@@ -6,11 +6,11 @@ Submodules import their heavy dependencies (torch, transformers, huggingface_hub
 
 from __future__ import annotations
 
+from cifllm.core.models import DEFAULT_MODEL_DIR, ModelNotFoundError, resolve_model
 from cifllm.hub.card import CardError, render_model_card, write_model_card
 from cifllm.hub.export import ExportError, ExportResult, export_model
 from cifllm.hub.generate import GeneratedCIF, generate_cifs
 from cifllm.hub.push import PushError, PushResult, plan_upload, push_to_hub
-from cifllm.hub.resolve import DEFAULT_MODEL_DIR, ModelNotFoundError, resolve_model
 
 __all__ = [
     "DEFAULT_MODEL_DIR",

@@ -18,6 +18,13 @@ from typing import Any
 
 import yaml
 
+from cifllm.core.config import config_to_dict
+from cifllm.core.errors import CifllmError
+from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from cifllm.core.report import pct
+from cifllm.training.config import PretrainConfig
+from cifllm.utils import atomic_write_text, sha256_file
+
 __all__ = [
     "NOT_RECORDED",
     "TAGS",
@@ -50,7 +57,7 @@ _EVAL_RATES = {
 }
 
 
-class CardError(ValueError):
+class CardError(CifllmError, ValueError):
     """A folder a card cannot be made for (no ``config.json``)."""
 
 
@@ -81,7 +88,7 @@ def _load_eval(eval_metrics: str | Path | Mapping[str, Any] | None) -> tuple[dic
         return dict(eval_metrics), None
     p = Path(eval_metrics)
     if p.is_dir():
-        p = p / "metrics.json"
+        p = p / METRICS_FILE
     metrics = _read_json(p)
     if metrics is None:
         raise CardError(f"{p}: not a readable evaluation metrics.json")
@@ -102,10 +109,6 @@ def _num(x: Any, nd: int = 4) -> str:
     if isinstance(x, float):
         return f"{x:.{nd}f}"
     return str(x)
-
-
-def _pct(x: Any) -> str:
-    return "-" if not isinstance(x, (int, float)) or isinstance(x, bool) else f"{100 * x:.1f}%"
 
 
 def _params(n: Any) -> str:
@@ -136,8 +139,6 @@ def _scalar(v: Any) -> str:
 def training_command(config: Mapping[str, Any]) -> str:
     """``cifllm pretrain key=value ...`` for every key of a saved ``PretrainConfig`` that differs from the default."""
     try:
-        from cifllm.config import config_to_dict
-        from cifllm.training.config import PretrainConfig
 
         defaults = config_to_dict(PretrainConfig())
     except Exception:  # an older/newer config class: spell out every key
@@ -220,19 +221,17 @@ def _model_section(records: dict[str, Any]) -> list[str]:
         rows.append((f"SHA-256 of `{fname}`", f"`{digest}`"))
     if exp:
         rows.append(("Export check", f"max abs logit difference {exp.get('max_abs_logit_diff', 0):.3g} vs the fp32 source "
-                     f"(tolerance {exp.get('tolerance', 0):.3g}), top-1 agreement {_pct(exp.get('top1_agreement'))}"))
+                     f"(tolerance {exp.get('tolerance', 0):.3g}), top-1 agreement {pct(exp.get('top1_agreement'))}"))
     lines = ["## Model", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     return lines
 
 
 def _corpus_report(data: dict[str, Any]) -> dict[str, Any] | None:
     """The corpus's ``report.json``, only if its ``manifest.json`` is the one this model was trained on."""
-    from cifllm.utils import sha256_file
-
     corpus, sha = data.get("corpus"), data.get("manifest_sha256")
     if not corpus or not sha:
         return None
-    man = Path(corpus) / "manifest.json"
+    man = Path(corpus) / MANIFEST_FILE
     try:
         if not man.is_file() or sha256_file(man) != sha:
             return None
@@ -357,11 +356,11 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
         lines.append(f"Novelty reference: `{ref['corpus']}` (split {ref.get('split') or 'all'}, {_num(ref.get('n'))} structures).")
     lines += ["", "| metric | rate | among valid | definition |", "|---|---:|---:|---|"]
     for key, label in _EVAL_RATES.items():
-        lines.append(f"| {label} | {_pct(rates.get(key))} | {_pct(among.get(key)) if key in among else ''} | {defs.get(key, '')} |")
+        lines.append(f"| {label} | {pct(rates.get(key))} | {pct(among.get(key)) if key in among else ''} | {defs.get(key, '')} |")
     csp = metrics.get("csp")
     if isinstance(csp, Mapping):
         lines += ["", "Crystal structure prediction: " + ", ".join(
-            f"{k} {_pct(v) if k.startswith('match') else _num(v)}" for k, v in csp.items() if k.startswith(("match@", "rmse@")))]
+            f"{k} {pct(v) if k.startswith('match') else _num(v)}" for k, v in csp.items() if k.startswith(("match@", "rmse@")))]
         if defs.get("match@k"):
             lines.append(f"(match@k: {defs['match@k']})")
     lines.append("")
@@ -381,9 +380,9 @@ def _bench_section(bench_dir: str | Path | None) -> list[str]:
             c, dn, rd = r.get("csp") or {}, r.get("denovo") or {}, r.get("rediscovery") or {}
             k = c.get("samples_per_prompt", 1)
             rows.append(
-                f"| {task.get('name', f.parent.name)} | {task.get('case', '-')} | {r.get('generator', '-')} | {_pct(c.get('match@1'))} | "
-                f"{_pct(c.get(f'match@{k}'))} (k={k}) | {_pct(dn.get('valid'))} | {_pct(dn.get('unique'))} | {_pct(dn.get('novel'))} | "
-                f"{_pct(rd.get('rate'))} | {_pct((r.get('property') or {}).get('hit_rate'))} |"
+                f"| {task.get('name', f.parent.name)} | {task.get('case', '-')} | {r.get('generator', '-')} | {pct(c.get('match@1'))} | "
+                f"{pct(c.get(f'match@{k}'))} (k={k}) | {pct(dn.get('valid'))} | {pct(dn.get('unique'))} | {pct(dn.get('novel'))} | "
+                f"{pct(rd.get('rate'))} | {pct((r.get('property') or {}).get('hit_rate'))} |"
             )
     if not rows:
         return [*lines, f"Benchmark results: {NOT_RECORDED} (`cifllm card --bench results/`).", ""]
@@ -465,7 +464,7 @@ def _records(folder: Path) -> dict[str, Any]:
         "tokenizer": _read_json(folder / "cifllm_tokenizer.json"),
         "export": _read_json(folder / "cifllm_export.json"),
         "data": _read_json(folder / "data_manifest.json"),
-        "config_yaml": _read_yaml(folder / "config.yaml"),
+        "config_yaml": _read_yaml(folder / CONFIG_FILE),
     }
 
 
@@ -531,7 +530,6 @@ def write_model_card(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Render the card and write it to ``<model_dir>/README.md`` (atomic); returns the path."""
-    from cifllm.utils import atomic_write_text
 
     text = render_model_card(model_dir, eval_metrics, bench_dir, repo_id, extra)
     out = Path(model_dir) / "README.md"

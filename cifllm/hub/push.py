@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cifllm.core.errors import CifllmError
 from cifllm.hub.export import PICKLE_SUFFIXES
 
 __all__ = ["REPO_ID_RE", "REQUIRED_FILES", "UPLOAD_PATTERNS", "PushError", "PushResult", "plan_upload", "push_to_hub"]
@@ -26,7 +27,7 @@ UPLOAD_PATTERNS = ("*.safetensors", "*.json", "*.md", "*.txt", "*.yaml")
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
-class PushError(ValueError):
+class PushError(CifllmError, ValueError):
     """A folder or repository id that must not be uploaded."""
 
 

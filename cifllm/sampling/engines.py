@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cifllm.errors import CifllmError
+from cifllm.core.errors import CifllmError
+from cifllm.core.records import ADAPTER_CONFIG, ADAPTER_RECORD, AdapterError, check_adapter_base
 from cifllm.sampling.constraints import CIFConstraint, ConstraintConfig, ConstraintError, TokenTable
+from cifllm.sampling.hf_constraint import ConstrainedLogitsProcessor, cif_part
 from cifllm.sampling.prompts import Prompt
+from cifllm.tokenization import load_tokenizer
 
 __all__ = [
     "Engine",
@@ -151,8 +154,6 @@ def model_text_format(model_dir: str | Path) -> str:
 
 def constraint_config(params: GenerationParams, prompt: Prompt, table: TokenTable) -> ConstraintConfig:
     """``params.constraint`` with the token budget of this prompt: its CIF part plus ``max_new_tokens``."""
-    from cifllm.sampling.hf_constraint import cif_part
-
     part = cif_part(prompt.text)
     budget = (len(table.ids(part)) if part else 0) + params.max_new_tokens
     cfg = params.constraint
@@ -172,7 +173,6 @@ def check_constrained(model_dir: str | Path, tokenizer: Any, prompts: Sequence[P
             f"{model_dir}: the model writes {fmt} text, which the constraint engine cannot constrain (it needs the Wyckoff "
             "column of cif-v2); sample it with constrained=false, or use a cif-v2 model"
         )
-    from cifllm.sampling.hf_constraint import cif_part
 
     table = TokenTable(tokenizer)
     for p in prompts:
@@ -206,7 +206,6 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from cifllm.tokenization import load_tokenizer
 
         path = _check_model_dir(model_dir)
         self.model_dir = path
@@ -271,7 +270,6 @@ class HFEngine:
             if params.constrained:
                 from transformers import LogitsProcessorList
 
-                from cifllm.sampling.hf_constraint import ConstrainedLogitsProcessor
 
                 row_prompts = [prompts[i].text for i, _, _ in batch for _ in range(n)]
                 configs = [constraint_config(params, prompts[i], self._table) for i, _, _ in batch for _ in range(n)]
@@ -339,7 +337,6 @@ class VLLMEngine:
                 f"engine=vllm needs vLLM ({exc}); install it in its own environment: `make vllm-setup` (CPU build) or "
                 "`pip install 'cifllm[vllm]'` on a CUDA machine"
             ) from None
-        from cifllm.tokenization import load_tokenizer
 
         path = _check_model_dir(model_dir)
         self.model_dir = path
@@ -386,7 +383,6 @@ class VLLMEngine:
         if params.constrained:
             if not self.constrained:
                 raise EngineError("constrained sampling with vLLM: build the engine with constrained=True")
-            from cifllm.sampling.hf_constraint import cif_part
 
             cfg = constraint_config(params, prompt, TokenTable(self.tokenizer)) if prompt else params.constraint
             extra["extra_args"] = {"cifllm_constraint": {"prompt": cif_part(prompt.text) if prompt else "", "config": asdict(cfg)}}
@@ -445,7 +441,7 @@ def _adapter_map(lora: Any) -> dict[str, Path]:
         p = Path(a)
         name = p.parent.name if p.name == "adapter" else p.name
         with contextlib.suppress(OSError, ValueError):
-            name = json.loads((p / "cifllm_adapter.json").read_text()).get("task") or name
+            name = json.loads((p / ADAPTER_RECORD).read_text()).get("task") or name
         if name in out:
             name = f"{name}-{len(out)}"
         out[name] = p
@@ -454,9 +450,7 @@ def _adapter_map(lora: Any) -> dict[str, Path]:
 
 def _check_adapter(adapter: str | Path, model_dir: Path) -> dict[str, Any]:
     """The adapter's cifllm record after checking it was trained on ``model_dir`` (EngineError otherwise)."""
-    from cifllm.training.adapters import ADAPTER_RECORD, AdapterError, check_adapter_base
-
-    if not (Path(adapter) / "adapter_config.json").is_file():
+    if not (Path(adapter) / ADAPTER_CONFIG).is_file():
         raise EngineError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     if not (Path(adapter) / ADAPTER_RECORD).is_file():  # a plain peft adapter: loadable, but nothing to verify
         import warnings

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from cifllm.core.errors import CifllmError
+
 __all__ = [
     "ALPHA_BOUNDS",
     "ALPHA_RESOLVED",
@@ -61,7 +63,7 @@ _D_MIN = 1e-12  # lower bound of the normalized scale D' (in units of the mean |
 _ALPHA_GRID = np.concatenate([[ALPHA_BOUNDS[0]], np.geomspace(1e-3, ALPHA_BOUNDS[1], 80)])
 
 
-class ScalingError(ValueError):
+class ScalingError(CifllmError, ValueError):
     """Input that cannot be fitted (too few sizes, bad values, ...) or a fit that did not converge."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cifllm.core.records import SCALING_REPORT
 from cifllm.scaling.fit import (
     MODEL_PLUS_CONSTANT,
     MODEL_PURE,
@@ -385,6 +386,6 @@ def write_report(
     }
     js = out / "scaling_fit.json"
     atomic_write_text(js, json.dumps(_json_safe(payload), indent=2, allow_nan=False, default=str) + "\n")
-    md = out / "REPORT.md"
+    md = out / SCALING_REPORT
     atomic_write_text(md, render_report(rows, fit, assessment, holdout=holdout, target=target, meta=meta, plot_name=plot.name, comparison=comparison))
     return {"plot": plot, "json": js, "report": md}

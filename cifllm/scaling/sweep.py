@@ -39,7 +39,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifllm.bench.splits import load_split
+from cifllm.bench.tasks import load_task
+from cifllm.conditioning import format_property_lines, property_values
 from cifllm.core.config import ConfigError, load_config, save_config
+from cifllm.core.records import ADAPTER_DIR, ADAPTER_RECORD, CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, SWEEP_ROWS
+from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
+from cifllm.evaluation.nll import nll_per_token
+from cifllm.scaling.fit import (
+    ScalingError,
+    assess_power_law,
+    compare_models,
+    fit_scaling,
+    holdout_check,
+    load_rows,
+    size_for_target,
+)
+from cifllm.scaling.report import write_report
+from cifllm.training.cluster import DEFAULT_MODULES, render_template
+from cifllm.training.config import load_pretrain_config
+from cifllm.training.finetune import finetune, load_finetune_config
+from cifllm.training.pretrain import pretrain
 from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["ScalingConfig", "run_sweep", "fit_sweep", "render_sweep_pbs", "load_scaling_config"]
@@ -125,13 +145,9 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
 
 def _pool(cfg: ScalingConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Any]:
     """(train rows, fixed val rows, corpus manifest, task) of the task's pretraining corpus."""
-    from cifllm.bench.splits import load_split
-    from cifllm.bench.tasks import load_task
-    from cifllm.data.corpus import load_corpus, load_manifest
-
     task = load_task(cfg.task)
     d = Path(cfg.splits) / task.name
-    if not (d / "manifest.json").is_file():
+    if not (d / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"{d}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
     load_split(d, "test")
     excl = set((d / "pretrain_exclude.txt").read_text().split())
@@ -146,9 +162,6 @@ def _pool(cfg: ScalingConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 
 def _test_texts(cfg: ScalingConfig, task: Any) -> list[str]:
-    from cifllm.bench.splits import load_split
-    from cifllm.conditioning import format_property_lines, property_values
-
     rows = load_split(Path(cfg.splits) / task.name, "test")
     if cfg.test_rows:
         rows = rows[: cfg.test_rows]
@@ -159,11 +172,6 @@ def _test_texts(cfg: ScalingConfig, task: Any) -> list[str]:
 def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val: list[dict], manifest: dict, task: Any, test_texts: list[str]) -> dict[str, Any]:
     import random
 
-    from cifllm.data.corpus import write_corpus
-    from cifllm.evaluation.nll import nll_per_token
-    from cifllm.training.config import load_pretrain_config
-    from cifllm.training.finetune import finetune, load_finetune_config
-    from cifllm.training.pretrain import pretrain
 
     t0 = time.time()
     seed = cfg.seed + repeat
@@ -172,24 +180,24 @@ def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val:
     random.Random(seed).shuffle(order)
     subset = [train[i] for i in order[:size]]
     corpus_dir = run / "corpus"
-    if not (corpus_dir / "manifest.json").is_file():
+    if not (corpus_dir / MANIFEST_FILE).is_file():
         man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
         man.update(scaling={"task": task.name, "size": size, "repeat": repeat, "seed": seed})
         write_corpus(subset + val, corpus_dir, man)
     pcfg = load_pretrain_config(resolve_path(cfg.pretrain_config, folders=("configs/train",)), [*cfg.pretrain_overrides, f"corpus={corpus_dir}", f"out={run / 'pretrain'}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
-    model = run / "pretrain" / "model"
+    model = run / "pretrain" / MODEL_DIR
     if not (model / "config.json").is_file():
         pretrain(pcfg, resume=True)
     pre = json.loads((model / "cifllm_run.json").read_text())
     fdir = run / "finetune"
-    if (fdir / "adapter" / "cifllm_adapter.json").is_file():
-        adapter = fdir / "adapter"
+    if (fdir / ADAPTER_DIR / ADAPTER_RECORD).is_file():
+        adapter = fdir / ADAPTER_DIR
     else:
         if fdir.exists():
             shutil.rmtree(fdir)  # fine-tuning is short: restart it rather than resume a half-written run
         fcfg = load_finetune_config(resolve_path(cfg.finetune_config, folders=("configs/train",)), [*cfg.finetune_overrides, f"task={cfg.task}", f"base={model}", f"splits={cfg.splits}", f"out={fdir}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
         adapter = finetune(fcfg)
-    ft = json.loads((adapter / "cifllm_adapter.json").read_text())
+    ft = json.loads((adapter / ADAPTER_RECORD).read_text())
     nll = nll_per_token(model, test_texts, adapter=adapter)
     if nll["n_skipped"]:
         raise ValueError(
@@ -214,7 +222,7 @@ def run_sweep(cfg: ScalingConfig) -> Path:
 
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.yaml"
+    saved = out / CONFIG_FILE
     if saved.is_file():
         old = load_scaling_config(saved)
         for key in ("task", "corpus", "splits", "pretrain_config", "pretrain_overrides", "finetune_config", "finetune_overrides", "val_rows", "test_rows", "seed"):
@@ -226,7 +234,6 @@ def run_sweep(cfg: ScalingConfig) -> Path:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    from cifllm.training.config import load_pretrain_config
 
     pc = load_pretrain_config(resolve_path(cfg.pretrain_config, folders=("configs/train",)), list(cfg.pretrain_overrides))
     per_step = pc.batch_size * pc.grad_accum
@@ -236,7 +243,7 @@ def run_sweep(cfg: ScalingConfig) -> Path:
         _say(f"note: size {max(cfg.sizes)} > {pc.max_steps} steps x {per_step} CIFs: part of the largest corpora is never read")
     train, val, manifest, task = _pool(cfg)
     tests = _test_texts(cfg, task)
-    runs_file = out / "runs.jsonl"
+    runs_file = out / SWEEP_ROWS
     done = _done_runs(runs_file)
     todo = [(s, r) for r in range(cfg.repeats) for s in sorted(set(cfg.sizes))]
     if cfg.only:
@@ -258,19 +265,8 @@ def run_sweep(cfg: ScalingConfig) -> Path:
 
 def fit_sweep(out: str | Path, target: float | None = None, meta: dict[str, Any] | None = None, n_boot: int = 1000) -> dict[str, Path]:
     """Fit ``runs.jsonl`` of a sweep folder and write ``scaling_fit.json``, ``scaling.png``, ``REPORT.md``."""
-    from cifllm.scaling.fit import (
-        ScalingError,
-        assess_power_law,
-        compare_models,
-        fit_scaling,
-        holdout_check,
-        load_rows,
-        size_for_target,
-    )
-    from cifllm.scaling.report import write_report
-
     out = Path(out)
-    rows = load_rows(out / "runs.jsonl", metric="test_nll")
+    rows = load_rows(out / SWEEP_ROWS, metric="test_nll")
     fit = fit_scaling(rows, n_boot=n_boot)
     pure = fit_scaling(rows, n_boot=n_boot, fix_c_zero=True)
     try:
@@ -286,7 +282,6 @@ def render_sweep_pbs(cfg: ScalingConfig, job_dir: str | Path, workdir: str = "."
     appends its row to the shared ``runs.jsonl``; ``cifllm scaling --fit-only`` collects and fits afterwards."""
     import shlex
 
-    from cifllm.training.cluster import DEFAULT_MODULES, render_template
 
     tpl = resources_root() / "templates" / "miyabi" / "scaling.pbs.tmpl"
     job_dir = Path(job_dir)

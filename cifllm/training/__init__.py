@@ -1,22 +1,11 @@
-"""Pretraining: config, data packing, Trainer, checkpoints/resume, DeepSpeed config checks, cluster job rendering.
+"""Training: pretraining (:mod:`cifllm.training.pretrain`), LoRA fine-tuning (:mod:`cifllm.training.finetune`), their
+configs, data packing, Trainer, checkpoints/resume, DeepSpeed config checks and cluster job rendering.
 
-Heavy modules (``transformers``, ``torch``) load only when :func:`pretrain` runs.
+Importing the package loads only the configs; ``torch``/``transformers`` load with the modules that train.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from cifllm.training.config import PretrainConfig, load_pretrain_config
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
-__all__ = ["PretrainConfig", "load_pretrain_config", "pretrain"]
-
-
-def pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
-    """Train ``cfg`` (see :func:`cifllm.training.pretrain.pretrain`); returns the saved ``model/`` folder."""
-    from cifllm.training.pretrain import pretrain as _pretrain
-
-    return _pretrain(cfg, resume=resume)
+__all__ = ["PretrainConfig", "load_pretrain_config"]

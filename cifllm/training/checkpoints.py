@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cifllm.utils import atomic_write_json
+from cifllm.core.errors import CifllmError
+from cifllm.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
     "MARKER",
@@ -37,7 +38,7 @@ _EDGE = 1 << 20  # bytes hashed at each end of larger files
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CifllmError, RuntimeError):
     """A checkpoint that cannot be resumed from (corrupt, or not a checkpoint of this run)."""
 
 
@@ -137,8 +138,6 @@ def move_incomplete_aside(paths: list[Path]) -> list[Path]:
 
 def truncate_log(log_path: str | Path, step: int) -> int:
     """Drop JSONL records logged after ``step`` (they will be logged again after the resume); returns lines kept."""
-    from cifllm.utils import atomic_write_text
-
     p = Path(log_path)
     if not p.is_file():
         return 0

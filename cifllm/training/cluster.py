@@ -20,6 +20,8 @@ from typing import Any
 
 from cifllm.core.config import ConfigError
 from cifllm.training.config import PretrainConfig
+from cifllm.training.deepspeed_config import load_deepspeed_config
+from cifllm.utils import atomic_write_text
 from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["DEFAULT_MODULES", "MiyabiJob", "TEMPLATE", "render_pbs", "submit"]
@@ -102,7 +104,6 @@ def _check_deepspeed(job: MiyabiJob) -> None:
     cfg = job.cfg
     if not cfg.deepspeed:
         return
-    from cifllm.training.deepspeed_config import load_deepspeed_config
 
     path = Path(cfg.deepspeed)
     if not path.is_absolute() and not path.is_file():
@@ -174,7 +175,6 @@ def submit(job: MiyabiJob, dry_run: bool = False, template: str | Path | None = 
     out_dir = Path(job.cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     job_file = out_dir / f"{job.name}.pbs"
-    from cifllm.utils import atomic_write_text
 
     atomic_write_text(job_file, text)
     res = subprocess.run([qsub, str(job_file)], capture_output=True, text=True)

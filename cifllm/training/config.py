@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cifllm.config import ConfigError, config_to_dict, load_config
+from cifllm.core.config import ConfigError, config_to_dict, load_config
 from cifllm.modeling import PRESETS
 
 __all__ = ["PretrainConfig", "RESUME_MUTABLE_KEYS", "merge_for_resume", "load_pretrain_config"]

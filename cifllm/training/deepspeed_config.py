@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cifllm.core.errors import CifllmError
 from cifllm.utils.resources import resolve_path
 
 __all__ = ["DeepSpeedConfigError", "load_deepspeed_config", "check_deepspeed_config"]
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(CifllmError, ValueError):
     """A DeepSpeed config that cannot work as written."""
 
 
