@@ -1,6 +1,9 @@
 # cifllm — every target installs what it needs (`make setup` is idempotent).
-# CPU machines: torch is pinned to the 2.13.0 CPU wheel through constraints/cpu.txt.
-# GPU machines: see README "GPU install" (install the CUDA wheel of torch 2.13.0 first, then `make setup`).
+# torch: the tested version (constraints/cpu.txt) from TORCH_INDEX, by default PyTorch's CPU index (a CPU-only torch);
+# where that index cannot be reached, from pip's own settings (constraints/install_torch.sh says so).
+#   GPU:              make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+#   pip's settings:   make setup TORCH_INDEX=
+#   your own torch:   make setup SYSTEM_TORCH=1   (.venv sees the interpreter's packages; torch>=2.6,<3 is kept)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,26 +12,34 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CIFLLM := $(VENV)/bin/cifllm
 EXTRAS ?= train,deepspeed,mlip,dev
+export TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+SYSTEM_TORCH ?=
 export CIFLLM_DATA_DIR ?= $(abspath ../shared/data)
 CORPUS ?= data/corpus
 export TORCH_EXTENSIONS_DIR ?= $(abspath .torch_extensions)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint format data data-smoke tokenizer tokenizer-check bench-prep demo demo-scratch clean help
+.PHONY: setup test test-slow wheel-check lint format data data-smoke tokenizer tokenizer-check bench-prep demo demo-scratch clean help
 
 help:
 	@echo "make demo        the main job on built-in defaults: the default model samples crystals, checks them, writes a report"
 	@echo "make test        install and run the default test suite (CPU, < 10 min)"
-	@echo "make setup       create $(VENV) with torch 2.13.0 CPU + cifllm[$(EXTRAS)]"
+	@echo "make setup       create $(VENV) with torch 2.13.0 (CPU wheel from TORCH_INDEX=$(TORCH_INDEX)) + cifllm[$(EXTRAS)]"
+	@echo "make wheel-check build the wheel, install it in a clean venv, run the CLI from outside the checkout"
 	@echo "make data        build the pooled corpus from CIFLLM_DATA_DIR=$(CIFLLM_DATA_DIR) into $(CORPUS)"
 	@echo "make tokenizer   save tokenizer/cif-v1 and check the round trip on $(CORPUS)"
 	@echo "make lint        ruff"
 
-$(VENV)/.installed: pyproject.toml constraints/cpu.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt constraints/install_torch.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(if $(SYSTEM_TORCH),--system-site-packages) $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints/cpu.txt torch==2.13.0
+ifeq ($(SYSTEM_TORCH),)
+	TORCH_INDEX="$(TORCH_INDEX)" constraints/install_torch.sh $(PY)
 	$(PIP) install -q -c constraints/cpu.txt -e ".[$(EXTRAS)]"
+else
+	$(PY) -c "import torch; print('using torch', torch.__version__, 'from', torch.__file__)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+endif
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -38,6 +49,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# the built wheel in a clean venv, run from outside the checkout: data --list, split --help, demo, a tiny pretrain,
+# generate (what CI runs after the tests; .ci/wheel_check.sh)
+wheel-check: setup
+	PY=$(PY) .ci/wheel_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check cifllm tests benchmarks data_prep tokenizer train eval
