@@ -55,7 +55,8 @@ def test_generate_returns_checked_samples_with_structures():
     import cifllm
     from cifllm.cif import structure_to_text
 
-    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    fcc = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]  # built directly: from_spacegroup is slow
+    rock_salt = Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4, fcc + [[(x + 0.5) % 1, y, z] for x, y, z in fcc])
     nacl = structure_to_text(rock_salt)  # canonical text
     engine = ScriptedEngine([nacl, "data_Na4Cl4\n_cell_length_a oops\n"])
     samples = cifllm.generate(composition="NaCl", z=4, n=3, engine=engine, constrained=False, seed=0)
