@@ -185,6 +185,6 @@ if __name__ == "__main__":  # regenerate the shipped table from pyxtal
     import sys
     from pathlib import Path
 
-    target = Path(__file__).resolve().parents[1] / "resources" / TABLE_RESOURCE
+    target = Path(str(resources.files("cifllm").joinpath("resources", TABLE_RESOURCE)))  # the packaged file
     target.write_text(json.dumps(build_table(), separators=(",", ":")) + "\n")
     print(f"wrote {target}", file=sys.stderr)

@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 
 from cifllm.core.errors import CifllmError
+from cifllm.utils.resources import resources_root
 
 __all__ = ["DEFAULT_MODEL_DIR", "DOWNLOAD_PATTERNS", "HUB_ID_RE", "MODEL_ENV", "ModelNotFoundError", "is_hub_id", "resolve_model"]
 
 #: Where the trained default model ships inside the package (may be absent in a source checkout).
-DEFAULT_MODEL_DIR = Path(__file__).parents[1] / "resources" / "default-model"
+DEFAULT_MODEL_DIR = resources_root() / "default-model"
 #: Environment variable naming the model used for ``None`` / ``"default"`` (a folder or a Hub id).
 MODEL_ENV = "CIFLLM_MODEL"
 #: Files fetched from a Hub repository: weights as safetensors, configs, tokenizer, card and records.

@@ -105,7 +105,7 @@ def _check_deepspeed(job: MiyabiJob) -> None:
     if not cfg.deepspeed:
         return
 
-    path = Path(cfg.deepspeed)
+    path = resolve_path(cfg.deepspeed, folders=("configs/deepspeed",))  # builtin:<x> / train/deepspeed/<x>.json
     if not path.is_absolute() and not path.is_file():
         path = Path(job.workdir) / path
     if not path.is_file():
