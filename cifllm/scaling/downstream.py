@@ -1,0 +1,354 @@
+"""The experimental downstream task of the transfer scaling law: a *measured* property (by default the
+superconducting Tc of SuperCon3D, K) predicted from the crystal structure by the pretrained model plus a small
+regression head.
+
+Data (:func:`load_property_set`): corpus rows that carry a record of one of ``sources`` (default ``supercon3d``:
+ICSD-derived experimental structures with measured Tc) with ``property`` in that record. The split is the source's
+own fixed split (``train``/``val``/``test`` of each record's provenance: SuperCon3D's random 8:1:1, seed 42), the same
+for every pretraining size. Rows whose records disagree on the split, or whose H atomic fraction exceeds
+``max_hydrogen_fraction`` (high-pressure hydrides such as LaH10 at 250 K; not ambient-pressure Tc) are dropped and
+counted. The target of a row is the median of its records' values.
+
+Model (:func:`finetune_regressor`), and why: the whole pretrained transformer (no LM head) is fine-tuned together
+with a head ``Linear(h, head_hidden) -> SiLU -> Linear(head_hidden, 1)`` on the mean-pooled last hidden state over
+the CIF's tokens (``pooling=last``: the last token's state). A full fine-tune, not LoRA: the sweep's models are small
+(0.14-5 M parameters), so adapters save nothing that matters on CPU, and a full fine-tune with a lower backbone
+learning rate (``lr_backbone`` < ``lr_head``) is the setting of the Sim2Real scaling-law paper (Minami et al. 2025).
+Skewed targets (Tc) are regressed as standardized ``log1p(y)`` with mean-squared error; AdamW, linear warm-up then
+cosine decay, gradient clipping at 1. Every epoch is scored on the ``val`` split (MAE of log1p); the best epoch's
+weights are kept, training stops after ``patience`` epochs without improvement, and the ``test`` split is scored
+once with the kept weights. The same budget and head trained on a randomly initialised model of the same shape give
+the ``n = 0`` reference (:func:`scratch_backbone`).
+
+Metrics on the test split: ``mae`` (property units, K), ``mae_log1p`` (MAE of ``log1p(y)``, i.e. of ln(1 + Tc/K)),
+``rmse_log1p``, and the predict-the-train-mean baseline (``mean_baseline_mae``, ``mean_baseline_mae_log1p``).
+
+Composition baseline (:func:`gbt_baseline`): the bench oracle's gradient-boosted trees
+(:mod:`cifllm.bench.oracle`, ``HistGradientBoostingRegressor(max_iter=400, lr=0.05)`` on log1p) fitted on the train
+split, on composition features only (Magpie-style element statistics and the number of elements) and, as a second
+row, on composition + cell features (the oracle's full feature set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any, Literal
+
+import numpy as np
+
+from cifllm.bench.oracle import FEATURE_NAMES, featurize
+from cifllm.data.corpus import load_corpus
+from cifllm.modeling import build_model, make_config
+from cifllm.tokenization import as_pretrained
+
+__all__ = [
+    "COMPOSITION_FEATURES",
+    "DownstreamConfig",
+    "PropertySet",
+    "finetune_regressor",
+    "gbt_baseline",
+    "load_property_set",
+    "scratch_backbone",
+]
+
+#: oracle features that depend on composition only (element statistics + number of elements)
+COMPOSITION_FEATURES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n.split("_")[-1] in ("mean", "std", "min", "max", "range")) + ("n_elements",)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """The measured-property regression of the sweep (module docstring)."""
+
+    sources: tuple[str, ...] = ("supercon3d",)  #: corpus sources whose records hold the measured property and its split
+    property: str = "tc"  #: property key of those records (Tc in K)
+    max_hydrogen_fraction: float = 0.5  #: rows with a larger H atomic fraction are dropped (high-pressure hydrides)
+    log_target: bool = True  #: regress log1p(y) (skewed, non-negative targets such as Tc)
+    pooling: Literal["mean", "last"] = "mean"  #: mean over the CIF's tokens, or the last token's hidden state
+    head_hidden: int = 64  #: width of the head's hidden layer
+    epochs: int = 30  #: most passes over the train split
+    patience: int = 6  #: epochs without a better val MAE before stopping
+    batch_size: int = 16
+    lr_backbone: float = 3e-4
+    lr_head: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("downstream sources must not be empty")
+        for k in ("head_hidden", "epochs", "patience", "batch_size"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
+        if not (self.lr_backbone >= 0 and self.lr_head > 0):
+            raise ValueError("need lr_backbone >= 0 and lr_head > 0")
+        if not 0 <= self.max_hydrogen_fraction <= 1:
+            raise ValueError(f"max_hydrogen_fraction must be in [0, 1], got {self.max_hydrogen_fraction}")
+
+
+@dataclass
+class PropertySet:
+    """The fixed train/val/test rows of the downstream task: each row ``{id, text, reduced_formula, y}``."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    dropped: dict[str, int] = field(default_factory=dict)
+    target: str = "tc"  #: the property name
+
+    @property
+    def formulas(self) -> set[str]:
+        return {r["reduced_formula"] for part in (self.train, self.val, self.test) for r in part}
+
+    @property
+    def ids(self) -> set[str]:
+        return {r["id"] for part in (self.train, self.val, self.test) for r in part}
+
+    def summary(self) -> dict[str, Any]:
+        def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            y = np.asarray([r["y"] for r in rows], float)
+            return {"n": len(rows), "median": float(np.median(y)) if len(y) else None, "max": float(y.max()) if len(y) else None}
+
+        return {"property": self.target, **{s: stats(getattr(self, s)) for s in SPLITS}, "dropped": dict(self.dropped)}
+
+
+def _hydrogen_fraction(formula: str) -> float:
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    return float(comp.get_atomic_fraction("H")) if comp.num_atoms else 0.0
+
+
+def load_property_set(corpus: str | Path, cfg: DownstreamConfig) -> PropertySet:
+    """The downstream rows of ``corpus`` (module docstring); raises ``ValueError`` when a split ends up empty."""
+    ds = load_corpus(corpus).select_columns(["id", "text", "reduced_formula", "sources", "provenance"])
+    want = set(cfg.sources)
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    dropped: dict[str, int] = {}
+
+    def drop(reason: str) -> None:
+        dropped[reason] = dropped.get(reason, 0) + 1
+
+    for rid, text, formula, sources, prov in zip(ds["id"], ds["text"], ds["reduced_formula"], ds["sources"], ds["provenance"]):
+        if not want.intersection(sources):
+            continue
+        recs = [p for p in json.loads(prov or "[]") if p.get("dataset") in want and cfg.property in (p.get("properties") or {})]
+        values = [p["properties"][cfg.property] for p in recs if isinstance(p["properties"][cfg.property], (int, float))]
+        values = [float(v) for v in values if math.isfinite(float(v))]
+        if not values:
+            drop(f"no_{cfg.property}")
+            continue
+        splits = {p.get("split") for p in recs}
+        if None in splits or not splits <= set(SPLITS):
+            raise ValueError(
+                f"{corpus}: row {rid} ({formula}): a {'/'.join(sorted(want))} record has no train/val/test split in its "
+                "provenance; the downstream task needs a source with a fixed split (default: supercon3d)"
+            )
+        if len(splits) > 1:
+            drop("split_conflict")
+            continue
+        if _hydrogen_fraction(formula) > cfg.max_hydrogen_fraction:
+            drop("hydrogen_rich")
+            continue
+        out[splits.pop()].append({"id": rid, "text": text, "reduced_formula": formula, "y": float(median(values))})
+    for s in SPLITS:
+        if not out[s]:
+            raise ValueError(f"{corpus}: the downstream task ({'/'.join(sorted(want))}, {cfg.property}) has no {s} rows")
+        out[s].sort(key=lambda r: r["id"])
+    return PropertySet(train=out["train"], val=out["val"], test=out["test"], dropped=dropped, target=cfg.property)
+
+
+# ------------------------------------------------------------------------------------------------ neural regressor
+
+
+def scratch_backbone(preset: str, max_position_embeddings: int, seed: int):
+    """A randomly initialised model of ``preset`` (the built-in tokenizer's vocabulary) and that tokenizer: the
+    ``n = 0`` reference of the sweep. Returns ``(model, tokenizer)``."""
+    tok = as_pretrained()
+    cfg = make_config(
+        preset, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, max_position_embeddings=max_position_embeddings,
+    )
+    return build_model(cfg, seed=seed), tok
+
+
+def _encode(tok: Any, texts: list[str], limit: int) -> list[list[int]]:
+    enc = tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    seqs = [[tok.bos_token_id, *e.ids, tok.eos_token_id] for e in enc]
+    long = sum(len(s) > limit for s in seqs)
+    if long:
+        raise ValueError(f"{long} downstream CIFs are longer than the model's context ({limit} tokens); raise max_position_embeddings")
+    return seqs
+
+
+def _batches(seqs: list[list[int]], order: list[int], batch_size: int, pad: int):
+    import torch
+
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for j, i in enumerate(idx):
+            ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[j, : len(seqs[i])] = 1
+        yield idx, ids, mask
+
+
+def _grouped_order(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[int]:
+    """A random order whose batches hold CIFs of similar length (mega-batches of 8 batches sorted by length)."""
+    perm = rng.permutation(len(lengths)).tolist()
+    mega = 8 * batch_size
+    chunks = [sorted(perm[i : i + mega], key=lambda k: lengths[k]) for i in range(0, len(perm), mega)]
+    batches = [c[i : i + batch_size] for c in chunks for i in range(0, len(c), batch_size)]
+    return [k for b in (batches[i] for i in rng.permutation(len(batches))) for k in b]
+
+
+def finetune_regressor(
+    model: Any, tok: Any, data: PropertySet, cfg: DownstreamConfig, seed: int = 0, threads: int = 0
+) -> dict[str, Any]:
+    """Fine-tune ``model`` (a ``*ForCausalLM``; its LM head is not used) with a regression head on ``data.train``,
+    keep the epoch with the best val MAE, score ``data.test``. Returns the metrics (module docstring) plus
+    ``best_epoch``, ``epochs_run``, ``val_mae_fit_space`` (best val MAE of the regressed quantity), ``train_s`` and the split sizes."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    backbone.train()
+    hidden = int(model.config.hidden_size)
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, cfg.head_hidden), torch.nn.SiLU(), torch.nn.Linear(cfg.head_hidden, 1))
+    limit = int(model.config.max_position_embeddings)
+    seqs = {s: _encode(tok, [r["text"] for r in getattr(data, s)], limit) for s in SPLITS}
+    y = {s: np.asarray([r["y"] for r in getattr(data, s)], float) for s in SPLITS}
+
+    def t(v: np.ndarray) -> np.ndarray:
+        return np.log1p(np.clip(v, 0, None)) if cfg.log_target else v
+
+    def inv(v: np.ndarray) -> np.ndarray:
+        return np.clip(np.expm1(v), 0, None) if cfg.log_target else v
+
+    mu, sd = float(t(y["train"]).mean()), float(t(y["train"]).std()) or 1.0
+    target = torch.tensor((t(y["train"]) - mu) / sd, dtype=torch.float32)
+
+    def forward(ids: Any, mask: Any) -> Any:
+        h = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        if cfg.pooling == "mean":
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1)
+        else:
+            pooled = h[torch.arange(h.size(0)), mask.sum(1) - 1]
+        return head(pooled).squeeze(-1)
+
+    def predict(split: str) -> np.ndarray:
+        backbone.eval()
+        head.eval()
+        out = np.zeros(len(seqs[split]))
+        order = sorted(range(len(seqs[split])), key=lambda i: len(seqs[split][i]))
+        with torch.no_grad():
+            for idx, ids, mask in _batches(seqs[split], order, 64, tok.pad_token_id):
+                out[idx] = forward(ids, mask).numpy() * sd + mu
+        backbone.train()
+        head.train()
+        return out
+
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0}]
+    if cfg.lr_backbone > 0:
+        groups.append({"params": list(backbone.parameters()), "lr": cfg.lr_backbone, "weight_decay": cfg.weight_decay})
+    else:
+        backbone.requires_grad_(False)
+    opt = torch.optim.AdamW(groups)
+    steps_per_epoch = math.ceil(len(seqs["train"]) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, round(cfg.warmup_fraction * total))
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    lengths = [len(s) for s in seqs["train"]]
+    best, best_epoch, best_state, epochs_run, since = math.inf, -1, None, 0, 0
+    curve = []
+    t0 = time.time()
+    params = [p for g in groups for p in g["params"]]
+    for epoch in range(cfg.epochs):
+        order = _grouped_order(lengths, cfg.batch_size, rng)
+        for idx, ids, mask in _batches(seqs["train"], order, cfg.batch_size, tok.pad_token_id):
+            loss = torch.nn.functional.mse_loss(forward(ids, mask), target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+        epochs_run = epoch + 1
+        val = float(np.mean(np.abs(predict("val") - t(y["val"]))))
+        curve.append(round(val, 5))
+        if val < best - 1e-9:
+            best, best_epoch, since = val, epoch + 1, 0
+            best_state = ({k: v.detach().clone() for k, v in backbone.state_dict().items()}, {k: v.detach().clone() for k, v in head.state_dict().items()})
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    if best_state is not None:
+        backbone.load_state_dict(best_state[0])
+        head.load_state_dict(best_state[1])
+    pred_t = predict("test")
+    yt = y["test"]
+    pred = inv(pred_t)
+    log_true, log_pred = np.log1p(np.clip(yt, 0, None)), np.log1p(np.clip(pred, 0, None))
+    mean_pred = inv(np.full(len(yt), mu))
+    return {
+        "mae": float(np.mean(np.abs(pred - yt))),
+        "mae_log1p": float(np.mean(np.abs(log_pred - log_true))),
+        "rmse_log1p": float(np.sqrt(np.mean((log_pred - log_true) ** 2))),
+        "mean_baseline_mae": float(np.mean(np.abs(mean_pred - yt))),
+        "mean_baseline_mae_log1p": float(np.mean(np.abs(np.log1p(mean_pred) - log_true))),
+        "val_mae_fit_space": best,
+        "val_curve": curve,
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "train_s": round(time.time() - t0, 1),
+        "n_train": len(y["train"]),
+        "n_val": len(y["val"]),
+        "n_test": len(yt),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ GBT baselines
+
+
+def gbt_baseline(data: PropertySet, features: Literal["composition", "oracle"] = "composition", log_target: bool = True, seed: int = 0) -> dict[str, Any]:
+    """The bench oracle's regressor on the train split, scored on the test split (``mae``, ``mae_log1p``);
+    ``features``: composition only (:data:`COMPOSITION_FEATURES`) or the oracle's full set (composition + cell)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    cols = [FEATURE_NAMES.index(n) for n in (COMPOSITION_FEATURES if features == "composition" else FEATURE_NAMES)]
+    t0 = time.time()
+    x_tr = np.stack([featurize(r["text"])[cols] for r in data.train])
+    x_te = np.stack([featurize(r["text"])[cols] for r in data.test])
+    y_tr = np.asarray([r["y"] for r in data.train], float)
+    y_te = np.asarray([r["y"] for r in data.test], float)
+    model = HistGradientBoostingRegressor(max_iter=400, learning_rate=0.05, random_state=seed)
+    model.fit(x_tr, np.log1p(np.clip(y_tr, 0, None)) if log_target else y_tr)
+    p = model.predict(x_te)
+    pred = np.clip(np.expm1(p), 0, None) if log_target else p
+    return {
+        "mae": float(np.mean(np.abs(pred - y_te))),
+        "mae_log1p": float(np.mean(np.abs(np.log1p(np.clip(pred, 0, None)) - np.log1p(np.clip(y_te, 0, None))))),
+        "features": features,
+        "n_features": len(cols),
+        "n_train": len(y_tr),
+        "n_test": len(y_te),
+        "train_s": round(time.time() - t0, 1),
+        "model": "sklearn HistGradientBoostingRegressor(max_iter=400, learning_rate=0.05) (cifllm.bench.oracle)",
+    }
