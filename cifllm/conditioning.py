@@ -38,7 +38,7 @@ from typing import Any
 from pymatgen.core import Composition
 
 from cifllm.cif import parse_canonical, text_to_structure
-from cifllm.errors import CifllmError
+from cifllm.core.errors import CifllmError
 from cifllm.tokenization import PROPERTY_TAGS
 from cifllm.utils import atomic_write_json
 

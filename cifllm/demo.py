@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.core.config import save_config
 from cifllm.core.models import resolve_model
-from cifllm.core.records import CIFS_DIR, MANIFEST_FILE, METRICS_FILE, PROMPTS_FILE, REPORT_FILE
+from cifllm.core.records import CIFS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PROMPTS_FILE, REPORT_FILE
 from cifllm.evaluation.run import EvalConfig, evaluate
 from cifllm.sampling.prompts import read_prompt_file
 from cifllm.sampling.run import SampleConfig, sample
@@ -54,6 +55,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     model = resolve_model(cfg.model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / CONFIG_FILE)
     # one prompt file with per-prompt counts: the de novo prompt gets n_denovo samples
     items = read_prompt_file(resolve_path(cfg.prompt_file, folders=("prompts",)))
     lines = []

@@ -148,18 +148,20 @@ def test_bench_runner_end_to_end(task_corpus, tmp_path):
 def test_bench_with_adapter_has_lora_and_conditioned_rows(task_corpus, tmp_path):
     """A LoRA adapter (conditioned on density) adds the ``lora`` and ``lora+cond`` rows; the conditioned row reports
     how the oracle-predicted property responds to the asked value."""
+    from dataclasses import replace
+
     import yaml
 
     from cifllm.bench.runner import BenchConfig, run_bench
     from cifllm.config import config_to_dict
     from cifllm.sampling.toy import save_random_llama
-    from cifllm.training.finetune import FinetuneConfig, finetune
+    from cifllm.training.finetune import FINETUNE_TRAIN, FinetuneConfig, finetune
 
     task = TaskSpec(name="dens", case=2, description="d", rule="property_top", sources=("toy",), property="density", quantile=0.8, val_fraction=0.0, conditioning=("density",), metrics=("csp", "denovo", "rediscovery", "property"))
     (tmp_path / "dens.yaml").write_text(yaml.safe_dump(config_to_dict(task)))
     build_split(task, task_corpus, tmp_path / "splits", workers=1)
     model = save_random_llama(tmp_path / "model", shape="test", max_positions=512)
-    adapter = finetune(FinetuneConfig(task=str(tmp_path / "dens.yaml"), base=str(model), splits=str(tmp_path / "splits"), out=str(tmp_path / "ft"), max_steps=3, warmup_steps=1, batch_size=4, eval_steps=0, progress=False))
+    adapter = finetune(FinetuneConfig(task=str(tmp_path / "dens.yaml"), base=str(model), splits=str(tmp_path / "splits"), out=str(tmp_path / "ft"), train=replace(FINETUNE_TRAIN, max_steps=3, warmup_steps=1, batch_size=4, eval_steps=0, progress=False)))
     cfg = BenchConfig(task=str(tmp_path / "dens.yaml"), model=str(model), adapter=str(adapter), splits=str(tmp_path / "splits"), corpus=str(task_corpus), out=str(tmp_path / "results"), n_prompts=2, n_samples=2, n_denovo=8, max_new_tokens=48, template_baseline=False, constrained=False)
     res = run_bench(cfg, log=lambda *_: None)
     assert [r["generator"] for r in res["rows"]] == ["base", "lora", "lora+cond"]

@@ -14,6 +14,7 @@ from pymatgen.io.cif import CifWriter
 from cifllm.config import load_config
 from cifllm.data.corpus import load_corpus
 from cifllm.data.download import content_sha256, download_file, verify_dataset
+from cifllm.data.filters import FilterSettings
 from cifllm.data.prep import PrepConfig, prepare_corpus
 from cifllm.data.readers import records_from_paths
 from cifllm.data.registry import DataError, load_registry, resolve_data_dir
@@ -69,7 +70,7 @@ def toy_source(tmp_path, structures):
 
 def test_prepare_counts_every_drop_and_merges_duplicates(toy_source, tmp_path):
     data, reg = toy_source
-    cfg = PrepConfig(data_dir=str(data), registry=str(reg), out=str(tmp_path / "corpus"), workers=1, max_atoms=100, val_fraction=0.2)
+    cfg = PrepConfig(data_dir=str(data), registry=str(reg), out=str(tmp_path / "corpus"), workers=1, filters=FilterSettings(max_atoms=100), val_fraction=0.2)
     res = prepare_corpus(cfg, progress=False)
     rep = res.report
     assert rep["rows_in"] == 21
@@ -188,7 +189,7 @@ def test_real_data_small_corpus(data_dir, tmp_path):
     reg = load_registry()
     for name in ("mp_20", "mpts_52", "aflow_ael_agl"):
         assert all(r["status"] == "ok" for r in verify_dataset(reg[name], data_dir))
-    cfg = PrepConfig(data_dir=str(data_dir), out=str(tmp_path / "c"), limit_per_file=8, workers=2, verify_round_trip=True)
+    cfg = PrepConfig(data_dir=str(data_dir), out=str(tmp_path / "c"), limit_per_file=8, workers=2, filters=FilterSettings(verify_round_trip=True))
     res = prepare_corpus(cfg, progress=False)
     rep = res.report
     assert rep["rows_out"] > 100

@@ -82,10 +82,12 @@ def test_property_values_from_rows():
 @pytest.fixture(scope="module")
 def toy(tiny_corpus, tmp_path_factory):
     """A split of the fixture corpus conditioned on n_atoms, a tiny base model (200 steps) and its LoRA (200 steps)."""
+    from dataclasses import replace
+
     from cifllm.bench.splits import build_split
     from cifllm.bench.tasks import load_task
-    from cifllm.training.config import PretrainConfig
-    from cifllm.training.finetune import FinetuneConfig, finetune
+    from cifllm.training.config import PretrainConfig, TrainArgs
+    from cifllm.training.finetune import FINETUNE_TRAIN, FinetuneConfig, finetune
     from cifllm.training.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("finetune")
@@ -97,13 +99,13 @@ def toy(tiny_corpus, tmp_path_factory):
     build_split(load_task(task_file), tiny_corpus, root / "tasks", workers=0)
     base = pretrain(
         PretrainConfig(
-            corpus=str(tiny_corpus), out=str(root / "base"), preset="tiny", max_steps=200, batch_size=16, lr=3e-3,
-            warmup_steps=5, eval_steps=0, save_steps=1000, logging_steps=50, progress=False, precision="fp32",
+            corpus=str(tiny_corpus), out=str(root / "base"), preset="tiny",
+            train=TrainArgs(max_steps=200, batch_size=16, lr=3e-3, warmup_steps=5, eval_steps=0, save_steps=1000, logging_steps=50, progress=False, precision="fp32"),
         )
     )
     cfg = FinetuneConfig(
-        task=str(task_file), base=str(base), splits=str(root / "tasks"), out=str(root / "ft"), max_steps=200,
-        batch_size=16, lr=5e-3, warmup_steps=5, eval_steps=100, save_steps=100, progress=False, precision="fp32", merge=True,
+        task=str(task_file), base=str(base), splits=str(root / "tasks"), out=str(root / "ft"), merge=True,
+        train=replace(FINETUNE_TRAIN, max_steps=200, batch_size=16, lr=5e-3, warmup_steps=5, eval_steps=100, save_steps=100, progress=False, precision="fp32"),
     )
     adapter = finetune(cfg)
     return {"root": root, "task": task_file, "base": base, "adapter": adapter, "cfg": cfg}

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from cifllm.cli import main
-from cifllm.hub import card as card_mod
 from cifllm.core import models as resolve_mod
+from cifllm.hub import card as card_mod
 from cifllm.hub.card import CardError, choose_license, render_model_card, training_command, write_model_card
 from cifllm.hub.export import LOGIT_TOLERANCE, ExportError, export_model
 from cifllm.hub.generate import generate_cifs
@@ -28,9 +28,9 @@ LICENCES = {
 
 def _run_record() -> dict:
     from cifllm.config import config_to_dict
-    from cifllm.training.config import PretrainConfig
+    from cifllm.training.config import PretrainConfig, TrainArgs
 
-    cfg = config_to_dict(PretrainConfig(corpus="data/corpus-x", out="runs/x", max_steps=4321, lr=5e-4))
+    cfg = config_to_dict(PretrainConfig(corpus="data/corpus-x", out="runs/x", train=TrainArgs(max_steps=4321, lr=5e-4)))
     return {
         "preset": "tiny",
         "n_parameters": 123456,

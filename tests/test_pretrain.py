@@ -337,7 +337,7 @@ def test_existing_run_needs_resume_and_same_config(trained_run, tmp_path):
     cfg = load_pretrain_config(trained_run / "config.yaml")
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         prepare(cfg)
-    with pytest.raises(ConfigError, match=r"cannot resume .*\(lr: run has 0.001, given 0.01\)"):
+    with pytest.raises(ConfigError, match=r"cannot resume .*\(train\.lr: run has 0.001, given 0.01\)"):
         merge_for_resume(cfg, {"lr": 0.01})
     assert merge_for_resume(cfg, {"logging_steps": 1}).logging_steps == 1
 

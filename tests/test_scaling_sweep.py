@@ -52,7 +52,7 @@ def test_sweep_rows_resume_and_report(toy_task, tiny_corpus):
     assert len((out / "runs.jsonl").read_text().splitlines()) == 4
     from cifllm.config import ConfigError
 
-    with pytest.raises(ConfigError, match="another finetune_overrides"):
+    with pytest.raises(ConfigError, match="finetune_overrides: run has"):
         run_sweep(_cfg(root, task, tiny_corpus, finetune_overrides=["max_steps=5"]))
 
 

@@ -24,8 +24,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.bench.baselines import TemplateBaseline
+from cifllm.bench.oracle import PropertyOracle
 from cifllm.bench.splits import load_split
 from cifllm.bench.tasks import TaskSpec, load_task
+from cifllm.conditioning import format_property_lines, property_values
+from cifllm.core.config import save_config
+from cifllm.core.records import BENCH_SUMMARY, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_adapter_record
+from cifllm.core.report import MISSING, fmt_num, pct
+from cifllm.data.corpus import load_corpus
+from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task
+from cifllm.evaluation.run import evaluate_texts, summarize
+from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
+from cifllm.sampling.engines import GenerationParams
+from cifllm.sampling.generation import generate, resolve_constrained
+from cifllm.sampling.prompts import Prompt, strip_conditions
+from cifllm.tokenization import load_tokenizer, tokenizer_fingerprint
 from cifllm.utils import atomic_write_json, atomic_write_text
 
 __all__ = ["BenchConfig", "run_bench", "render_bench_md"]
@@ -64,10 +78,6 @@ class BenchConfig:
 def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: list[int], cfg: BenchConfig, constrained: bool) -> list[list[str]]:
     """Full texts (prompt + continuation) per prompt, ``counts[i]`` samples for prompt ``i`` (engine ``cfg.engine``;
     ``constrained`` already resolved by the caller)."""
-    from cifllm.sampling.engines import GenerationParams
-    from cifllm.sampling.generation import generate
-    from cifllm.sampling.prompts import Prompt
-
     params = GenerationParams(num_samples=max(counts), temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
     ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
     out: list[list[str]] = [[] for _ in prompts]
@@ -81,9 +91,6 @@ def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: l
 
 
 def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[str], csp_texts: list[list[str]], denovo: list[str], ref, test_rows: list[dict], cfg: BenchConfig, oracle=None, threshold: float | None = None, asked: list[float | None] | None = None) -> dict[str, Any]:
-    from cifllm.evaluation.matching import csp_match_task, csp_metrics, novelty_task
-    from cifllm.evaluation.run import evaluate_texts, summarize
-
     res: dict[str, Any] = {"generator": name}
     flat = [t for ts in csp_texts for t in ts]
     verd = evaluate_texts(flat + denovo, workers=cfg.workers, time_limit_s=cfg.time_limit_s, reference=ref)
@@ -143,8 +150,6 @@ def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[
 def _stability(task: TaskSpec, name: str, denovo: list[str], verd: list[dict], ref, cfg: BenchConfig) -> dict[str, Any]:
     """Stability of the de novo samples (:mod:`cifllm.evaluation.stability`): the hull references are the task's
     novelty reference (what the model may have seen), relaxed with the same potential; rates over all de novo samples."""
-    from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
-
     settings = StabilitySettings(workers=cfg.workers, time_limit_s=max(cfg.time_limit_s, 300.0))
     cache = Path(cfg.stability_cache) if cfg.stability_cache else Path(cfg.out) / task.name / "stability_cache"
     recs, stats = run_stability(denovo, [f"{name}:{i}" for i in range(len(denovo))], verd, HullReference.from_index(ref), settings, cache)
@@ -178,23 +183,19 @@ def _conditioning_response(texts: list[str], verd: list[dict], asked: list[float
 
 def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     """Run one task (see module docstring); returns the metrics dict."""
-    from cifllm.bench.baselines import TemplateBaseline
-    from cifllm.evaluation.matching import ReferenceIndex
-
     t0 = time.time()
     task = load_task(cfg.task)
     d = Path(cfg.splits) / task.name
-    if not (d / "manifest.json").is_file():
+    if not (d / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"{d}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
     if cfg.model and not (Path(cfg.model) / "config.json").is_file():
         raise FileNotFoundError(f"{cfg.model}: not a save_pretrained model folder")
     if cfg.model:
-        from cifllm.tokenization import load_tokenizer, tokenizer_fingerprint
 
         tok = load_tokenizer(cfg.model)
         if tokenizer_fingerprint(tok.backend_tokenizer) != tokenizer_fingerprint():
             raise ValueError(f"{cfg.model}: its tokenizer does not match this cifllm's tokenizer")
-    man = json.loads((d / "manifest.json").read_text())
+    man = json.loads((d / MANIFEST_FILE).read_text())
     train = load_split(d, "train") + load_split(d, "val")
     test = load_split(d, "test")
     n_prompts = cfg.n_prompts or task.n_prompts
@@ -204,7 +205,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     prompts = [t["text"].split("\n", 1)[0] + "\n" for t in targets]
     # novelty reference: what the model may have seen = corpus minus the task's exclusions
     excl = set((d / "pretrain_exclude.txt").read_text().split())
-    from cifllm.data.corpus import load_corpus
 
     ds = load_corpus(cfg.corpus).select_columns(["id", "text", "reduced_formula"])
     keep = [i for i, x in enumerate(ds["id"]) if x not in excl]
@@ -213,7 +213,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     threshold = man["rule"].get("threshold")
     out: dict[str, Any] = {"task": asdict(task), "config": asdict(cfg), "split_counts": man["counts"], "leak_check": {k: v for k, v in man["leak_check"].items() if k != "removed_from_test"}, "rows": []}
     if "property" in task.metrics and threshold is not None:
-        from cifllm.bench.oracle import PropertyOracle
 
         rows = [r for r in train + test if r.get("value") is not None]
         oracle = PropertyOracle(log_target=task.property in ("tc", "thermal_conductivity"), seed=cfg.seed)
@@ -222,7 +221,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     asked_by_row: dict[str, list[float | None]] = {}
     constrained = False
     if cfg.model:
-        from cifllm.sampling.generation import resolve_constrained
 
         constrained = resolve_constrained(cfg.constrained, cfg.model, log=lambda m: log(f"[bench {task.name}] {m}"))
         out["constrained"] = constrained
@@ -234,7 +232,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
 
     cond_names: tuple[str, ...] = ()
     if cfg.adapter:
-        from cifllm.training.adapters import read_adapter_record
 
         trained = read_adapter_record(cfg.adapter).get("conditioning") or {}
         cond_names = tuple(n for n in task.conditioning if n in trained)
@@ -246,7 +243,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         values across the test tail (its 10/50/90% quantiles and maximum), ``n_denovo`` split evenly among them."""
         import numpy as np
 
-        from cifllm.conditioning import format_property_lines, property_values
 
         csp_p = []
         for t, p in zip(targets, prompts, strict=True):
@@ -270,7 +266,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     if cfg.template_baseline:
         tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
         gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))
-    from cifllm.sampling.prompts import strip_conditions
 
     for name, make in gens:
         t1 = time.time()
@@ -283,17 +278,14 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
         out["rows"].append(row)
     out["seconds"] = round(time.time() - t0, 1)
     res_dir = Path(cfg.out) / task.name
-    atomic_write_json(res_dir / "metrics.json", out)
-    atomic_write_text(Path(cfg.out) / "BENCH.md", render_bench_md(Path(cfg.out)))
+    atomic_write_json(res_dir / METRICS_FILE, out)
+    save_config(cfg, res_dir / CONFIG_FILE)  # the resolved config of this task's run
+    atomic_write_text(Path(cfg.out) / BENCH_SUMMARY, render_bench_md(Path(cfg.out)))
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3g}"
+    return fmt_num(x)
 
 
 def render_bench_md(results_dir: Path) -> str:
@@ -304,7 +296,7 @@ def render_bench_md(results_dir: Path) -> str:
         "CSP match with StructureMatcher(ltol 0.3, stol 0.5, angle 10); novelty/uniqueness/rediscovery with (0.2, 0.3, 5);",
         "rediscovery = share of test structures matched by >= 1 valid sample; property hit rate = share of valid novel",
         "samples that the oracle places above the task's threshold; rho = Spearman correlation between the asked and the",
-        "oracle-predicted property of conditioned de novo samples (lora+cond rows). Rates in %.",
+        "oracle-predicted property of conditioned de novo samples (lora+cond rows); n/a = not measured.",
         "Generators: base = pretrained model; lora = with the task's adapter, plain prompts; lora+cond = adapter with",
         "property prompts (CSP targets with their own values, de novo asked for test-tail values); template = pymatgen",
         "element substitution into training prototypes.",
@@ -317,14 +309,14 @@ def render_bench_md(results_dir: Path) -> str:
         if not isinstance(m, dict) or "rows" not in m or "task" not in m:
             continue  # another stage's metrics.json (e.g. an evaluate run) in the same results folder
         orc = m.get("oracle")
-        orc_s = f"{orc['mae']:.3g} / {orc['r2']:.2f}" if orc else "-"
+        orc_s = f"{orc['mae']:.3g} / {orc['r2']:.2f}" if orc else MISSING
         for r in m["rows"]:
             c, dn = r.get("csp", {}), r.get("denovo", {})
             k = c.get("samples_per_prompt", 1)
             lines.append(
-                f"| {m['task']['name']} | {m['task']['case']} | {r['generator']} | {_pct(c.get('match@1'))} | {_pct(c.get(f'match@{k}'))} | "
-                f"{_num(c.get(f'rmse@{k}'))} | {_pct(dn.get('valid'))} | {_pct(dn.get('unique'))} | {_pct(dn.get('novel'))} | "
-                f"{_pct(r['rediscovery']['rate'])} | {_pct(r.get('property', {}).get('hit_rate'))} | "
+                f"| {m['task']['name']} | {m['task']['case']} | {r['generator']} | {pct(c.get('match@1'))} | {pct(c.get(f'match@{k}'))} | "
+                f"{_num(c.get(f'rmse@{k}'))} | {pct(dn.get('valid'))} | {pct(dn.get('unique'))} | {pct(dn.get('novel'))} | "
+                f"{pct(r['rediscovery']['rate'])} | {pct(r.get('property', {}).get('hit_rate'))} | "
                 f"{_num(r.get('property', {}).get('response', {}).get('spearman_asked_vs_predicted'))} | {orc_s} |"
             )
     st_lines = []
@@ -337,8 +329,8 @@ def render_bench_md(results_dir: Path) -> str:
             if st:
                 rt = st["rates"]
                 st_lines.append(
-                    f"| {m['task']['name']} | {r['generator']} | {st['n_samples']} | {st['n_e_hull']} | {_pct(rt['stable']['rate'])} | {_pct(rt['metastable']['rate'])} | "
-                    f"{_pct(rt['sun']['rate'])} | {_pct(rt['msun']['rate'])} | {_num(st['e_above_hull']['median'])} |"
+                    f"| {m['task']['name']} | {r['generator']} | {st['n_samples']} | {st['n_e_hull']} | {pct(rt['stable']['rate'])} | {pct(rt['metastable']['rate'])} | "
+                    f"{pct(rt['sun']['rate'])} | {pct(rt['msun']['rate'])} | {_num(st['e_above_hull']['median'])} |"
                 )
     if st_lines:
         lines += [

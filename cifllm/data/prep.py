@@ -19,14 +19,14 @@ import platform
 import statistics
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from cifllm.cif.canonical import CANONICAL_VERSION
-from cifllm.core.config import config_to_dict, save_config
+from cifllm.core.config import BlockAccess, config_to_dict, save_config
 from cifllm.core.records import CONFIG_FILE, REPORT_FILE
 from cifllm.data.corpus import CorpusRow, formula_split, write_corpus
 from cifllm.data.dedup import group_duplicates
@@ -41,21 +41,15 @@ __all__ = ["PrepConfig", "prepare_corpus", "PrepResult"]
 
 
 @dataclass(frozen=True)
-class PrepConfig:
+class PrepConfig(BlockAccess):
     """Settings of ``cifllm data``. Distances in Angstrom, volumes in Angstrom^3/atom."""
 
     data_dir: str = ""  # empty: $CIFLLM_DATA_DIR
     registry: str = ""  # empty: the packaged data_prep/datasets
     datasets: tuple[str, ...] = ()  # empty: every 'structures' entry
     out: str = "data/corpus"
-    symprec: float = 0.1
-    mode: str = "symmetrized"
-    keep_partial: bool = False
-    max_atoms: int = 200
-    max_z: int = 94
-    min_distance: float = 0.5
-    min_volume_per_atom: float = 1.5
-    max_volume_per_atom: float = 250.0
+    #: per-record filters and canonicalization (:class:`~cifllm.data.filters.FilterSettings`; YAML ``filters:``)
+    filters: FilterSettings = field(default_factory=FilterSettings)
     max_tokens: int = 2048
     dedup: bool = True
     dedup_max_bucket: int = 100
@@ -64,21 +58,17 @@ class PrepConfig:
     workers: int = 0  # 0: all CPU cores
     limit_per_file: int = 0  # 0: all rows (a positive number makes a quick smoke corpus)
     allow_missing: bool = False
-    verify_round_trip: bool = False
-    max_atom_images: int = 3200  # pre-scan: atom-site rows x symmetry operators (see filters.FilterSettings)
-    max_atom_rows: int = 400  # pre-scan: atom-site rows per data block before pymatgen parses (see filters)
-    check_formula: bool = True  # drop records whose sites disagree with their _chemical_formula_sum
     time_limit_s: float = 60.0  # per record (parse + filters + canonicalization); <= 0: none
 
     def __post_init__(self) -> None:
-        if self.mode not in ("symmetrized", "p1"):
-            raise ValueError(f"mode must be 'symmetrized' or 'p1', got {self.mode!r}")
+        if self.filters.mode not in ("symmetrized", "p1"):
+            raise ValueError(f"filters.mode must be 'symmetrized' or 'p1', got {self.filters.mode!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def filter_settings(self) -> FilterSettings:
-        """The per-record thresholds: the fields this config shares with :class:`FilterSettings`."""
-        return FilterSettings(**{f.name: getattr(self, f.name) for f in fields(FilterSettings)})
+        """The per-record thresholds (the ``filters`` block)."""
+        return self.filters
 
 
 @dataclass

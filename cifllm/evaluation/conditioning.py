@@ -14,7 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cifllm.cif import text_to_structure
 from cifllm.conditioning import format_property_lines, load_properties, strip_property_lines
+from cifllm.sampling.engines import GenerationParams
+from cifllm.sampling.generation import generate
+from cifllm.sampling.prompts import Prompt
 
 __all__ = ["measure_property", "conditioning_response"]
 
@@ -36,7 +40,6 @@ def measure_property(name: str, text: str) -> float | None:
             return None
         return float(n) if n > 0 else None
     if name == "density":
-        from cifllm.cif import text_to_structure
 
         try:
             return float(text_to_structure(body).density)
@@ -68,9 +71,6 @@ def conditioning_response(
     import numpy as np
     from scipy.stats import spearmanr
 
-    from cifllm.sampling.engines import GenerationParams
-    from cifllm.sampling.generation import generate
-    from cifllm.sampling.prompts import Prompt
 
     if not asked:
         raise ValueError("no values to ask for")

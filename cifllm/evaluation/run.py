@@ -14,7 +14,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from pymatgen.core import Composition
 
 from cifllm.cif import parse_canonical
 from cifllm.cif.matching import MATCHER_SETTINGS
-from cifllm.core.config import config_to_dict, save_config
+from cifllm.core.config import BlockAccess, config_to_dict, save_config
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, EVAL_DIR, METRICS_FILE, SAMPLES_FILE
 from cifllm.core.report import NOT_MEASURED, pct
@@ -84,14 +84,14 @@ def validate_samples(samples: list[dict[str, Any]], where: str = "samples.jsonl"
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(BlockAccess):
     """Config of ``cifllm evaluate`` (YAML + ``key=value`` overrides).
 
     ``samples``: a sample run folder or its ``samples.jsonl``. ``reference``: corpus folder for novelty and the
     reference distributions (``reference_split`` of it; null = all rows). ``ground_truth``: corpus folder whose ``id``
     column the samples' ``prompt_meta.target_id`` refers to (CSP). ``csp_k``: k of match@k (0 = all samples per
     target). ``workers``: processes (0 = in this process). ``time_limit_s``: per sample and check stage (uniqueness
-    of a bucket gets ``time_limit_s`` per sample in it). The remaining keys are :class:`CheckSettings`.
+    of a bucket gets ``time_limit_s`` per sample in it). ``checks``: the :class:`CheckSettings` block.
     """
 
     samples: str = ""
@@ -107,23 +107,8 @@ class EvalConfig:
     max_samples: int = 0
     report: bool = True
     reference_plot_rows: int = 20000
-    symprec: float = 0.1
-    angle_tolerance: float = 5.0
-    min_length: float = 0.5
-    max_length: float = 1000.0
-    min_angle: float = 10.0
-    max_angle: float = 170.0
-    min_cell_flatness: float = 0.1
-    min_volume_per_site: float = 1.0
-    volume_rtol: float = 0.01
-    formula_atol: float = 0.02
-    bond_tolerance: float = 0.32
-    bond_h_factor: float = 2.5
-    bond_cutoff: float = 1.0
-    min_distance: float = 0.5
-    min_volume: float = 0.1
-    smact_oxidation_states: str = "smact14"
-    max_sites: int = 1000
+    #: tolerances of the checks (:class:`~cifllm.evaluation.checks.CheckSettings`; YAML ``checks:``, CLI ``checks.symprec=0.05``)
+    checks: CheckSettings = field(default_factory=CheckSettings)
     # stability (cifllm.evaluation.stability, needs the mlip extra); null = StabilitySettings default
     stability: bool = False
     stability_cache: str | None = None  # folder of relaxation + hull caches; null = <out>/stability_cache
@@ -135,8 +120,7 @@ class EvalConfig:
     stability_max_refs_per_system: int | None = None
 
     def check_settings(self) -> CheckSettings:
-        names = {f.name for f in fields(CheckSettings)}
-        return CheckSettings(**{k: getattr(self, k) for k in names})
+        return self.checks
 
     def n_workers(self) -> int:
         return default_workers() if self.workers < 0 else self.workers

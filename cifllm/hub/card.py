@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cifllm.core.config import config_to_dict
+from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from cifllm.core.report import pct
@@ -137,13 +137,16 @@ def _scalar(v: Any) -> str:
 
 
 def training_command(config: Mapping[str, Any]) -> str:
-    """``cifllm pretrain key=value ...`` for every key of a saved ``PretrainConfig`` that differs from the default."""
-    try:
-
-        defaults = config_to_dict(PretrainConfig())
-    except Exception:  # an older/newer config class: spell out every key
-        defaults = {}
-    parts = [f"{k}={_scalar(v)}" for k, v in config.items() if k not in defaults or defaults[k] != v]
+    """``cifllm pretrain key=value ...`` for every key of a saved ``PretrainConfig`` that differs from the default
+    (nested blocks as dotted keys, ``train.lr=...``; a flat config of an older run keeps its plain keys)."""
+    given = flatten(config, PretrainConfig)
+    defaults = flatten(config_to_dict(PretrainConfig()), PretrainConfig)
+    plain = {k.rsplit(".", 1)[-1]: k for k in defaults}  # leaf names are unique across the blocks
+    parts = []
+    for k, v in given.items():
+        dk = k if k in defaults else plain.get(k)
+        if dk is None or defaults[dk] != v:
+            parts.append(f"{k}={_scalar(v)}")
     return " ".join(["cifllm", "pretrain", *parts])
 
 

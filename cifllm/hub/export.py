@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cifllm.modeling import sampling_generation_config
+from cifllm.tokenization import load_tokenizer
+from cifllm.utils import atomic_write_json, sha256_file
 
 __all__ = [
     "CHECK_PROMPT",
@@ -77,8 +79,6 @@ def _weights(folder: Path) -> list[Path]:
 
 def _drop_load_time_keys(path: Path) -> None:
     """Remove keys ``from_pretrained`` adds to a loaded tokenizer's config (``is_local``, ...) before shipping it."""
-    from cifllm.utils import atomic_write_json
-
     if not path.is_file():
         return
     cfg = json.loads(path.read_text())
@@ -104,8 +104,6 @@ def export_model(src: str | Path, dst: str | Path, dtype: str = "bfloat16", over
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cifllm.tokenization import load_tokenizer
-    from cifllm.utils import atomic_write_json, sha256_file
 
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")

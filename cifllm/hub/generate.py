@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from cifllm.conditioning import load_properties
+from cifllm.core.models import resolve_model
+from cifllm.core.records import check_conditions, read_adapter_record
+from cifllm.evaluation.run import evaluate_texts
+from cifllm.sampling.engines import GenerationParams
+from cifllm.sampling.generation import generate
+from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
 __all__ = ["GeneratedCIF", "generate_cifs"]
 
@@ -72,16 +78,12 @@ def generate_cifs(
     (on for cif-v2 models; off with a note on ``log``, default stderr, for cif-v1 models). The prompt is validated before any model is loaded: raises :class:`~cifllm.sampling.PromptError` for a
     bad composition or space group, ``ValueError`` for bad sampling parameters.
     """
-    from cifllm.sampling.engines import GenerationParams
-    from cifllm.sampling.generation import generate, note
-    from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
     conds: dict[str, float] = {}
     properties = load_properties(adapter)
     if conditions:
         if adapter is None:
             raise PromptError("property conditioning needs a LoRA adapter trained on it (--adapter)")
-        from cifllm.training.adapters import check_conditions, read_adapter_record
 
         verdict = check_conditions(read_adapter_record(adapter), dict(conditions))  # unknown property: AdapterError
         for note in verdict.flags.values():
@@ -103,13 +105,11 @@ def generate_cifs(
     )
     kwargs: dict[str, Any] = {}
     if engine is None:
-        from cifllm.hub.resolve import resolve_model
 
         kwargs = dict(model=resolve_model(model), engine_name=engine_name, device=device, lora=adapter, seed=seed)
     gens = sorted(generate([prompt], params, engine, constrained=constrained, log=log or note, **kwargs), key=lambda g: g.sample_index)
     texts = [strip_conditions(prompt.text + g.text) for g in gens]
     if check:
-        from cifllm.evaluation.run import evaluate_texts
 
         verdicts = evaluate_texts(texts, workers=0, time_limit_s=time_limit_s, uniqueness=False)
     else:

@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 from pymatgen.core import Composition
 
-from cifllm.cif import CIFError, format_formula, space_group_number, space_group_symbol
+from cifllm.cif import CIFError, format_formula, parse_canonical, space_group_number, space_group_symbol
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_values, strip_property_lines
-from cifllm.errors import CifllmError
+from cifllm.core.errors import CifllmError
+from cifllm.tokenization import ELEMENTS
 
 __all__ = [
     "Prompt",
@@ -77,7 +78,6 @@ _ELEMENTS: frozenset[str] | None = None
 def _elements() -> frozenset[str]:
     global _ELEMENTS
     if _ELEMENTS is None:
-        from cifllm.tokenization import ELEMENTS
 
         _ELEMENTS = frozenset(ELEMENTS)
     return _ELEMENTS
@@ -297,8 +297,6 @@ def read_prompt_file(path: str | Path, properties: PropertySet = BUILTIN) -> lis
 def prompts_from_structures(items: Iterable[tuple[str, Any]], with_space_group: bool = False) -> list[Prompt]:
     """CSP prompts from (target id, pymatgen ``Structure`` or canonical text): the target's cell composition
     (and space group), with ``meta["target_id"]`` so evaluation can pair samples with their ground truth."""
-    from cifllm.cif import parse_canonical
-
     prompts = []
     for target_id, item in items:
         if isinstance(item, str):

@@ -19,7 +19,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.cif import CIFError, text_to_structure
+from cifllm.cif.io import write_cif_file
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_conditions, load_properties
+from cifllm.core.config import save_config
+from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
+from cifllm.data.corpus import load_corpus
 from cifllm.sampling.engines import Engine, GenerationParams
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
@@ -30,6 +35,7 @@ from cifllm.sampling.prompts import (
     read_prompt_file,
     strip_conditions,
 )
+from cifllm.utils import atomic_write_json, atomic_write_text
 
 __all__ = ["SAMPLE_FIELDS", "SampleConfig", "collect_prompts", "parse_generated", "read_samples", "sample"]
 
@@ -146,7 +152,6 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
     conds = parse_conditions(cfg.conditions)
     record = None
     if _set(cfg.lora):
-        from cifllm.training.adapters import ADAPTER_RECORD, AdapterError, read_adapter_record
 
         if (Path(cfg.lora) / ADAPTER_RECORD).is_file():  # type: ignore[arg-type]
             record = read_adapter_record(cfg.lora)  # type: ignore[arg-type]
@@ -154,7 +159,6 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
             raise AdapterError(f"{cfg.lora} has no {ADAPTER_RECORD}: cannot tell which properties it was trained on")
     if not conds:
         if record is not None:
-            from cifllm.training.adapters import check_conditions
 
             for p in prompts:
                 given = {k: float(v) for k, v in (p.meta.get("conditions") or {}).items()}
@@ -172,7 +176,6 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
     for combo in combos:
         flags: dict[str, str] = {}
         if record is not None:
-            from cifllm.training.adapters import check_conditions
 
             flags = check_conditions(record, combo).flags
         flags_by_combo.append(flags)
@@ -201,7 +204,6 @@ def _base_prompts(cfg: SampleConfig, properties: PropertySet = BUILTIN) -> tuple
         items = read_prompt_file(cfg.prompt_file, properties)  # type: ignore[arg-type]
         return [p for p, _ in items], [n or cfg.num_samples for _, n in items]
     if _set(cfg.csp_corpus):
-        from cifllm.data.corpus import load_corpus
 
         ds = load_corpus(cfg.csp_corpus, split=cfg.csp_split or None)  # type: ignore[arg-type]
         if cfg.csp_limit > 0:
@@ -221,8 +223,6 @@ def _base_prompts(cfg: SampleConfig, properties: PropertySet = BUILTIN) -> tuple
 
 def parse_generated(cif_text: str, max_sites: int = 2000) -> tuple[Any, str]:
     """(Structure or None, "" or "<reason>: <detail>"): never raises, whatever the text."""
-    from cifllm.cif import CIFError, text_to_structure
-
     try:
         return text_to_structure(cif_text, max_sites=max_sites), ""
     except CIFError as exc:
@@ -235,9 +235,6 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
     """Run the sample stage; returns the run folder. Pass ``engine`` to reuse a loaded model."""
     from tqdm.auto import tqdm
 
-    from cifllm.cif.io import write_cif_file
-    from cifllm.config import save_config
-    from cifllm.utils import atomic_write_json, atomic_write_text
 
     prompts, counts = collect_prompts(cfg)
     flagged = sorted({f for p in prompts for f in p.meta.get("extrapolation", {}).values()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cifllm.modeling import sampling_generation_config
+from cifllm.tokenization import as_pretrained, save_tokenizer
 
 __all__ = ["TOY_SHAPES", "save_random_llama"]
 
@@ -25,7 +26,6 @@ def save_random_llama(out_dir: str | Path, shape: str = "test", max_positions: i
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cifllm.tokenization import as_pretrained, save_tokenizer
 
     layers, hidden, heads, mlp = TOY_SHAPES[shape]
     tok = as_pretrained()

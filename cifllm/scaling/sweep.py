@@ -1,7 +1,16 @@
 """The transfer scaling-law sweep: pretrain on nested subsets of a task's pretraining corpus, fine-tune each on the
 task, measure the downstream error, fit ``err(n) = D n^-alpha + C``.
 
-Protocol (one *run* = one (size, repeat)):
+Two protocols (``protocol``):
+
+* ``early_stop`` (default; :mod:`cifllm.scaling.transfer`): the Sim2Real sweep of issue 17. Computed structures only
+  (``include_sources``), every size pretrained until its validation loss stops improving (``early_stop`` block,
+  :mod:`cifllm.scaling.protocol`), the downstream error is a *measured* property (SuperCon3D Tc, ``downstream`` block,
+  :mod:`cifllm.scaling.downstream`) plus the generative test NLL below as a second curve; n = 0 and a composition-only
+  GBT are reference rows.
+* ``fixed_steps``: the protocol described next (same optimizer steps for every size; measures the compute limit).
+
+Protocol ``fixed_steps`` (one *run* = one (size, repeat)):
 
 1. **Pretraining corpus** of the task: the corpus minus everything the task excludes (its test side; for Case 1 all
    held-out elements/prototypes), so no run ever sees a test structure. Its ``val`` rows (first ``val_rows``) are the
@@ -35,17 +44,18 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cifllm.bench.splits import load_split
 from cifllm.bench.tasks import load_task
 from cifllm.conditioning import format_property_lines, property_values
-from cifllm.core.config import ConfigError, load_config, save_config
+from cifllm.core.config import config_to_dict, flatten, load_config, merge_for_resume, save_config
 from cifllm.core.records import ADAPTER_DIR, ADAPTER_RECORD, CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, SWEEP_ROWS
 from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
 from cifllm.evaluation.nll import nll_per_token
+from cifllm.scaling.downstream import DownstreamConfig
 from cifllm.scaling.fit import (
     ScalingError,
     assess_power_law,
@@ -55,10 +65,12 @@ from cifllm.scaling.fit import (
     load_rows,
     size_for_target,
 )
+from cifllm.scaling.protocol import EarlyStopConfig
 from cifllm.scaling.report import write_report
+from cifllm.scaling.transfer import COMPUTED_SOURCES, fit_transfer, run_transfer_sweep
 from cifllm.training.cluster import DEFAULT_MODULES, render_template
-from cifllm.training.config import load_pretrain_config
-from cifllm.training.finetune import finetune, load_finetune_config
+from cifllm.training.config import PretrainConfig
+from cifllm.training.finetune import FinetuneConfig, finetune
 from cifllm.training.pretrain import pretrain
 from cifllm.utils.resources import resolve_path, resources_root
 
@@ -70,16 +82,27 @@ class ScalingConfig:
     """A sweep (see module docstring). Sizes count training CIFs of the pretraining corpus."""
 
     task: str = "tc_top"
-    sizes: tuple[int, ...] = (250, 500, 1000, 2000)
+    #: ``early_stop``: pretrain each size until its validation loss stops improving, on computed structures only, and
+    #: score a measured property (issue 17); ``fixed_steps``: the same optimizer steps for every size (the old sweep)
+    protocol: Literal["early_stop", "fixed_steps"] = "early_stop"
+    #: training CIFs per run; the default spans 1.5 decades (early_stop; for fixed_steps keep sizes <= steps x batch)
+    sizes: tuple[int, ...] = (625, 1250, 2500, 5000, 10000, 20000)
     repeats: int = 2
     splits: str = "data/tasks"
     corpus: str = "data/corpus"
     out: str = ""  #: "" = results/scaling/<task>
     pretrain_config: str = "train/configs/tiny.yaml"  #: a path, or builtin:<preset>; the checkout path falls back to the packaged preset
+    #: PretrainConfig keys over ``pretrain_config`` for every run (nested or dotted; checked when the sweep starts);
     #: every run gets the same context (else a small corpus's shorter longest CIF would skip long test CIFs)
-    pretrain_overrides: tuple[str, ...] = ("max_position_embeddings=2048", "max_steps=150", "batch_size=16", "warmup_steps=15", "eval_steps=0", "save_steps=50", "logging_steps=50")
+    pretrain_overrides: dict[str, Any] = field(default_factory=lambda: {
+        "max_position_embeddings": 2048,
+        "train": {"max_steps": 150, "batch_size": 16, "warmup_steps": 15, "eval_steps": 0, "save_steps": 50, "logging_steps": 50},
+    })
     finetune_config: str = "train/configs/lora.yaml"
-    finetune_overrides: tuple[str, ...] = ("max_steps=60", "warmup_steps=6", "eval_steps=0", "save_steps=1000", "logging_steps=20")
+    #: FinetuneConfig keys over ``finetune_config`` for every run
+    finetune_overrides: dict[str, Any] = field(default_factory=lambda: {
+        "train": {"max_steps": 60, "warmup_steps": 6, "eval_steps": 0, "save_steps": 1000, "logging_steps": 20},
+    })
     val_rows: int = 256  #: fixed pretraining validation rows (from the corpus' val split)
     test_rows: int = 0  #: test CIFs scored (0 = all)
     seed: int = 0
@@ -88,8 +111,17 @@ class ScalingConfig:
     threads: int = 0
     only: str = ""  #: run one (size, repeat) only, "SIZE:REPEAT" (cluster jobs); the fit is skipped
     progress: bool = False
+    # -- protocol early_stop (cifllm.scaling.transfer) ----------------------------------------------------------------
+    #: corpus sources whose structures may be pretrained on (DFT-computed); rows of other sources only are excluded
+    include_sources: tuple[str, ...] = COMPUTED_SOURCES
+    #: also LoRA-fine-tune on ``task`` and score its test NLL (the generative curve; needs ``splits``)
+    generative_metric: bool = True
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def __post_init__(self) -> None:
+        if not self.include_sources:
+            raise ValueError("include_sources must name at least one corpus source")
         if len(set(self.sizes)) < 3:
             raise ValueError(f"sizes: a power law needs at least 3 distinct sizes, got {list(self.sizes)}")
         if any(s <= 0 for s in self.sizes):
@@ -110,6 +142,20 @@ def _parse_only(s: str) -> tuple[int, int] | None:
         return int(a), int(b)
     except ValueError:
         return None
+
+
+#: keys a sweep may change when it continues in the same ``out`` (the rest define the runs already in runs.jsonl)
+RESUME_MUTABLE_KEYS = frozenset({"sizes", "repeats", "out", "target", "keep_models", "threads", "only", "progress"})
+
+
+def pretrain_config_for(cfg: ScalingConfig) -> PretrainConfig:
+    """The sweep's pretraining config: ``pretrain_config`` with ``pretrain_overrides`` (before the per-run values)."""
+    return load_config(PretrainConfig, resolve_path(cfg.pretrain_config, folders=("configs/train",)), cfg.pretrain_overrides)
+
+
+def finetune_config_for(cfg: ScalingConfig) -> FinetuneConfig:
+    """The sweep's fine-tuning config: ``finetune_config`` with ``finetune_overrides`` (before the per-run values)."""
+    return load_config(FinetuneConfig, resolve_path(cfg.finetune_config, folders=("configs/train",)), cfg.finetune_overrides)
 
 
 def load_scaling_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> ScalingConfig:
@@ -184,7 +230,8 @@ def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val:
         man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
         man.update(scaling={"task": task.name, "size": size, "repeat": repeat, "seed": seed})
         write_corpus(subset + val, corpus_dir, man)
-    pcfg = load_pretrain_config(resolve_path(cfg.pretrain_config, folders=("configs/train",)), [*cfg.pretrain_overrides, f"corpus={corpus_dir}", f"out={run / 'pretrain'}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
+    pcfg = pretrain_config_for(cfg)
+    pcfg = replace(pcfg, corpus=str(corpus_dir), out=str(run / "pretrain"), train=replace(pcfg.train, seed=seed, progress=cfg.progress))
     model = run / "pretrain" / MODEL_DIR
     if not (model / "config.json").is_file():
         pretrain(pcfg, resume=True)
@@ -195,7 +242,8 @@ def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val:
     else:
         if fdir.exists():
             shutil.rmtree(fdir)  # fine-tuning is short: restart it rather than resume a half-written run
-        fcfg = load_finetune_config(resolve_path(cfg.finetune_config, folders=("configs/train",)), [*cfg.finetune_overrides, f"task={cfg.task}", f"base={model}", f"splits={cfg.splits}", f"out={fdir}", f"seed={seed}", f"progress={str(cfg.progress).lower()}"])
+        fcfg = finetune_config_for(cfg)
+        fcfg = replace(fcfg, task=cfg.task, base=str(model), splits=cfg.splits, out=str(fdir), train=replace(fcfg.train, seed=seed, progress=cfg.progress))
         adapter = finetune(fcfg)
     ft = json.loads((adapter / ADAPTER_RECORD).read_text())
     nll = nll_per_token(model, test_texts, adapter=adapter)
@@ -223,19 +271,19 @@ def run_sweep(cfg: ScalingConfig) -> Path:
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG_FILE
-    if saved.is_file():
-        old = load_scaling_config(saved)
-        for key in ("task", "corpus", "splits", "pretrain_config", "pretrain_overrides", "finetune_config", "finetune_overrides", "val_rows", "test_rows", "seed"):
-            if getattr(old, key) != getattr(cfg, key):
-                raise ConfigError(f"{out} holds a sweep with another {key} ({getattr(old, key)!r}); use another out=...")
+    if saved.is_file():  # the one resume policy (cifllm.core.config.merge_for_resume): only RESUME_MUTABLE_KEYS may change
+        merge_for_resume(load_scaling_config(saved), cfg, flatten(config_to_dict(cfg), ScalingConfig), RESUME_MUTABLE_KEYS)
     else:
         save_config(cfg, saved)
     if cfg.threads > 0:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    if cfg.protocol == "early_stop":
+        return run_transfer_sweep(cfg)
 
-    pc = load_pretrain_config(resolve_path(cfg.pretrain_config, folders=("configs/train",)), list(cfg.pretrain_overrides))
+    pc = pretrain_config_for(cfg)
+    finetune_config_for(cfg)  # a bad key fails now, not after the first pretraining
     per_step = pc.batch_size * pc.grad_accum
     if min(cfg.sizes) < per_step:
         raise ValueError(f"size {min(cfg.sizes)} is smaller than one pretraining batch ({per_step} CIFs per step): no step could be made")
@@ -264,8 +312,11 @@ def run_sweep(cfg: ScalingConfig) -> Path:
 
 
 def fit_sweep(out: str | Path, target: float | None = None, meta: dict[str, Any] | None = None, n_boot: int = 1000) -> dict[str, Path]:
-    """Fit ``runs.jsonl`` of a sweep folder and write ``scaling_fit.json``, ``scaling.png``, ``REPORT.md``."""
+    """Fit ``runs.jsonl`` of a sweep folder and write ``scaling_fit.json``, ``scaling.png``, ``REPORT.md`` (an
+    ``early_stop`` sweep: :func:`cifllm.scaling.transfer.fit_transfer`)."""
     out = Path(out)
+    if (out / CONFIG_FILE).is_file() and load_scaling_config(out / CONFIG_FILE).protocol == "early_stop":
+        return fit_transfer(out, target=target, meta=meta, n_boot=n_boot)
     rows = load_rows(out / SWEEP_ROWS, metric="test_nll")
     fit = fit_scaling(rows, n_boot=n_boot)
     pure = fit_scaling(rows, n_boot=n_boot, fix_c_zero=True)

@@ -35,10 +35,12 @@ import random
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.bench.splits import load_split
+from cifllm.bench.tasks import load_task
 from cifllm.conditioning import (
     BUILTIN,
     PROPERTIES,
@@ -47,18 +49,46 @@ from cifllm.conditioning import (
     property_values,
     save_properties,
 )
-from cifllm.config import ConfigError, config_to_dict, load_config, save_config
+from cifllm.core.config import (
+    BlockAccess,
+    ConfigError,
+    config_to_dict,
+    flatten,
+    load_config,
+    merge_for_resume,
+    save_config,
+)
+from cifllm.core.models import resolve_model
+from cifllm.core.records import ADAPTER_RECORD, model_fingerprint
+from cifllm.data.corpus import load_corpus
 from cifllm.modeling import sampling_generation_config
+from cifllm.tokenization import TOKENIZER_VERSION, load_tokenizer, tokenizer_fingerprint
+from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
+from cifllm.training.checkpoints import find_resume_checkpoint, move_incomplete_aside, truncate_log
+from cifllm.training.config import TrainArgs
+from cifllm.training.data import Documents, PadCollator, tokenize_texts
 from cifllm.training.guards import check_enough_data
 from cifllm.training.own_data import prepare_own_data
+from cifllm.training.pretrain import bf16_supported
+from cifllm.training.trainer import CifTrainer
+from cifllm.utils import atomic_write_json, sha256_file
 
-__all__ = ["FinetuneConfig", "build_finetune_texts", "finetune", "load_finetune_config", "resolve_base"]
+__all__ = ["RESUME_MUTABLE_KEYS", "FinetuneConfig", "build_finetune_texts", "finetune", "load_finetune_config", "resolve_base"]
+
+#: keys that may change when a fine-tuning run is resumed (they change neither the data order nor the loss curve)
+RESUME_MUTABLE_KEYS = frozenset({"out", "progress", "threads", "logging_steps"})
+
+#: fine-tuning's training-loop defaults (rank-16 LoRA on a task split; see the module docstring)
+FINETUNE_TRAIN = TrainArgs(
+    max_steps=200, batch_size=16, warmup_steps=20, weight_decay=0.0, eval_steps=50, save_steps=50, save_total_limit=2,
+    eval_max_sequences=256,
+)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(BlockAccess):
     """LoRA fine-tuning of a pretrained model on one task's train split (units as in ``PretrainConfig``)."""
 
     task: str = "id_random"  #: task name (eval/tasks/<task>.yaml) whose split is read from ``splits``
@@ -74,30 +104,16 @@ class FinetuneConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    max_steps: int = 200
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    seed: int = 0
+    #: the training loop (:class:`~cifllm.training.config.TrainArgs`, shared with pretraining); fine-tuning defaults
+    train: TrainArgs = field(default_factory=lambda: FINETUNE_TRAIN)
     max_train_rows: int = 0  #: use the first N train rows (0 = all); for quick runs
-    logging_steps: int = 10
-    eval_steps: int = 50
-    save_steps: int = 50
-    save_total_limit: int = 2
-    eval_max_sequences: int = 256
     merge: bool = False  #: also write <out>/merged (the adapter folded into the base weights)
-    progress: bool = True
     threads: int = 0  #: torch CPU threads (0 = torch default)
     #: your own structures instead of a task split: a folder of .cif files, a CSV/Parquet file with a CIF column, or a
     #: corpus folder; made into <out>/own_data/corpus by the `cifllm data` pipeline ("" = the task's split)
     data: str = ""
     cif_column: str = "cif"  #: CIF text column of a CSV/Parquet ``data``
-    val_fraction: float = 0.1  #: share of the reduced formulas of ``data`` held out for validation
+    val_fraction: float = 0.1  #: share of the reduced formulas of ``data`` held out for validation (a corpus keeps its split)
     #: condition on this property: a built-in one (tc, band_gap, ...) or your own name (lower case), mapped onto a free
     #: reserved tokenizer tag and recorded in adapter/properties.json
     property: str = ""
@@ -105,15 +121,13 @@ class FinetuneConfig:
     property_decimals: int = 2  #: digits written after the decimal point of your own property's value
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit"):
+        for key in ("lora_r", "lora_alpha"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must lie in [0, 1), got {self.cond_dropout}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
-        if self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
         if not self.target_modules:
             raise ValueError("target_modules must not be empty")
         if self.conditioning is not None:
@@ -149,7 +163,6 @@ def resolve_base(base: str) -> Path:
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"{p}: not a save_pretrained model folder (no config.json)")
         return p
-    from cifllm.hub.resolve import resolve_model
 
     return resolve_model(base)
 
@@ -193,7 +206,6 @@ def _attach_corpus_properties(
     need = [n for n in names if n != task_property and not properties.get(n).derived and n != "year"]
     if not need or not rows:
         return
-    from cifllm.data.corpus import load_corpus
 
     corpus = json.loads((split_dir / "manifest.json").read_text()).get("corpus")
     if not corpus or not Path(corpus).is_dir():
@@ -220,16 +232,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from cifllm.bench.splits import load_split
-    from cifllm.bench.tasks import load_task
-    from cifllm.tokenization import TOKENIZER_VERSION, load_tokenizer, tokenizer_fingerprint
-    from cifllm.training.adapters import ADAPTER_RECORD, model_fingerprint
-    from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
-    from cifllm.training.checkpoints import find_resume_checkpoint, move_incomplete_aside, truncate_log
-    from cifllm.training.data import Documents, PadCollator, tokenize_texts
-    from cifllm.training.pretrain import bf16_supported
-    from cifllm.training.trainer import CifTrainer
-    from cifllm.utils import atomic_write_json, sha256_file
 
     # -- checks before any long work ----------------------------------------------------------------------------
     task = None if cfg.data else load_task(cfg.task)  # data=...: your own structures instead of a task split
@@ -248,12 +250,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     resume_from, incomplete = (None, [])
     if resume:
         saved = run_dir / "config.yaml"
-        if saved.is_file():
-            old = config_to_dict(load_finetune_config(saved))
-            new = config_to_dict(cfg)
-            differ = sorted(k for k in old if k not in ("progress", "threads", "logging_steps") and old[k] != new[k])
-            if differ:
-                raise ConfigError(f"cannot resume {run_dir}: {differ} differ from the saved run config")
+        if saved.is_file():  # the one resume policy (cifllm.core.config.merge_for_resume): only bookkeeping may change
+            merge_for_resume(load_finetune_config(saved), cfg, flatten(config_to_dict(cfg), FinetuneConfig), RESUME_MUTABLE_KEYS)
         resume_from, incomplete = find_resume_checkpoint(run_dir)
     elif (run_dir / "config.yaml").exists() or (run_dir / "adapter").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=...")

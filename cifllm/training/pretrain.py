@@ -26,10 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifllm.config import ConfigError, config_to_dict, load_config, save_config
-from cifllm.training.checkpoints import find_resume_checkpoint, move_incomplete_aside, truncate_log
+from cifllm.core.config import ConfigError, config_to_dict, load_config, save_config
+from cifllm.data.corpus import CORPUS_SCHEMA_VERSION, load_corpus, load_manifest
+from cifllm.modeling import build_model, count_parameters, get_preset, make_config, max_positions_for
+from cifllm.tokenization import TOKENIZER_VERSION, as_pretrained, load_tokenizer, tokenizer_fingerprint
+from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
+from cifllm.training.checkpoints import CheckpointError, find_resume_checkpoint, move_incomplete_aside, truncate_log
 from cifllm.training.config import PretrainConfig, merge_for_resume
+from cifllm.training.data import Documents, PackedBlocks, PadCollator, pack_documents, source_repeats, tokenize_texts
+from cifllm.training.deepspeed_config import load_deepspeed_config
 from cifllm.training.guards import check_enough_data
+from cifllm.training.trainer import CifTrainer
+from cifllm.utils import atomic_write_json, sha256_file
 
 __all__ = ["PreparedRun", "bf16_supported", "prepare", "pretrain"]
 
@@ -103,12 +111,6 @@ def _with_accelerate_deepspeed(cfg: PretrainConfig) -> PretrainConfig:
 def prepare(cfg: PretrainConfig, resume: bool = False) -> PreparedRun:
     """Validate the run before any long work: raises ``FileNotFoundError`` / ``ValueError`` (``ConfigError``,
     ``DeepSpeedConfigError``, ``UnknownPresetError``) / ``CheckpointError`` with a message saying what to fix."""
-    from cifllm.data.corpus import CORPUS_SCHEMA_VERSION, load_manifest
-    from cifllm.modeling import get_preset, max_positions_for
-    from cifllm.tokenization import as_pretrained, load_tokenizer, tokenizer_fingerprint
-    from cifllm.training.deepspeed_config import load_deepspeed_config
-    from cifllm.utils import sha256_file
-
     get_preset(cfg.preset)
     cfg = _with_accelerate_deepspeed(cfg)
     corpus = Path(cfg.corpus)
@@ -181,7 +183,6 @@ def prepare(cfg: PretrainConfig, resume: bool = False) -> PreparedRun:
         if resume_from is not None and ds is not None:
             shards = list(resume_from.glob("global_step*/*_optim_states.pt"))
             if shards and len(shards) != world_size:
-                from cifllm.training.checkpoints import CheckpointError
 
                 raise CheckpointError(
                     f"{resume_from} holds {len(shards)} ZeRO shard(s) but this run has {world_size} process(es); "
@@ -230,15 +231,6 @@ def _datasets(prep: PreparedRun):
     """Tokenize the corpus and build train/val datasets; returns (train, val or None, collator, lengths, stats)."""
     from transformers import default_data_collator
 
-    from cifllm.data.corpus import load_corpus
-    from cifllm.training.data import (
-        Documents,
-        PackedBlocks,
-        PadCollator,
-        pack_documents,
-        source_repeats,
-        tokenize_texts,
-    )
 
     cfg, tok = prep.cfg, prep.tokenizer
     t0 = time.time()
@@ -345,10 +337,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, prepared: PreparedRun | 
 
     import torch
 
-    from cifllm.modeling import build_model, count_parameters, make_config
-    from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
-    from cifllm.training.trainer import CifTrainer
-    from cifllm.utils import atomic_write_json
 
     # torch.distributed deprecations raised inside DeepSpeed/accelerate on every collective: noise in the log
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -423,7 +411,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, prepared: PreparedRun | 
     trainer.model.config.use_cache = True  # the Trainer turns the KV cache off while training; sampling wants it
     trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the 16-bit weights here
     if args.process_index == 0:
-        from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
 
         atomic_write_json(
             final / "cifllm_tokenizer.json",
