@@ -361,3 +361,32 @@ def test_resume_picks_newest_finished_checkpoint_and_rejects_corrupt_ones(traine
     (run / "checkpoint-8" / MARKER).unlink()  # as if killed while saving step 8
     prep = prepare(cfg, resume=True)
     assert prep.resume_from == run / "checkpoint-4" and prep.incomplete == [run / "checkpoint-8"]
+
+
+def test_wsd_schedule_and_cooldown_branch(tiny_corpus, tmp_path):
+    """A wsd run holds the peak rate between warm-up and decay; a branch from one of its checkpoints continues exactly
+    where it was (same weights, batch and rate at the first step) and then decays over its own last steps."""
+    common = dict(lr_schedule="wsd", save_steps=4, eval_steps=0, logging_steps=1)
+    pretrain(make_cfg(tiny_corpus, tmp_path / "main", max_steps=10, decay_steps=4, **common))
+    log = [json.loads(x) for x in (tmp_path / "main" / "log.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["learning_rate"] for r in log if "loss" in r}
+    loss = {r["step"]: r["loss"] for r in log if "loss" in r}
+    assert [lr[s] for s in (3, 4, 5, 6)] == [1e-3] * 4  # stable phase at the peak
+    assert lr[7] == 1e-3 and 1e-4 <= lr[10] < lr[9] < lr[8] < 1e-3  # decay over the last 4 steps (from the peak)
+
+    branch = make_cfg(tiny_corpus, tmp_path / "cool", max_steps=7, decay_steps=3, init_from=str(tmp_path / "main" / "checkpoint-4"), **common)
+    model = pretrain(branch)
+    assert (model / "model.safetensors").is_file() and (tmp_path / "cool" / "checkpoint-4").is_dir()
+    blog = [json.loads(x) for x in (tmp_path / "cool" / "log.jsonl").read_text().splitlines()]
+    blr = {r["step"]: r["learning_rate"] for r in blog if "loss" in r}
+    bloss = {r["step"]: r["loss"] for r in blog if "loss" in r}
+    assert sorted(blr) == [5, 6, 7]
+    assert blr[5] == 1e-3 and bloss[5] == pytest.approx(loss[5], rel=1e-4)  # same weights, optimizer, batch and rate
+    assert 1e-4 <= blr[7] < blr[6] < 1e-3
+    run = json.loads((model / "cifllm_run.json").read_text())
+    assert run["global_step"] == 7 and run["resumed_from"].endswith("checkpoint-4")
+    # bad branches: not a checkpoint, a step not before max_steps
+    with pytest.raises(CheckpointError, match="init_from"):
+        prepare(make_cfg(tiny_corpus, tmp_path / "x", max_steps=7, init_from=str(tmp_path / "main")))
+    with pytest.raises(ConfigError, match="max_steps"):
+        prepare(make_cfg(tiny_corpus, tmp_path / "y", max_steps=4, warmup_steps=1, init_from=str(tmp_path / "main" / "checkpoint-4")))

@@ -29,8 +29,12 @@ class TrainArgs:
     batch_size: int = 8  #: sequences per device per micro-step
     grad_accum: int = 1  #: micro-steps per optimizer step
     lr: float = 1e-3  #: peak learning rate
-    min_lr_ratio: float = 0.1  #: cosine floor, as a fraction of the peak
+    min_lr_ratio: float = 0.1  #: floor of the decay, as a fraction of the peak
     warmup_steps: int = 30  #: linear warm-up, in optimizer steps
+    #: cosine: warm-up then cosine decay over the whole run; wsd: warm-up, constant, then a cosine decay over the last
+    #: ``decay_steps`` (a run can be extended, and a cooldown branch made from any checkpoint: ``init_from``)
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_steps: int = 0  #: wsd only: steps of the final decay (0 = the last 20% of max_steps)
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     precision: Literal["auto", "bf16", "fp32"] = "auto"  #: auto = bf16 autocast where the hardware supports it
@@ -51,6 +55,16 @@ class TrainArgs:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
+        if self.decay_steps < 0 or self.warmup_steps + self.decay_steps > self.max_steps:
+            raise ValueError(f"decay_steps ({self.decay_steps}) must be >= 0 and warmup_steps + decay_steps <= max_steps ({self.max_steps})")
+
+    def scheduler(self) -> tuple[str, dict[str, Any]]:
+        """``(lr_scheduler_type, lr_scheduler_kwargs)`` for ``transformers.TrainingArguments``."""
+        if self.lr_schedule == "wsd":
+            decay = self.decay_steps or max(1, self.max_steps // 5)
+            decay = min(decay, self.max_steps - self.warmup_steps)
+            return "warmup_stable_decay", {"num_decay_steps": decay, "min_lr_ratio": self.min_lr_ratio, "decay_type": "cosine"}
+        return "cosine_with_min_lr", {"min_lr_rate": self.min_lr_ratio}
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -65,6 +79,10 @@ class PretrainConfig(BlockAccess):
     corpus: str = "data/corpus"  #: corpus folder (``cifllm data`` output)
     out: str = "runs/pretrain-tiny"  #: run folder: config.yaml, log.jsonl, checkpoint-*/, model/
     tokenizer: str | None = None  #: saved tokenizer folder; None = the built-in CIF tokenizer
+    #: a finished checkpoint of another run (``runs/x/checkpoint-N``) to start from: weights, optimizer, step N and
+    #: data position are taken over and this run's schedule applies from step N on (a cooldown branch of a wsd run:
+    #: max_steps = N + decay_steps); only read when this run has no checkpoint of its own
+    init_from: str | None = None
     #: length-grouped batches (measured faster on CPU, benchmarks/results/train_cpu.md) or whole CIFs packed into blocks
     data_mode: Literal["grouped", "packed"] = "grouped"
     block_size: int = 0  #: tokens per packed block; 0 = the model's max_position_embeddings

@@ -318,7 +318,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     args = TrainingArguments(
         output_dir=str(run_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        lr_scheduler_type=cfg.train.scheduler()[0], lr_scheduler_kwargs=cfg.train.scheduler()[1],
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         optim="adamw_torch", bf16=bf16, use_cpu=not cuda, logging_strategy="steps", logging_steps=cfg.logging_steps,
         logging_first_step=True, eval_strategy="steps" if (val_ds is not None and cfg.eval_steps) else "no",

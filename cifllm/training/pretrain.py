@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -31,7 +32,14 @@ from cifllm.data.corpus import CORPUS_SCHEMA_VERSION, load_corpus, load_manifest
 from cifllm.modeling import build_model, count_parameters, get_preset, make_config, max_positions_for
 from cifllm.tokenization import TOKENIZER_VERSION, as_pretrained, load_tokenizer, tokenizer_fingerprint
 from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
-from cifllm.training.checkpoints import CheckpointError, find_resume_checkpoint, move_incomplete_aside, truncate_log
+from cifllm.training.checkpoints import (
+    MARKER,
+    CheckpointError,
+    find_resume_checkpoint,
+    move_incomplete_aside,
+    truncate_log,
+    verify_checkpoint,
+)
 from cifllm.training.config import PretrainConfig, merge_for_resume
 from cifllm.training.data import Documents, PackedBlocks, PadCollator, pack_documents, source_repeats, tokenize_texts
 from cifllm.training.deepspeed_config import load_deepspeed_config
@@ -180,6 +188,9 @@ def prepare(cfg: PretrainConfig, resume: bool = False) -> PreparedRun:
                         "(manifest.json changed); the data order would differ"
                     )
         resume_from, incomplete = find_resume_checkpoint(run_dir)
+    if resume_from is None and cfg.init_from:
+        resume_from = _branch_checkpoint(Path(cfg.init_from), run_dir, cfg, resume)
+    if resume:
         if resume_from is not None and ds is not None:
             shards = list(resume_from.glob("global_step*/*_optim_states.pt"))
             if shards and len(shards) != world_size:
@@ -188,13 +199,36 @@ def prepare(cfg: PretrainConfig, resume: bool = False) -> PreparedRun:
                     f"{resume_from} holds {len(shards)} ZeRO shard(s) but this run has {world_size} process(es); "
                     f"resume with {len(shards)} process(es)"
                 )
-    elif _has_run(run_dir):
+    elif _has_run(run_dir) and resume_from is None:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=...")
     return PreparedRun(
         cfg=cfg, tokenizer=tok, manifest=manifest, manifest_sha256=sha256_file(corpus / "manifest.json"),
         max_tokens=max_tokens, max_position_embeddings=mpe, block_size=block_size, bf16=bf16,
         world_size=world_size, deepspeed=ds, resume_from=resume_from, incomplete=incomplete,
     )
+
+
+def _branch_checkpoint(src: Path, run_dir: Path, cfg: PretrainConfig, resume: bool) -> Path:
+    """Copy the finished checkpoint ``src`` of another run into ``run_dir`` (``init_from``): this run resumes from it
+    (weights, optimizer, scheduler step, data position) under its own config. Returns the copy."""
+    if not (src / MARKER).is_file():
+        raise CheckpointError(f"init_from={src}: not a finished checkpoint (no {MARKER}; give runs/<run>/checkpoint-<step>)")
+    verify_checkpoint(src)
+    step = int(src.name.split("-")[-1]) if src.name.startswith("checkpoint-") and src.name.split("-")[-1].isdigit() else -1
+    if step < 0:
+        raise CheckpointError(f"init_from={src}: the folder name must be checkpoint-<step>")
+    if step >= cfg.train.max_steps:
+        raise ConfigError(f"init_from={src} is at step {step}; max_steps ({cfg.train.max_steps}) must be larger")
+    if _has_run(run_dir) and not resume:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=...")
+    dst = run_dir / src.name
+    tmp = run_dir / f".{src.name}.copying"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
+    _say(f"init_from: {src} copied to {dst}; this run continues from step {step} under its own schedule")
+    return dst
 
 
 def _free_port() -> int:
@@ -289,8 +323,8 @@ def _training_args(prep: PreparedRun, resuming: bool, has_eval: bool):
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        lr_scheduler_type=cfg.train.scheduler()[0],
+        lr_scheduler_kwargs=cfg.train.scheduler()[1],
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1,
