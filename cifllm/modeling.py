@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cifllm.core.errors import CifllmError
+
 __all__ = [
     "PRESETS",
     "SAMPLING_DEFAULTS",
@@ -86,7 +88,7 @@ for _p in PRESETS.values():  # the vLLM attention backends want head dim 64 or 1
     assert _p.num_attention_heads % _p.num_key_value_heads == 0, _p
 
 
-class UnknownPresetError(ValueError):
+class UnknownPresetError(CifllmError, ValueError):
     """A model preset name that does not exist."""
 
 

@@ -29,7 +29,6 @@ from cifllm.core.errors import CifllmError
 #: their module is already imported (an exception of that class cannot exist otherwise), so the handler imports nothing.
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("cifllm.data.registry", "DataError"),
-    ("cifllm.conditioning", "ConditioningError"),
 )
 MAX_MESSAGE_CHARS = 1000
 

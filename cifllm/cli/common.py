@@ -26,6 +26,4 @@ def add_config_arguments(p: argparse.ArgumentParser, cls: type, with_file: bool 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, extra: dict[str, Any] | None = None) -> C:
     """``cls`` from defaults <- ``--config`` <- ``key=value`` overrides <- ``extra`` (values given as flags)."""
-    over: dict[str, Any] = {}
-    path = getattr(args, "config", None)
-    return load_config(cls, path, [*args.overrides], extra=extra or over)
+    return load_config(cls, getattr(args, "config", None), list(args.overrides), extra=extra)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from cifllm.core.errors import CifllmError
-from cifllm.core.records import CONFIG_FILE
+from cifllm.core.records import RunFiles
 from cifllm.utils import atomic_write_text
 from cifllm.utils.resources import resolve_path
 
@@ -418,7 +418,7 @@ def resolve_run_config(
     ``extra``; with ``resume`` and a saved ``<run_dir>/config.yaml``, :func:`merge_for_resume` of the saved config and
     the keys given now (``mutable`` defaults to ``cls.RESUME_MUTABLE_KEYS``)."""
     cfg = load_config(cls, path, overrides, extra)
-    saved = Path(cfg.run_dir) / CONFIG_FILE  # type: ignore[attr-defined]
+    saved = RunFiles(cfg.run_dir).config  # type: ignore[attr-defined]
     if resume and saved.is_file():
         given = explicit_keys(cls, path, overrides) | explicit_keys(cls, None, extra)
         keep = getattr(cls, "RESUME_MUTABLE_KEYS", ()) if mutable is None else mutable

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cifllm.core.errors import CifllmError
 from cifllm.modeling import sampling_generation_config
 from cifllm.tokenization import load_tokenizer
 from cifllm.utils import atomic_write_json, sha256_file
@@ -44,7 +45,7 @@ _LOAD_TIME_KEYS = ("is_local", "local_files_only", "_commit_hash", "cache_dir", 
 CHECK_PROMPT = "data_Na4Cl4\n_symmetry_space_group_name_H-M Fm-3m\n_symmetry_Int_Tables_number 225\n"
 
 
-class ExportError(RuntimeError):
+class ExportError(CifllmError, RuntimeError):
     """A source that cannot be exported, or an export that fails its check."""
 
 
