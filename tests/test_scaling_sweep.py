@@ -25,6 +25,7 @@ def _cfg(root, task, tiny_corpus, **kw):
 
     over = {
         "task": str(task), "splits": str(root / "tasks"), "corpus": str(tiny_corpus), "out": str(root / "sweep"),
+        "protocol": "fixed_steps",  # the early-stopping protocol: tests/test_scaling_transfer.py
         "sizes": [8, 12, 16, 32], "repeats": 1, "val_rows": 8,
         "pretrain_overrides": ["max_position_embeddings=256", "max_steps=12", "batch_size=4", "warmup_steps=2", "eval_steps=0", "save_steps=6", "logging_steps=6", "precision=fp32"],
         "finetune_overrides": ["max_steps=4", "warmup_steps=1", "eval_steps=0", "save_steps=100", "precision=fp32"],

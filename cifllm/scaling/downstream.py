@@ -71,8 +71,8 @@ class DownstreamConfig:
     log_target: bool = True  #: regress log1p(y) (skewed, non-negative targets such as Tc)
     pooling: Literal["mean", "last"] = "mean"  #: mean over the CIF's tokens, or the last token's hidden state
     head_hidden: int = 64  #: width of the head's hidden layer
-    epochs: int = 30  #: most passes over the train split
-    patience: int = 6  #: epochs without a better val MAE before stopping
+    epochs: int = 15  #: most passes over the train split
+    patience: int = 4  #: epochs without a better val MAE before stopping
     batch_size: int = 16
     lr_backbone: float = 3e-4
     lr_head: float = 2e-3

@@ -57,7 +57,7 @@ class EarlyStopConfig:
 
     epochs_cap: float = 10.0  #: step cap in passes over the size's subset (before clipping)
     min_steps: int = 60  #: smallest step cap (optimizer steps)
-    max_steps_cap: int = 2400  #: largest step cap (optimizer steps): bounds the cost of the largest sizes
+    max_steps_cap: int = 2000  #: largest step cap (optimizer steps): bounds the cost of the largest sizes
     eval_epochs: float = 0.5  #: evaluation interval in passes over the subset (before clipping)
     eval_min_steps: int = 10  #: smallest evaluation interval (steps)
     eval_max_steps: int = 150  #: largest evaluation interval (steps)

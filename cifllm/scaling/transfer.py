@@ -30,13 +30,17 @@ Files (``out``): ``config.yaml``, ``pool.json``, ``runs.jsonl`` (run and referen
 ``transfer_fit.json`` and ``REPORT.md`` (the summary). Finished rows are skipped when the sweep is run again; an
 interrupted pretraining resumes from its last checkpoint.
 
-Budget on this machine (2 CPU cores; measured, see the README of ``benchmarks/`` and the sweep's ``pool.json``): the
-``tiny`` preset (0.14 M parameters) trains at ~5-10k tokens/s on 2 busy cores and ~2x that idle; a CIF of the
-computed pool is ~290 tokens, so a pass over 20k CIFs is ~5.8 M tokens (~10-20 min). With the default caps (10
-passes, at most 2,400 steps x 16 CIFs = 38k CIFs, i.e. ~2 passes at 20k) the six default sizes (625 to 20,000 CIFs,
-1.5 decades) x 2 repeats cost at most ~2 x (1.2 + 2.4 + 4.8 + 9.6 + 11 + 11) M tokens ~ 80 M tokens ~ 2-3 h, less
-where early stopping fires, plus ~1-3 min of regression fine-tuning per run. The ``mini`` preset (4.9 M, ~3k
-tokens/s idle) would need ~8 h for the same sweep: the default stays ``tiny``.
+Budget on this machine (2 CPU cores shared with other jobs), and why the ``tiny`` preset: the ``tiny`` preset
+(0.14 M parameters) trains at ~9.5-12.7k tokens/s through the Trainer with both cores busy (load 5;
+``benchmarks/results/train_cpu.md``), the ``mini`` preset (4.9 M) at ~3k tokens/s on 2 idle cores. A CIF of the
+computed pool is ~295 tokens (``pool.json``). With the defaults (batch 16; step cap 10 passes, at least 60 and at most
+2,000 steps) the caps of the six sizes are 400 / 780 / 1,560 / 2,000 / 2,000 / 2,000 steps, i.e. at most
+1.9 + 3.7 + 7.4 + 3 x 9.4 = 41 M tokens per repeat, 82 M for 2 repeats: ~2.3 h at 10k tokens/s if no run stops
+early (early stopping shortens the small sizes). The regression fine-tune (562 train CIFs x at most 15 epochs, ~140k
+tokens per epoch) adds ~3.5 min per run, ~50 min for 12 runs and 2 n = 0 references; the LoRA fine-tune and test NLL of
+the generative metric ~1-2 min per run. Total ~3-3.5 h with ``tiny``; ``mini`` would need ~3x longer for pretraining
+alone at the same caps, so the default stays ``tiny`` (a GPU run can set ``pretrain_config=builtin:mini``; no new
+preset was needed).
 """
 
 from __future__ import annotations
