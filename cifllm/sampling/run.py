@@ -13,6 +13,7 @@ Run folder::
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -168,6 +169,8 @@ def collect_prompts(cfg: SampleConfig) -> tuple[list[Prompt], list[int]]:
         return prompts, counts
     if any(p.meta.get("conditions") for p in prompts):
         raise PromptError("conditions= and a prompt file with its own conditions: give the properties in one place")
+    if record is not None:  # a property the adapter was not trained on: its AdapterError first (values checked below)
+        check_conditions(record, dict.fromkeys(conds, math.nan))
     try:
         combos = expand_conditions(conds, properties)
     except ConditioningError as exc:
