@@ -303,12 +303,27 @@ class HFEngine:
                 progress(len(new))
 
 
+#: KV cache of the vLLM CPU build when neither ``kv_cache_gib`` nor ``VLLM_CPU_KVCACHE_SPACE`` is given, GiB. vLLM's own
+#: default reserves ``gpu_memory_utilization`` (half) of the machine's RAM; on a machine shared with training that
+#: was OOM-killed at 12 GB. 2 GiB holds ~170k tokens of the 5M mini model's cache (6 layers x 2 x 256 x 2 bytes).
+CPU_KV_CACHE_GIB = 2.0
+
+
+def _cpu_kv_cache_default() -> float | None:
+    """:data:`CPU_KV_CACHE_GIB` on a machine without CUDA unless ``VLLM_CPU_KVCACHE_SPACE`` is set; else None."""
+    import torch
+
+    if torch.cuda.is_available() or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    return CPU_KV_CACHE_GIB
+
+
 class VLLMEngine:
     """``vllm.LLM`` + ``SamplingParams`` (n, temperature, top_k, top_p, max_tokens, seed, stop at ``<|eos|>``).
 
     vLLM is imported here only (optional extra, own virtual environment on CPU). LoRA adapters load through
-    ``enable_lora`` + ``LoRARequest``. ``gpu_memory_utilization`` is the share of GPU memory (on the CPU build: of
-    RAM) reserved for weights and KV cache. Sample ``k`` of prompt ``i`` is sampled with seed
+    ``enable_lora`` + ``LoRARequest``. ``gpu_memory_utilization`` is the share of GPU memory reserved for weights and
+    KV cache; on the CPU build the KV cache is ``kv_cache_gib`` (default :data:`CPU_KV_CACHE_GIB`) instead. Sample ``k`` of prompt ``i`` is sampled with seed
     ``seed + counts[0] + ... + counts[i-1] + k`` (vLLM adds ``k`` itself), so no two samples share a seed. Scripts that build this
     engine must run their work under ``if __name__ == "__main__":`` (vLLM starts worker processes).
     """
@@ -321,6 +336,7 @@ class VLLMEngine:
         tokenizer_dir: str | Path | None = None,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.5,
+        kv_cache_gib: float | None = None,
         lora: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None = None,
         max_lora_rank: int = 64,
         seed: int = 0,
@@ -350,6 +366,9 @@ class VLLMEngine:
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
         )
+        kv = kv_cache_gib if kv_cache_gib is not None else _cpu_kv_cache_default()
+        if kv is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv * 2**30)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if constrained:
