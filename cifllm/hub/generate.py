@@ -12,7 +12,7 @@ from cifllm.core.models import resolve_model
 from cifllm.core.records import check_conditions, read_adapter_record
 from cifllm.evaluation.run import evaluate_texts
 from cifllm.sampling.engines import GenerationParams
-from cifllm.sampling.generation import generate
+from cifllm.sampling.generation import generate, note
 from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
 __all__ = ["GeneratedCIF", "generate_cifs"]
@@ -86,10 +86,10 @@ def generate_cifs(
             raise PromptError("property conditioning needs a LoRA adapter trained on it (--adapter)")
 
         verdict = check_conditions(read_adapter_record(adapter), dict(conditions))  # unknown property: AdapterError
-        for note in verdict.flags.values():
+        for flag in verdict.flags.values():  # not `note`: that name is the log function imported above
             import sys
 
-            print(f"note: extrapolating: {note}", file=sys.stderr)
+            print(f"note: extrapolating: {flag}", file=sys.stderr)
         conds = dict(conditions)
     if de_novo:
         if composition or space_group is not None or z is not None:
