@@ -8,6 +8,9 @@
 #   PYTHON=python3                   the interpreter of the clean venv
 #   TORCH_INDEX=...                  where torch comes from (as in `make setup`, see constraints/install_torch.sh)
 #   KEEP=1                           keep the temporary folder (its path is printed)
+#   WHEEL_DEPS=clean                 clean: the venv installs the wheel's dependencies itself (pip's cache and settings);
+#                                    shared: the venv sees the third-party packages of PY's venv (no install; cifllm
+#                                    itself still comes only from the wheel, whose requirements are checked)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
@@ -17,22 +20,70 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TOKENIZERS_PARALLELISM=false
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cifllm-wheel.XXXXXX")"
 if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$WORK"' EXIT; else echo "wheel-check: keeping $WORK"; fi
 T0=$SECONDS
-step() { echo "== wheel-check [$((SECONDS - T0)) s] $*"; }
+# wall seconds and CPU seconds (user + sys of finished child processes) since the start: on a busy machine the wall
+# time says little, the CPU time is what the step costs
+step() {  # `times` runs in this shell (in a $(...) subshell it would see no children)
+    times >"$WORK/times"
+    echo "== wheel-check [$((SECONDS - T0)) s wall, $(tail -1 "$WORK/times" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); n += a[1] * 60 + a[2] } printf "%.0f", n }') s cpu] $*"
+}
 fail() { echo "wheel-check: FAILED: $*" >&2; exit 1; }
 
 step "build the wheel"
 rm -rf build/lib build/bdist.*  # setuptools reuses build/lib: a module deleted since the last build would ship
 "$PY" -m pip wheel . --no-deps --no-build-isolation -q -w "$WORK/dist" 2>"$WORK/build.log" || { cat "$WORK/build.log" >&2; fail "wheel build"; }
 WHL="$(ls "$WORK"/dist/cifllm-*.whl)"
-n_res="$("$PY" -c "import sys, zipfile; print(sum(n.startswith('cifllm/resources/') for n in zipfile.ZipFile(sys.argv[1]).namelist()))" "$WHL")"
-echo "$(basename "$WHL"): $n_res files under cifllm/resources/"
+"$PY" - "$WHL" "$REPO" <<'EOF' || fail "the wheel lacks packaged files"
+import sys
+import zipfile
+from pathlib import Path
 
-step "clean venv: torch, then the wheel with the train extra"
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+repo = Path(sys.argv[2])
+files = [p.relative_to(repo).as_posix() for p in (repo / "cifllm" / "resources").rglob("*") if p.is_file()]
+missing = [f for f in files if f not in names]
+print(f"{Path(sys.argv[1]).name}: {len(files) - len(missing)} of {len(files)} files of cifllm/resources/")
+sys.exit(f"missing from the wheel: {missing}" if missing else 0)
+EOF
+
 "$PYTHON" -m venv "$WORK/venv"
 V="$WORK/venv/bin"
-# --no-compile: no .pyc for all of torch/pymatgen up front (what is imported compiles when imported)
-"$REPO/constraints/install_torch.sh" "$V/python" --no-compile
-"$V/python" -m pip install -q --no-compile -c "$REPO/constraints/cpu.txt" "$WHL[train]"
+case "${WHEEL_DEPS:-clean}" in
+clean)
+    step "clean venv: torch, then the wheel with the train extra"
+    # --no-compile: no .pyc for all of torch/pymatgen up front (what is imported compiles when imported)
+    "$REPO/constraints/install_torch.sh" "$V/python" --no-compile
+    "$V/python" -m pip install -q --no-compile -c "$REPO/constraints/cpu.txt" "$WHL[train]"
+    ;;
+shared)
+    step "venv on the third-party packages of $PY, the wheel without dependencies"
+    deps="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    own="$("$V/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    "$V/python" -m pip install -q --no-deps --no-compile "$WHL"  # before the link: pip sees no other cifllm
+    echo "$deps" >"$own/_cifllm_wheel_check_deps.pth"  # a plain path line: that folder's own .pth hooks do not run
+    # the wheel's requirements (core + train extra) are met by what the venv sees (pip check would also judge the
+    # venv's own bundled setuptools against torch's wish)
+    "$V/python" - <<'EOF' || fail "the wheel's requirements are not met"
+import importlib.metadata as md
+
+from packaging.requirements import Requirement
+
+bad = []
+for r in map(Requirement, md.requires("cifllm") or []):
+    if r.marker and not r.marker.evaluate({"extra": "train"}):
+        continue
+    try:
+        v = md.version(r.name)
+    except md.PackageNotFoundError:
+        bad.append(f"{r}: not installed")
+        continue
+    if not r.specifier.contains(v, prereleases=True):
+        bad.append(f"{r}: found {v}")
+print(f"cifllm's requirements: {'all met' if not bad else bad}")
+raise SystemExit(1 if bad else 0)
+EOF
+    ;;
+*) fail "WHEEL_DEPS must be clean or shared, got ${WHEEL_DEPS}" ;;
+esac
 
 mkdir "$WORK/run" && cd "$WORK/run"
 "$V/python" - "$REPO" <<'EOF'
