@@ -123,7 +123,10 @@ finetune: setup
 finetune-all: setup
 	for t in $(TASKS); do test -f runs/finetune-$$t/adapter/cifllm_adapter.json || $(MAKE) --no-print-directory finetune TASK=$$t || exit 1; done
 
-# transfer scaling law on one task at a CPU budget (tiny preset, 4 sizes x 2 repeats; see cifllm/scaling/sweep.py)
+# Sim2Real transfer scaling law (issue 17): tiny preset pretrained until its val loss stops improving on 6 nested
+# subsets (625-20,000) of the computed structures x 2 repeats, fine-tuned on measured Tc (SuperCon3D) + the task's
+# test NLL; ~3 h on 2 CPU cores, resumable (rerun to continue). SCALING_ARGS=protocol=fixed_steps: the old sweep.
+# See cifllm/scaling/transfer.py.
 SCALING_TASK ?= tc_top
 SCALING_ARGS ?=
 scaling: setup

@@ -289,15 +289,16 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
     return row
 
 
-def _reference_rows(cfg: Any, data: PropertySet, done: set, preset: str, mpe: int) -> list[dict[str, Any]]:
+def _reference_rows(cfg: Any, data: PropertySet, done: set, preset: str, mpe: int, repeats: list[int]) -> list[dict[str, Any]]:
+    """The missing reference rows: the two GBT rows (with repeat 0) and the n = 0 row of each of ``repeats``."""
     rows = []
     for name in ("gbt_composition", "gbt_oracle"):
-        if (name, 0, 0) in done:
+        if (name, 0, 0) in done or 0 not in repeats:
             continue
         t0 = time.time()
         res = gbt_baseline(data, "composition" if name == "gbt_composition" else "oracle", log_target=cfg.downstream.log_target, seed=cfg.seed)
         rows.append({"kind": "reference", "reference": name, "size": 0, "repeat": 0, "seed": cfg.seed, "status": "ok", "mae": res["mae"], "mae_log1p": res["mae_log1p"], "test_nll": None, "detail": res, "wall_s": round(time.time() - t0, 1)})
-    for r in range(cfg.repeats):
+    for r in repeats:
         if ("scratch", 0, r) in done:
             continue
         t0 = time.time()
@@ -339,13 +340,15 @@ def run_transfer_sweep(cfg: Any) -> Path:
     done = {_key(r) for r in _read_rows(runs_file) if r.get("status") == "ok"}
     mpe = base.max_position_embeddings or max_positions_for(max(r["n_tokens"] for r in train + val))
     todo = [(s, r) for r in range(cfg.repeats) for s in sizes]
-    if cfg.only:
-        a, b = cfg.only.split(":")
-        todo = [(int(a), int(b))]
-    else:
-        for row in _reference_rows(cfg, data, done, base.preset, mpe):
-            _append_row(runs_file, row)
-            _say(f"reference {row['reference']} (repeat {row['repeat']}): MAE {row['mae']:.3f} K, log1p MAE {row['mae_log1p']:.4f}")
+    ref_repeats = list(range(cfg.repeats))
+    if cfg.only:  # one cluster job per run; the job of the smallest size also computes its repeat's reference rows
+        a, b = (int(x) for x in cfg.only.split(":"))
+        todo, ref_repeats = [(a, b)], [b] if a == sizes[0] else []
+        if a not in plans:
+            raise ValueError(f"only={cfg.only}: size {a} is not one of sizes {sizes}")
+    for row in _reference_rows(cfg, data, done, base.preset, mpe, ref_repeats):
+        _append_row(runs_file, row)
+        _say(f"reference {row['reference']} (repeat {row['repeat']}): MAE {row['mae']:.3f} K, log1p MAE {row['mae_log1p']:.4f}")
     for size, repeat in todo:
         if ("run", size, repeat) in done:
             _say(f"size {size} repeat {repeat}: done, skipped")
@@ -476,7 +479,7 @@ def plot_transfer(runs: list[dict[str, Any]], summary: dict[str, Any], path: Pat
             ax.plot(grid, np.asarray(fit.predict(grid)), color="#ee6677", lw=2, zorder=4,
                     label=f"fit: α = {fit.alpha:.2g} [{a_ci[0]:.2g}, {a_ci[1]:.2g}], C = {fit.C:.3g} [{c_ci[0]:.3g}, {c_ci[1]:.3g}]")
             if fit.C > 0:
-                ax.axhline(fit.C, color="#ee6677", ls="--", lw=1)
+                ax.axhline(fit.C, color="#ee6677", ls="--", lw=1, label="transfer gap C (no data closes it)")
         for name, ref in e["references"].items():
             color, ls, label = ref_style[name]
             ax.axhline(ref["mean"], color=color, ls=ls, lw=1.6, label=f"{label}: {ref['mean']:.3g}")
