@@ -69,9 +69,9 @@ from cifllm.training.config import TrainArgs
 from cifllm.training.data import Documents, PadCollator, tokenize_texts
 from cifllm.training.guards import check_enough_data
 from cifllm.training.own_data import prepare_own_data
-from cifllm.training.pretrain import bf16_supported
 from cifllm.training.trainer import CifTrainer
 from cifllm.utils import atomic_write_json, sha256_file
+from cifllm.utils.hardware import bf16_supported
 
 __all__ = ["RESUME_MUTABLE_KEYS", "FinetuneConfig", "build_finetune_texts", "finetune", "load_finetune_config", "resolve_base"]
 

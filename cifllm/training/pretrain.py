@@ -46,6 +46,7 @@ from cifllm.training.deepspeed_config import load_deepspeed_config
 from cifllm.training.guards import check_enough_data
 from cifllm.training.trainer import CifTrainer
 from cifllm.utils import atomic_write_json, sha256_file
+from cifllm.utils.hardware import bf16_supported
 
 __all__ = ["PreparedRun", "bf16_supported", "prepare", "pretrain"]
 
@@ -57,24 +58,6 @@ def _rank() -> int:
 def _say(msg: str) -> None:
     if _rank() == 0:
         print(f"[cifllm pretrain] {msg}", flush=True)
-
-
-def bf16_supported() -> bool:
-    """Whether bf16 autocast is fast here: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX / Arm BF16."""
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-            return True
-    except AttributeError:  # private API moved; fall back to the CPU flags
-        pass
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def _has_run(run_dir: Path) -> bool:
