@@ -430,7 +430,9 @@ class VLLMEngine:
         check_constrained(self.model_dir, self.tokenizer, prompts, params)
         offsets = [sum(counts[:i]) for i in range(len(counts))]
         for b, start in enumerate(range(0, len(prompts), params.batch_size)):
-            idx = list(range(start, min(start + params.batch_size, len(prompts))))
+            idx = [i for i in range(start, min(start + params.batch_size, len(prompts))) if counts[i] > 0]  # 0: skip
+            if not idx:
+                continue
             inputs = [{"prompt_token_ids": self.tokenizer(prompts[i].text)["input_ids"]} for i in idx]
             # vLLM seeds sample k of a request with seed + k: space the prompts' seeds by their sample counts so no
             # two samples of different prompts share a seed
