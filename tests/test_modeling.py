@@ -46,7 +46,7 @@ def test_preset_sizes_and_head_dims():
 
 
 def test_unknown_preset_is_a_clear_error(tok):
-    with pytest.raises(UnknownPresetError, match="unknown model preset 'huge'.*tiny, mini, small, base, large"):
+    with pytest.raises(UnknownPresetError, match="unknown model preset 'huge'.*tiny, mini, mini-wide, mini-deep, small, base, large"):
         get_preset("huge")
     with pytest.raises(UnknownPresetError):
         _cfg(tok, "huge")
