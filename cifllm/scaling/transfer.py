@@ -402,8 +402,9 @@ def fit_transfer(out: str | Path, target: float | None = None, meta: dict[str, A
             assessment = assess_power_law(pts, fit)
             try:
                 hold = holdout_check(pts)
-            except ScalingError as exc:
-                hold = {"skipped": str(exc)}
+            except ScalingError as exc:  # e.g. 3 sizes: nothing left to fit without the largest
+                hold = None
+                entry["holdout_skipped"] = str(exc)
             tgt = size_for_target(fit, tgt_value) if tgt_value is not None else None
             m_meta = {**(meta or {}), "metric": f"{metric} ({unit})", "title": f"{label} vs computed pretraining data"}
             written.update({f"{metric}_{k}": v for k, v in write_report(out / metric, pts, fit, assessment=assessment, holdout=hold, target=tgt, comparison=compare_models(pts), pure_fit=pure, meta=m_meta).items()})
