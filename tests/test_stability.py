@@ -262,7 +262,7 @@ def test_bench_md_stability_table(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "metrics.json").write_text(json.dumps({"task": {"name": "t", "case": 0}, "rows": [row]}))
     md = render_bench_md(tmp_path)
-    assert "| t | template | 4 | 2 | 25.0 | 25.0 | 25.0 | 25.0 | 0.031 |" in md
+    assert "| t | template | 4 | 2 | 25.0% | 25.0% | 25.0% | 25.0% | 0.031 |" in md  # core.report.pct
 
 
 @pytest.mark.slow
