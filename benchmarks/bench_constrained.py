@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
+
+from cifllm.core.report import wilson_interval
 
 ROWS = {"unconstrained": None, "grammar": "grammar", "full": "full"}
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    if n == 0:
-        return None
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+def wilson(k: int, n: int) -> list[float] | None:
+    """Wilson 95% interval of k/n (:func:`cifllm.core.report.wilson_interval`), 4 digits; None when n = 0."""
+    ci = wilson_interval(k, n)
+    return None if ci is None else [round(ci[0], 4), round(ci[1], 4)]
 
 
 def _prompts(n_comp: int):

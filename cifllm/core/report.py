@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MISSING", "NOT_MEASURED", "fmt_num", "pct"]
+__all__ = ["MISSING", "NOT_MEASURED", "fmt_num", "pct", "wilson_interval"]
 
 #: what a report shows for a number that was not measured
 MISSING = "n/a"
@@ -35,3 +35,14 @@ def fmt_num(x: Any, digits: int = 3, missing: str = MISSING) -> str:
         return str(x)
     v = _number(x)
     return missing if v is None else f"{v:.{digits}g}"
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion k/n (95% for the default z), rounded to 6 digits; None when n = 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6))

@@ -67,7 +67,7 @@ import numpy as np
 from cifllm.cif import parse_canonical, text_to_structure
 from cifllm.cif.matching import make_matcher
 from cifllm.core.errors import CifllmError
-from cifllm.core.report import pct
+from cifllm.core.report import pct, wilson_interval
 from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.limits import map_with_time_limit
 from cifllm.utils import atomic_write_json, atomic_write_text
@@ -488,17 +488,6 @@ def hull_energy(elements: Sequence[str], formula_counts: dict[str, float], energ
         "hull_detail": "",
         "hull_decomposition": sorted(d.composition.reduced_formula for d in decomp),
     }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion k/n (95% for the default z); None when n = 0."""
-    if n <= 0:
-        return None
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6))
 
 
 def _relax_many(
