@@ -35,13 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from cifllm.core.config import config_to_dict, save_config
-from cifllm.modeling import build_model, count_parameters, make_config
 from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
 from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
-from cifllm.training.checkpoints import move_incomplete_aside, truncate_log
 from cifllm.training.config import PretrainConfig
 from cifllm.training.guards import check_enough_data
-from cifllm.training.pretrain import _datasets, _training_args, prepare
+from cifllm.training.pretrain import _datasets, _training_args, new_model, prepare, start_run_folder
 from cifllm.training.trainer import CifTrainer
 from cifllm.utils import atomic_write_json
 
@@ -144,21 +142,9 @@ def pretrain_early_stopping(cfg: PretrainConfig, patience: int, min_delta: float
     args.metric_for_best_model = "eval_loss"
     args.greater_is_better = False
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for p in move_incomplete_aside(prep.incomplete):
-        _say(f"unfinished checkpoint moved aside: {p}")
-    truncate_log(run_dir / "log.jsonl", int(prep.resume_from.name.split("-")[-1]) if prep.resume_from else 0)
-    if not (run_dir / "config.yaml").is_file():
-        save_config(cfg, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "data_manifest.json", data_manifest)
-
+    start_run_folder(prep, data_manifest)
     tok = prep.tokenizer
-    model_cfg = make_config(
-        cfg.preset, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, max_position_embeddings=prep.max_position_embeddings,
-    )
-    model = build_model(model_cfg, seed=cfg.seed, attn_implementation=cfg.attn_implementation)
-    n_params = count_parameters(model)
+    model, _, n_params = new_model(prep)
     trainer = CifTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator, processing_class=tok,
         callbacks=[

@@ -48,7 +48,7 @@ from cifllm.training.trainer import CifTrainer
 from cifllm.utils import atomic_write_json, sha256_file
 from cifllm.utils.hardware import bf16_supported
 
-__all__ = ["PreparedRun", "bf16_supported", "prepare", "pretrain"]
+__all__ = ["PreparedRun", "bf16_supported", "new_model", "prepare", "pretrain", "start_run_folder"]
 
 
 def _rank() -> int:
@@ -344,6 +344,30 @@ def _training_args(prep: PreparedRun, resuming: bool, has_eval: bool):
     )
 
 
+def start_run_folder(prep: PreparedRun, data_manifest: dict[str, Any]) -> None:
+    """Create the run folder: unfinished checkpoints moved aside, the log cut back to the resume step, the resolved
+    config (first start only) and the data manifest written."""
+    run_dir = prep.cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for p in move_incomplete_aside(prep.incomplete):
+        _say(f"unfinished checkpoint moved aside: {p}")
+    truncate_log(run_dir / "log.jsonl", int(prep.resume_from.name.split("-")[-1]) if prep.resume_from else 0)
+    if not (run_dir / "config.yaml").is_file():
+        save_config(prep.cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "data_manifest.json", data_manifest)
+
+
+def new_model(prep: PreparedRun) -> tuple[Any, Any, int]:
+    """A freshly initialised model of the run's preset for its tokenizer and context: (model, config, parameters)."""
+    cfg, tok = prep.cfg, prep.tokenizer
+    model_cfg = make_config(
+        cfg.preset, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, max_position_embeddings=prep.max_position_embeddings,
+    )
+    model = build_model(model_cfg, seed=cfg.seed, attn_implementation=cfg.attn_implementation)
+    return model, model_cfg, count_parameters(model)
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, prepared: PreparedRun | None = None) -> Path:
     """Train ``cfg.preset`` on ``cfg.corpus`` into ``cfg.out``; returns the ``model/`` folder.
 
@@ -387,22 +411,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, prepared: PreparedRun | 
     args = _training_args(prep, resuming=prep.resume_from is not None, has_eval=val_ds is not None)
     with args.main_process_first(desc="run folder"):
         if args.process_index == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for p in move_incomplete_aside(prep.incomplete):
-                _say(f"unfinished checkpoint moved aside: {p}")
-            step0 = int(prep.resume_from.name.split("-")[-1]) if prep.resume_from else 0
-            truncate_log(run_dir / "log.jsonl", step0)
-            if not (run_dir / "config.yaml").is_file():
-                save_config(cfg, run_dir / "config.yaml")
-            atomic_write_json(run_dir / "data_manifest.json", data_manifest)
+            start_run_folder(prep, data_manifest)
 
     tok = prep.tokenizer
-    model_cfg = make_config(
-        cfg.preset, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, max_position_embeddings=prep.max_position_embeddings,
-    )
-    model = build_model(model_cfg, seed=cfg.seed, attn_implementation=cfg.attn_implementation)
-    n_params = count_parameters(model)
+    model, model_cfg, n_params = new_model(prep)
     _say(f"model: {n_params / 1e6:.3f}M parameters, {model_cfg.num_hidden_layers} layers x {model_cfg.hidden_size}")
 
     trainer = CifTrainer(
