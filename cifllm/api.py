@@ -23,7 +23,7 @@ from typing import Any
 from cifllm.conditioning import load_properties
 from cifllm.core.models import resolve_model
 from cifllm.core.records import ADAPTER_RECORD, check_conditions, read_adapter_record
-from cifllm.evaluation.checks import CheckSettings
+from cifllm.evaluation.checks import CheckSettings, failure_summary
 from cifllm.evaluation.matching import ReferenceIndex
 from cifllm.evaluation.run import DEFINITIONS, EvalConfig, evaluate_texts, prompt_adherence, summarize
 from cifllm.evaluation.run import evaluate as evaluate_stage
@@ -74,18 +74,6 @@ class Sample:
             "text": self.text, "cif_text": self.cif_text, "n_tokens": self.n_tokens, "finished": self.finished, "engine": self.engine,
             "seed": self.seed, "parse_ok": self.structure is not None, "parse_error": self.parse_error,
         }
-
-
-def _first_failure(verdict: Mapping[str, Any]) -> str:
-    """"ok", or "<check>: <reason> (<detail>)" of the first failing check of a verdict."""
-    reason = verdict.get("reason") or ""
-    if not reason:
-        return "ok"
-    for name, c in (verdict.get("checks") or {}).items():
-        if c.get("ok") is False and c.get("reason") == reason:
-            detail = " ".join(str(c.get("detail") or "").split())
-            return f"{name}: {reason}" + (f" ({detail[:160]})" if detail else "")
-    return reason
 
 
 def generate(
@@ -163,7 +151,7 @@ def generate(
             Sample(
                 index=g.sample_index, prompt=prompt.text, prompt_meta=dict(prompt.meta), text=text, cif_text=cif_text, structure=structure,
                 parse_error=err, valid=bool(v["valid"]) if check else None, consistent=bool(v["consistent"]) if check else None,
-                reason=(f"engine_error: {g.error}" if g.error else _first_failure(v)) if check else "not checked",
+                reason=(f"engine_error: {g.error}" if g.error else failure_summary(v)) if check else "not checked",
                 checks=v.get("checks") or {}, prompt_adherence=prompt_adherence(rec, v) if check else None,
                 finished=g.finished, n_tokens=g.n_tokens, seed=g.seed, engine=engine_name, verdict=v,
             )

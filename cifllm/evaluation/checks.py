@@ -44,6 +44,7 @@ import numpy as np
 from cifllm.cif import CanonicalCIF, CIFError, expand_sites, format_formula, parse_canonical, text_to_structure
 
 __all__ = [
+    "failure_summary",
     "CHECK_NAMES",
     "CONSISTENCY_CHECKS",
     "VALIDITY_CHECKS",
@@ -502,3 +503,15 @@ def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> Sample
     v.reason = next((v.checks[c].reason for c in order if v.checks[c].ok is not True), "")
     v.time_s = time.perf_counter() - t0
     return v
+
+
+def failure_summary(verdict: dict[str, Any]) -> str:
+    """"ok", or "<check>: <reason> (<detail>)" of the first failing check of a verdict (detail cut to 160 characters)."""
+    reason = verdict.get("reason") or ""
+    if not reason:
+        return "ok"
+    for name, c in (verdict.get("checks") or {}).items():
+        if c.get("ok") is False and c.get("reason") == reason:
+            detail = " ".join(str(c.get("detail") or "").split())
+            return f"{name}: {reason}" + (f" ({detail[:160]})" if detail else "")
+    return reason

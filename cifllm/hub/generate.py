@@ -10,6 +10,7 @@ from typing import Any
 from cifllm.conditioning import load_properties
 from cifllm.core.models import resolve_model
 from cifllm.core.records import check_conditions, read_adapter_record
+from cifllm.evaluation.checks import failure_summary
 from cifllm.evaluation.run import evaluate_texts
 from cifllm.sampling.engines import GenerationParams
 from cifllm.sampling.generation import generate, note
@@ -34,17 +35,6 @@ class GeneratedCIF:
     reason: str
     finished: bool
     n_tokens: int
-
-
-def _reason(verdict: dict[str, Any]) -> str:
-    reason = verdict.get("reason") or ""
-    if not reason:
-        return "ok"
-    for name, c in (verdict.get("checks") or {}).items():
-        if c.get("ok") is False and c.get("reason") == reason:
-            detail = " ".join(str(c.get("detail") or "").split())
-            return f"{name}: {reason}" + (f" ({detail[:160]})" if detail else "")
-    return reason
 
 
 def generate_cifs(
@@ -116,6 +106,6 @@ def generate_cifs(
         verdicts = [{"valid": False, "consistent": False, "reason": "not_checked"} for _ in texts]
     out = []
     for i, (g, t, v) in enumerate(zip(gens, texts, verdicts, strict=True)):
-        reason = f"engine_error: {g.error}" if g.error else (_reason(v) if check else "not checked")
+        reason = f"engine_error: {g.error}" if g.error else (failure_summary(v) if check else "not checked")
         out.append(GeneratedCIF(i, prompt.text, t, bool(v.get("valid")), bool(v.get("consistent")), reason, g.finished, g.n_tokens))
     return out
