@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from cifllm.core.config import config_to_dict, save_config
+from cifllm.core.records import MANIFEST_FILE
+from cifllm.data.corpus import write_corpus
 from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
 from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
 from cifllm.training.config import PretrainConfig
@@ -43,10 +46,25 @@ from cifllm.training.pretrain import _datasets, _training_args, new_model, prepa
 from cifllm.training.trainer import CifTrainer
 from cifllm.utils import atomic_write_json
 
-__all__ = ["EarlyStopConfig", "StepPlan", "plan_steps", "pretrain_early_stopping", "STOP_EARLY", "STOP_CAP"]
+__all__ = ["EarlyStopConfig", "StepPlan", "nested_subset_corpus", "plan_steps", "pretrain_early_stopping", "STOP_EARLY", "STOP_CAP"]
 
 STOP_EARLY = "early_stop"  #: the validation loss stopped improving before the step cap
 STOP_CAP = "step_cap"  #: the step cap was reached (the model may still have been improving)
+
+
+def nested_subset_corpus(run: Path, train: list[dict], val: list[dict], manifest: dict[str, Any], size: int, seed: int, meta: dict[str, Any]) -> Path:
+    """``run/corpus``: the first ``size`` training rows after a shuffle with ``seed`` (so within one seed every smaller
+    subset is inside every larger one) plus the fixed ``val`` rows; written once, reused on a rerun. ``meta`` is
+    recorded in the corpus manifest under ``scaling`` (with size, repeat seed)."""
+    corpus_dir = run / "corpus"
+    if not (corpus_dir / MANIFEST_FILE).is_file():
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        subset = [train[i] for i in order[:size]]
+        man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
+        man.update(scaling={**meta, "size": size, "seed": seed})
+        write_corpus(subset + val, corpus_dir, man)
+    return corpus_dir
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from cifllm.bench.tasks import load_task
 from cifllm.conditioning import format_property_lines, property_values
 from cifllm.core.config import config_to_dict, flatten, load_config, merge_for_resume, save_config
 from cifllm.core.records import ADAPTER_DIR, ADAPTER_RECORD, CONFIG_FILE, MANIFEST_FILE, MODEL_DIR, SWEEP_ROWS
-from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
+from cifllm.data.corpus import load_corpus, load_manifest
 from cifllm.evaluation.nll import nll_per_token
 from cifllm.scaling.downstream import DownstreamConfig
 from cifllm.scaling.fit import (
@@ -65,7 +65,7 @@ from cifllm.scaling.fit import (
     load_rows,
     size_for_target,
 )
-from cifllm.scaling.protocol import EarlyStopConfig
+from cifllm.scaling.protocol import EarlyStopConfig, nested_subset_corpus
 from cifllm.scaling.report import write_report
 from cifllm.scaling.transfer import COMPUTED_SOURCES, fit_transfer, run_transfer_sweep
 from cifllm.training.cluster import DEFAULT_MODULES, render_template
@@ -216,20 +216,10 @@ def _test_texts(cfg: ScalingConfig, task: Any) -> list[str]:
 
 
 def _one_run(cfg: ScalingConfig, size: int, repeat: int, train: list[dict], val: list[dict], manifest: dict, task: Any, test_texts: list[str]) -> dict[str, Any]:
-    import random
-
-
     t0 = time.time()
     seed = cfg.seed + repeat
     run = cfg.out_dir / "runs" / f"{size}-r{repeat}"
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    subset = [train[i] for i in order[:size]]
-    corpus_dir = run / "corpus"
-    if not (corpus_dir / MANIFEST_FILE).is_file():
-        man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
-        man.update(scaling={"task": task.name, "size": size, "repeat": repeat, "seed": seed})
-        write_corpus(subset + val, corpus_dir, man)
+    corpus_dir = nested_subset_corpus(run, train, val, manifest, size, seed, {"task": task.name, "repeat": repeat})
     pcfg = pretrain_config_for(cfg)
     pcfg = replace(pcfg, corpus=str(corpus_dir), out=str(run / "pretrain"), train=replace(pcfg.train, seed=seed, progress=cfg.progress))
     model = run / "pretrain" / MODEL_DIR

@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -70,7 +69,7 @@ from cifllm.core.records import (
     SCALING_REPORT,
     SWEEP_ROWS,
 )
-from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
+from cifllm.data.corpus import load_corpus, load_manifest
 from cifllm.evaluation.nll import HYPOTHETICAL_SOURCES, nll_per_token
 from cifllm.modeling import max_positions_for
 from cifllm.scaling.downstream import PropertySet, finetune_regressor, gbt_baseline, load_property_set, scratch_backbone
@@ -82,7 +81,7 @@ from cifllm.scaling.fit import (
     holdout_check,
     size_for_target,
 )
-from cifllm.scaling.protocol import plan_steps, pretrain_early_stopping
+from cifllm.scaling.protocol import nested_subset_corpus, plan_steps, pretrain_early_stopping
 from cifllm.scaling.report import write_report
 from cifllm.tokenization import load_tokenizer
 from cifllm.training.config import PretrainConfig
@@ -232,14 +231,7 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
     t0 = time.time()
     seed = cfg.seed + repeat
     run = cfg.out_dir / "runs" / f"{size}-r{repeat}"
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    subset = [train[i] for i in order[:size]]
-    corpus_dir = run / "corpus"
-    if not (corpus_dir / MANIFEST_FILE).is_file():
-        man = {k: v for k, v in manifest.items() if k not in ("n_rows", "n_train", "n_val", "max_tokens")}
-        man.update(scaling={"protocol": "early_stop", "size": size, "repeat": repeat, "seed": seed})
-        write_corpus(subset + val, corpus_dir, man)
+    corpus_dir = nested_subset_corpus(run, train, val, manifest, size, seed, {"protocol": "early_stop", "repeat": repeat})
     base = _pretrain_config(cfg)
     plan = plan_steps(size, base.batch_size * base.grad_accum, cfg.early_stop)
     pcfg = _pretrain_config(cfg, {**plan.overrides(), "corpus": str(corpus_dir), "out": str(run / "pretrain"), "seed": seed, "progress": cfg.progress})
