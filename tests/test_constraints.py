@@ -251,3 +251,21 @@ def test_prompt_adherence_and_unmeasured_novelty_in_the_summary(structures):
     assert m["counts"]["composition_prompted"] == 2 and m["rates"]["prompt_adherence"] == 0.5
     assert m["counts"]["valid_not_adherent"] == 1
     assert m["rates"]["novel"] is None and m["rates_among_valid"]["novel"] is None and m["counts"]["novel"] is None
+
+
+def test_guard_margin_is_per_image_no_dead_end_on_a_long_axis():
+    """A random-weight model through vLLM wrote this first row (general position 8l of P-4m2, c = 75 A) and the guard
+    found no z: its mirror image (x, -y, z) sits 0.17 A away whatever z is, and a single worst-case margin of twice
+    the 0.075 A an atom moves per 0.001 of z pushed it under 0.1 A. Per-image margins keep z free."""
+    header = (
+        "data_Po9W9C7F8\n_symmetry_space_group_name_H-M P-4m2\n_symmetry_Int_Tables_number 115\n_cell_length_a 11.5703\n"
+        "_cell_length_b 11.5703\n_cell_length_c 75.0607\n_cell_angle_alpha 90.0000\n_cell_angle_beta 90.0000\n"
+        "_cell_angle_gamma 90.0000\n_cell_volume 10048.5142\n_cell_formula_units_Z 1\n_chemical_formula_structural Po9W9C7F8\n"
+        "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_symmetry_multiplicity\n_atom_site_Wyckoff_symbol\n"
+        "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\nPo Po0 8 l 0.0671 0.0073 0."
+    )
+    m = CIFConstraint(TABLE, ConstraintConfig(max_tokens=1536))
+    m.feed_prompt(_ids(header))
+    a = m.allowed()
+    assert not isinstance(a, int | np.integer) and int(np.asarray(a)[TABLE.digit].sum()) == 10
+    assert m.stats.dead_end == ""

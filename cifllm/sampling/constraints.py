@@ -683,17 +683,13 @@ class CIFConstraint:
 
         p0 = pos(0.0)
         slope = _affine_slope(sg, wp, coord)
-        margin = 0.001 * float(np.linalg.norm(slope @ self.lattice))  # Angstrom moved within one block (x2 for images)
+        margin = 0.001 * float(np.linalg.norm(slope @ self.lattice))  # Angstrom an atom moves within one block
         pts = (p0[None, :] + grid[:, None] * slope[None, :]) % 1.0
         dist = self._min_dist(pts, self.atoms) - margin
         stab = self._stabilizer_mask(sg, wp)
         rots, trans = self.rots[~stab], self.trans[~stab]
         if len(rots):
-            imgs = np.einsum("oij,gj->goi", rots, pts) + trans  # (G, ops, 3)
-            d = (imgs - pts[:, None, :]).astype(np.float32)
-            d -= np.round(d)
-            c = d @ self.lattice.astype(np.float32)
-            dist = np.minimum(dist, np.sqrt(np.einsum("gok,gok->go", c, c).min(axis=1)) - 2 * margin)
+            dist = np.minimum(dist, self._image_distance(pts, rots, trans, slope))
         score = np.minimum(dist, self._min_dist(pts, self._reserved_points()) - margin)
         hard = score >= self.cfg.hard_distance
         soft = hard & (dist >= self.cfg.min_distance)
@@ -706,6 +702,20 @@ class CIFConstraint:
                 best = float(score.max())
                 soft = score >= best - 1e-6 if best >= 0.03 else np.zeros_like(soft)
         return np.repeat(soft, 10)
+
+    def _image_distance(self, pts: np.ndarray, rots: np.ndarray, trans: np.ndarray, slope: np.ndarray) -> np.ndarray:
+        """Per grid point (G, 3), the lower bound over its 0.001-block of the distance (Angstrom) from the atom to its
+        images under ``rots``/``trans``. Image o moves against the atom by ``(R_o - 1) @ slope`` per unit of the
+        coordinate, so each image gets its own margin: a mirror's image whose distance does not depend on the
+        coordinate gets none (a single worst-case margin of twice the atom's motion turned a 0.17 A mirror image on
+        a 75 A axis into a dead end)."""
+        imgs = np.einsum("oij,gj->goi", rots, pts) + trans  # (G, ops, 3)
+        d = (imgs - pts[:, None, :]).astype(np.float32)
+        d -= np.round(d)
+        c = d @ self.lattice.astype(np.float32)
+        rel = (np.einsum("oij,j->oi", rots, slope) - slope) @ self.lattice  # (ops, 3) Angstrom per unit
+        margin = 0.001 * np.linalg.norm(rel, axis=1).astype(np.float32)
+        return (np.sqrt(np.einsum("gok,gok->go", c, c)) - margin[None, :]).min(axis=1)
 
     def _reserved_points(self) -> np.ndarray:
         """Every image of the fixed points not used yet (free atoms keep ``hard_distance`` from them)."""
@@ -724,16 +734,12 @@ class CIFConstraint:
         if not len(rots):
             return np.ones(len(grid), dtype=bool)
         rng = np.random.default_rng(len(self.atoms) + coord)
-        margin = 0.001 * float(np.linalg.norm(_affine_slope(sg, wp, coord) @ self.lattice))
+        slope = _affine_slope(sg, wp, coord)
         ok = np.zeros(len(grid), dtype=bool)
         for _ in range(3):
             q = p0 + sum(rng.random() * _affine_slope(sg, wp, j) for j in later)
-            pts = (q[None, :] + grid[:, None] * _affine_slope(sg, wp, coord)[None, :]) % 1.0
-            imgs = np.einsum("oij,gj->goi", rots, pts) + trans
-            d = (imgs - pts[:, None, :]).astype(np.float32)
-            d -= np.round(d)
-            c = d @ self.lattice.astype(np.float32)
-            ok |= np.sqrt(np.einsum("gok,gok->go", c, c).min(axis=1)) - 2 * margin >= self.cfg.hard_distance
+            pts = (q[None, :] + grid[:, None] * slope[None, :]) % 1.0
+            ok |= self._image_distance(pts, rots, trans, slope) >= self.cfg.hard_distance
         return np.repeat(ok, 10) if ok.any() else np.ones(10_000, dtype=bool)
 
     def _line_has_room(self, sg: int, wp: WyckoffPosition) -> bool:
