@@ -27,6 +27,7 @@ from cifllm.evaluation.checks import CheckSettings, failure_summary
 from cifllm.evaluation.matching import ReferenceIndex
 from cifllm.evaluation.run import DEFINITIONS, EvalConfig, evaluate_texts, prompt_adherence, summarize
 from cifllm.evaluation.run import evaluate as evaluate_stage
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.engines import Engine, GenerationParams
 from cifllm.sampling.generation import generate as generate_samples
 from cifllm.sampling.generation import note
@@ -88,9 +89,9 @@ def generate(
     z: int | None = None,
     adapter: str | Path | None = None,
     conditions: Mapping[str, float] | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float = SAMPLING_DEFAULTS["temperature"],
+    top_k: int = SAMPLING_DEFAULTS["top_k"],
+    top_p: float = SAMPLING_DEFAULTS["top_p"],
     max_new_tokens: int = 1024,
     batch_size: int = 32,
     device: str = "auto",

@@ -23,6 +23,7 @@ from cifllm.core.config import save_config
 from cifllm.core.models import resolve_model
 from cifllm.core.records import CIFS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PROMPTS_FILE, REPORT_FILE
 from cifllm.evaluation.run import EvalConfig, evaluate
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.prompts import read_prompt_file
 from cifllm.sampling.run import SampleConfig, sample
 from cifllm.utils import atomic_write_json, atomic_write_text
@@ -41,7 +42,8 @@ class DemoConfig:
     n_denovo: int = 24  #: samples of the de novo ("*") prompt
     reference: str = ""  #: corpus folder for novelty; "" = data/corpus when it exists
     max_new_tokens: int = 1024
-    temperature: float = 1.0
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]  #: 0 = off
     seed: int = 0
     threads: int = 0
     engine: Literal["hf", "vllm"] = "hf"  #: sampling engine
@@ -69,7 +71,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     atomic_write_text(prompts, "\n".join(lines) + "\n")
     scfg = SampleConfig(
         model=str(model), out=str(out / "samples"), prompt_file=str(prompts), max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, seed=cfg.seed, threads=cfg.threads, batch_size=32, engine=cfg.engine,
+        temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, threads=cfg.threads, batch_size=32, engine=cfg.engine,
         constrained=cfg.constrained,
     )
     log(f"demo: sampling with {model}")

@@ -16,6 +16,7 @@ from typing import Any
 
 from cifllm.cif import text_to_structure
 from cifllm.conditioning import format_property_lines, load_properties, strip_property_lines
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.engines import GenerationParams
 from cifllm.sampling.generation import generate
 from cifllm.sampling.prompts import Prompt
@@ -55,7 +56,8 @@ def conditioning_response(
     asked: Sequence[float],
     n_per_value: int = 16,
     max_new_tokens: int = 512,
-    temperature: float = 1.0,
+    temperature: float = SAMPLING_DEFAULTS["temperature"],
+    top_k: int = SAMPLING_DEFAULTS["top_k"],
     seed: int = 0,
     batch_size: int = 32,
     threads: int = 0,
@@ -77,7 +79,7 @@ def conditioning_response(
     props = load_properties(adapter)  # an adapter's own property set (built-in properties without a record)
     texts = ["".join(ln + "\n" for ln in format_property_lines({name: a}, props)) for a in asked]
     prompts = [Prompt(text=t, kind="prefix", id=f"ask-{i}") for i, t in enumerate(texts)]
-    params = GenerationParams(num_samples=n_per_value, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    params = GenerationParams(num_samples=n_per_value, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     got: dict[int, list[float]] = {i: [] for i in range(len(asked))}
     counts: dict[int, int] = {i: 0 for i in range(len(asked))}
     kwargs: dict[str, Any] = {} if engine is not None else dict(model=model, engine_name=engine_name, threads=threads, lora=adapter, seed=seed)

@@ -12,6 +12,7 @@ from cifllm.core.models import resolve_model
 from cifllm.core.records import check_conditions, read_adapter_record
 from cifllm.evaluation.checks import failure_summary
 from cifllm.evaluation.run import evaluate_texts
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.engines import GenerationParams
 from cifllm.sampling.generation import generate, note
 from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
@@ -42,9 +43,9 @@ def generate_cifs(
     space_group: str | int | None = None,
     model: str | Path | None = None,
     n: int = 3,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float = SAMPLING_DEFAULTS["temperature"],
+    top_k: int = SAMPLING_DEFAULTS["top_k"],
+    top_p: float = SAMPLING_DEFAULTS["top_p"],
     seed: int = 0,
     max_new_tokens: int = 1024,
     de_novo: bool = False,

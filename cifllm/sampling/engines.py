@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import ADAPTER_CONFIG, ADAPTER_RECORD, AdapterError, check_adapter_base
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.constraints import CIFConstraint, ConstraintConfig, ConstraintError, TokenTable
 from cifllm.sampling.hf_constraint import ConstrainedLogitsProcessor, cif_part
 from cifllm.sampling.prompts import Prompt
@@ -50,9 +51,9 @@ class GenerationParams:
     """
 
     num_samples: int = 1
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
     max_new_tokens: int = 1024
     seed: int = 0
     batch_size: int = 32

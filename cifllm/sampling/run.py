@@ -26,6 +26,7 @@ from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_
 from cifllm.core.config import save_config
 from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
 from cifllm.data.corpus import load_corpus
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.engines import Engine, GenerationParams
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
@@ -88,9 +89,9 @@ class SampleConfig:
     space_group: str | None = None
     num_samples: int = 1
     batch_size: int = 32
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]  #: 0 = off
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
     max_new_tokens: int = 1024
     seed: int = 0
     device: str = "auto"
