@@ -99,18 +99,41 @@ clean:
 
 # discovery benchmark: splits from the corpus (+ data/corpus-base: the corpus minus every task's test side, what the
 # default model is pretrained on), then every task with the default model, its per-task LoRA adapters
-# (runs/finetune-<task>/adapter, from `make finetune-all`) and the template baseline at a small CPU budget
+# (runs/finetune-<task>/adapter, from `make finetune-all`) and the template baseline.
+#   make bench-quick  the small CPU budget (8 CSP prompts x 2 samples, 16 de novo) into results/quick (minutes)
+#   make bench        the full budget of issue 13 into results: 200 CSP prompts (capped at a task's test-set size) x 20
+#                     samples and 1,000 de novo samples per row; rows base, base-unconstrained (constraint ablation,
+#                     when base is constrained), old-default = $(BENCH_OLD_MODEL) (when it exists), lora(+cond), template.
+#                     Hours on a CPU; resumable: rerun the same command and finished rows are loaded (results/<task>/rows).
+#                     With $(VLLM_VENV) (make vllm-setup) the rows are sampled by vLLM in that venv first (stage=generate:
+#                     it lacks the scoring packages), then scored here; BENCH_ENGINE=hf samples with transformers instead.
+#                     max_new_tokens=2000: the constraint engine starts a CSP prompt only when its cell fits that token
+#                     budget (at 1024, 30-90% of a task's first 200 test cells do; at 2000, 75-97%).
+# BENCH_ARGS (key=value, see `cifllm bench --help`) are added last and win.
 DEFAULT_MODEL := cifllm/resources/default-model
 BENCH_MODEL ?= $(DEFAULT_MODEL)
-BENCH_ARGS ?= n_prompts=8 n_samples=2 n_denovo=16 max_new_tokens=768
+BENCH_ARGS ?=
+BENCH_QUICK_ARGS ?= n_prompts=8 n_samples=2 n_denovo=16 max_new_tokens=768
+BENCH_OLD_MODEL ?= runs/default-v1
+BENCH_ENGINE ?= $(if $(wildcard $(VLLM_VENV)/bin/python),vllm,hf)
+BENCH_FULL_ARGS ?= n_prompts=200 n_samples=20 n_denovo=1000 max_new_tokens=2000 constraint_ablation=true engine=$(BENCH_ENGINE) \
+	$(if $(wildcard $(BENCH_OLD_MODEL)/config.json),'compare_models={old-default: $(BENCH_OLD_MODEL)}')
+BENCH_CMD = bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS)
 TASKS := id_random elements_heldout prototypes_heldout tc_top kappa_top bandgap_top time_split
-.PHONY: splits bench finetune finetune-all scaling default-model card
+.PHONY: splits bench bench-quick finetune finetune-all scaling default-model card
 splits: setup
 	$(CIFLLM) split --corpus $(CORPUS) --out data/tasks --base-corpus data/corpus-base
 
+bench-quick: setup
+	test -f data/tasks/id_random/manifest.json || $(MAKE) splits
+	$(CIFLLM) $(BENCH_CMD) out=results/quick $(BENCH_QUICK_ARGS) $(BENCH_ARGS)
+
 bench: setup
 	test -f data/tasks/id_random/manifest.json || $(MAKE) splits
-	$(CIFLLM) bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS) out=results $(BENCH_ARGS)
+ifeq ($(BENCH_ENGINE),vllm)
+	$(VLLM_VENV)/bin/cifllm $(BENCH_CMD) out=results $(BENCH_FULL_ARGS) $(BENCH_ARGS) stage=generate
+endif
+	$(CIFLLM) $(BENCH_CMD) out=results $(BENCH_FULL_ARGS) $(BENCH_ARGS)
 
 # LoRA adapter for one task (TASK=tc_top) on BASE (default: the shipped model); FINETUNE_ARGS=key=value ...
 TASK ?= tc_top

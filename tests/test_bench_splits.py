@@ -167,5 +167,9 @@ def test_bench_with_adapter_has_lora_and_conditioned_rows(task_corpus, tmp_path)
     assert [r["generator"] for r in res["rows"]] == ["base", "lora", "lora+cond"]
     cond = res["rows"][2]
     assert "response" in cond["property"] and cond["csp"]["n_prompts"] == 2
+    sp = cond["property"]["response"]["spearman"]
+    assert sp["n"] == cond["property"]["response"]["n_scored"] and sp["n_boot"] == 1000
+    # only the model row without adapter shares its de novo samples across tasks
+    assert res["rows"][0]["sampling"]["denovo"]["file"] and all("file" not in r["sampling"]["denovo"] for r in res["rows"][1:])
     md = (tmp_path / "results" / "BENCH.md").read_text()
-    assert "| dens | 2 | lora+cond |" in md and "rho asked/pred" in md
+    assert "| dens | 2 | lora+cond |" in md and "rho [CI] (n)" in md

@@ -1,48 +1,85 @@
-"""``cifllm bench``: run one discovery task for a model (optionally with a LoRA adapter) and the template baseline.
+"""``cifllm bench``: run one discovery task for a model (optionally with a LoRA adapter), comparison models and the
+template baseline, resumably, with 95% intervals on every rate.
 
-For each generator ("model" rows: ``base`` = the model as given, ``lora`` with ``adapter``; plus ``template``):
+Rows (generators; names documented in the BENCH.md header, :mod:`cifllm.bench.report`):
 
-* **CSP** on ``n_prompts`` test compositions (prompt ``data_<cell formula>``), ``n_samples`` each: match@1, match@k and
-  RMSE with ``StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)``; a prediction counts only if it is valid.
+* ``base`` - the model as given (``model``), constraint engine ``constrained`` (auto: on for cif-v2 models);
+* ``base-unconstrained`` - the same model with the constraint engine off (``constraint_ablation=true``; only when
+  ``base`` is constrained);
+* one row per ``compare_models`` entry (e.g. ``old-default``), each with its own auto constraint setting;
+* ``lora`` / ``lora+cond`` - with the task's ``adapter`` (plain / property prompts);
+* ``template`` - element substitution into training prototypes.
+
+For each row:
+
+* **CSP** on ``n_prompts`` test compositions (prompt ``data_<cell formula>``; capped at the test-set size),
+  ``n_samples`` each: match@1, match@k and RMSE with ``StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)``; a
+  prediction counts only if it is valid; per-prompt results (samples, valid, first matching sample, best RMSE).
 * **De novo**: ``n_denovo`` unconditioned samples (BOS only): validity, uniqueness, novelty against the task's training
-  side (train + val + its pretraining corpus, MatterGen tolerances ltol 0.2, stol 0.3, angle 5).
+  side (train + val + its pretraining corpus, MatterGen tolerances ltol 0.2, stol 0.3, angle 5); per bucket of sites
+  per cell and of number of elements (:mod:`cifllm.bench.stats`) next to the reference's share, and a size-matched
+  validity. For a model row without adapter these samples do not depend on the task: they are sampled once and shared
+  by every task (:class:`cifllm.bench.rows.SharedDenovo`).
 * **Rediscovery**: share of held-out test structures matched (novelty tolerances) by at least one valid sample among
   the first N of all samples (CSP + de novo), reported for a range of N.
 * **Property** (Case 2): an oracle (:mod:`cifllm.bench.oracle`) trained on all rows carrying the property (the test
   tail included; accuracy on a held-out 20% reported) scores valid novel samples; hit rate = share of them predicted
-  above the task's threshold.
+  above the task's threshold; conditioned rows: Spearman rho of asked vs predicted with a bootstrap interval.
+* **Throughput**: sampling wall seconds, tokens, tokens/s, valid CIFs per second of sampling (measured when the row
+  was sampled and kept with it).
 
-Writes ``<out>/<task>/metrics.json`` and refreshes ``<out>/BENCH.md`` from every task's metrics.
+Every rate is ``{count, n, rate, ci95}`` (Wilson 95%) under the section's ``rates``; the plain float keys
+(``match@1``, ``valid``, ...) stay for readers of the older layout. Each row is saved under ``<out>/<task>/rows/``
+as soon as it is sampled and again when scored (:mod:`cifllm.bench.rows`): a rerun with the same settings loads it.
+``stage=generate`` only samples (for a sampling environment without the scoring packages). Writes
+``<out>/<task>/metrics.json``, ``<out>/<task>/per_prompt.md`` and refreshes ``<out>/BENCH.md``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from cifllm.bench.baselines import TemplateBaseline
 from cifllm.bench.oracle import PropertyOracle
+from cifllm.bench.report import render_bench_md, render_per_prompt_md
+from cifllm.bench.rows import ROW_FORMAT, RowStore, SharedDenovo, digest, folder_fingerprint
 from cifllm.bench.splits import load_split
+from cifllm.bench.stats import (
+    ELEMENT_BUCKETS,
+    SITE_BUCKETS,
+    bootstrap_spearman,
+    rate,
+    reference_shares,
+    size_buckets,
+    size_matched_validity,
+)
 from cifllm.bench.tasks import TaskSpec, load_task
 from cifllm.conditioning import format_property_lines, property_values
-from cifllm.core.config import save_config
+from cifllm.core.config import ConfigError, save_config
 from cifllm.core.records import BENCH_SUMMARY, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_adapter_record
-from cifllm.core.report import MISSING, fmt_num, pct
 from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task
 from cifllm.evaluation.run import evaluate_texts, summarize
 from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
-from cifllm.sampling.engines import GenerationParams
-from cifllm.sampling.generation import generate, resolve_constrained
+from cifllm.sampling.engines import EngineError, GenerationParams, check_constrained
+from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import Prompt, strip_conditions
 from cifllm.tokenization import load_tokenizer, tokenizer_fingerprint
-from cifllm.utils import atomic_write_json, atomic_write_text
+from cifllm.utils import atomic_write_json, atomic_write_text, sha256_file
+from cifllm.utils.limits import map_with_time_limit
 
-__all__ = ["BenchConfig", "run_bench", "render_bench_md"]
+__all__ = ["BenchConfig", "RESERVED_ROWS", "RowSpec", "run_bench", "render_bench_md"]
+
+#: row names the runner gives itself; ``compare_models`` names must differ from them
+RESERVED_ROWS = ("base", "base-unconstrained", "lora", "lora+cond", "template")
+_ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -55,8 +92,11 @@ class BenchConfig:
     splits: str = "data/tasks"
     corpus: str = "data/corpus"
     out: str = "results"
+    #: CSP prompts (test compositions); 0 = the task's default; capped at the task's test-set size
     n_prompts: int = 0
+    #: samples per CSP prompt (k of match@k); 0 = the task's default
     n_samples: int = 0
+    #: unconditioned de novo samples per model row; 0 = the task's default
     n_denovo: int = 0
     max_new_tokens: int = 1024
     temperature: float = 1.0
@@ -73,81 +113,349 @@ class BenchConfig:
     gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory for weights + KV cache
     #: the constraint engine for the model rows: true / false, null = auto (on for cif-v2 models, off for cif-v1)
     constrained: bool | None = None
+    #: extra model rows, row name -> save_pretrained folder, each sampled with its own auto constraint setting
+    #: (cif-v1 models unconstrained); on the command line: 'compare_models={old-default: runs/default-v1}'
+    compare_models: dict[str, str] = field(default_factory=dict)
+    #: add a base-unconstrained row (the model with the constraint engine off) next to base (auto = constrained)
+    constraint_ablation: bool = False
+    #: all = sample, score and report; generate = only sample the rows and save them (rows/<row>.samples.jsonl),
+    #: for a sampling environment without the scoring packages (make bench runs it from .venv-vllm first)
+    stage: Literal["all", "generate"] = "all"
 
 
-def _generate_llm(model: str, adapter: str | None, prompts: list[str], counts: list[int], cfg: BenchConfig, constrained: bool) -> list[list[str]]:
-    """Full texts (prompt + continuation) per prompt, ``counts[i]`` samples for prompt ``i`` (engine ``cfg.engine``;
-    ``constrained`` already resolved by the caller)."""
-    params = GenerationParams(num_samples=max(counts), temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
-    ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
-    out: list[list[str]] = [[] for _ in prompts]
-    gens = generate(
-        ps, params, model=model, engine_name=cfg.engine, constrained=constrained, counts=counts,
-        threads=cfg.threads, lora=adapter, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
-    )
-    for g in gens:
-        out[g.prompt_index].append(prompts[g.prompt_index] + g.text if not g.error else "")
-    return out
+@dataclass(frozen=True)
+class RowSpec:
+    """One generator of a task: a model (with adapter / conditioning) or the template baseline."""
+
+    name: str
+    kind: Literal["model", "template"]
+    model: str = ""
+    adapter: str | None = None
+    constrained: bool = False
+    conditioned: bool = False
+
+    @property
+    def shares_denovo(self) -> bool:
+        """Unprompted samples of a model without adapter: the same for every task."""
+        return self.kind == "model" and self.adapter is None and not self.conditioned
 
 
-def _score(task: TaskSpec, name: str, csp_prompts: list[str], csp_targets: list[str], csp_texts: list[list[str]], denovo: list[str], ref, test_rows: list[dict], cfg: BenchConfig, oracle=None, threshold: float | None = None, asked: list[float | None] | None = None) -> dict[str, Any]:
-    res: dict[str, Any] = {"generator": name}
-    flat = [t for ts in csp_texts for t in ts]
-    verd = evaluate_texts(flat + denovo, workers=cfg.workers, time_limit_s=cfg.time_limit_s, reference=ref)
-    v_csp, v_dn = verd[: len(flat)], verd[len(flat) :]
-    k = max((len(ts) for ts in csp_texts), default=0)
-    if csp_prompts:
-        rms = {}
-        pos = 0
-        for i, ts in enumerate(csp_texts):
-            preds = [t if v["valid"] else None for t, v in zip(ts, v_csp[pos : pos + len(ts)])]
-            pos += len(ts)
-            rms[str(i)] = csp_match_task((csp_targets[i], preds)) if preds else []
-        res["csp"] = {**csp_metrics(rms, sorted({1, k})), "n_prompts": len(csp_prompts), "samples_per_prompt": k, "validity": summarize(v_csp)["rates"]["valid"] if v_csp else None}
-    if denovo:
+@dataclass
+class _Task:
+    """What the rows of one task are sampled and scored against."""
+
+    spec: TaskSpec
+    manifest: dict[str, Any]
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    targets: list[dict[str, Any]]
+    prompts: list[str]
+    n_samples: int
+    n_denovo: int
+    cond_names: tuple[str, ...] = ()
+
+
+def _check_model(path: str, what: str) -> None:
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a save_pretrained model folder ({what})")
+    tok = load_tokenizer(path)
+    if tokenizer_fingerprint(tok.backend_tokenizer) != tokenizer_fingerprint():
+        raise ValueError(f"{path}: its tokenizer does not match this cifllm's tokenizer ({what})")
+
+
+def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str], None]) -> list[RowSpec]:
+    """The rows of a task in report order: base, base-unconstrained, compare models, lora, lora+cond, template."""
+    rows: list[RowSpec] = []
+    for name, path in cfg.compare_models.items():
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"compare_models.{name}: expected a model folder path, got {path!r}")
+        if name in RESERVED_ROWS or not _ROW_NAME.match(name):
+            raise ConfigError(f"compare_models: row name {name!r} must be 1-40 of [A-Za-z0-9_.-] and none of {list(RESERVED_ROWS)}")
+    if cfg.model:
+        _check_model(cfg.model, "model")
+        on = resolve_constrained(cfg.constrained, cfg.model, log=log)
+        rows.append(RowSpec("base", "model", cfg.model, constrained=on))
+        if cfg.constraint_ablation:
+            if on:
+                rows.append(RowSpec("base-unconstrained", "model", cfg.model, constrained=False))
+            else:
+                log("constraint_ablation: base is already unconstrained, so there is no base-unconstrained row")
+    for name, path in cfg.compare_models.items():
+        _check_model(path, f"compare_models.{name}")
+        rows.append(RowSpec(name, "model", path, constrained=resolve_constrained(None, path, log=lambda m, n=name: log(f"{n}: {m}"))))
+    if cfg.model and cfg.adapter:
+        on = rows[0].constrained
+        rows.append(RowSpec("lora", "model", cfg.model, adapter=cfg.adapter, constrained=on))
+        if cond_names:
+            rows.append(RowSpec("lora+cond", "model", cfg.model, adapter=cfg.adapter, constrained=on, conditioned=True))
+    if cfg.template_baseline:
+        rows.append(RowSpec("template", "template"))
+    return rows
+
+
+# --- sampling ----------------------------------------------------------------------------------------------------
+
+
+class _ModelSampler:
+    """One model row's engine, loaded on first use; every call goes through :func:`generate`."""
+
+    def __init__(self, spec: RowSpec, cfg: BenchConfig, log: Callable[[str], None]) -> None:
+        self.spec, self.cfg, self.log = spec, cfg, log
+        self.engine: Any = None
+        self.load_s = 0.0
+
+    def run(self, prompts: list[str], counts: list[int]) -> tuple[list[list[tuple[str, int, str]]], float, int, int]:
+        """Per prompt its samples in order as (full text = prompt + continuation, generated tokens, error); sampling
+        wall seconds (engine loading excluded); tokens generated; prompts not sampled. A constrained row samples only
+        the prompts the constraint engine can continue within ``max_new_tokens`` (a cell with more atoms than that
+        budget allows cannot be started): the others get ``counts[i]`` empty samples with the engine's reason, which
+        the checks count as invalid."""
+        cfg = self.cfg
+        if not prompts:
+            return [], 0.0, 0, 0
+        if self.engine is None:
+            t = time.perf_counter()
+            self.engine, _ = load_engine(
+                self.spec.model, cfg.engine, self.spec.constrained, log=self.log, threads=cfg.threads, lora=self.spec.adapter,
+                seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+            )
+            self.load_s += time.perf_counter() - t
+        params = GenerationParams(num_samples=max(counts), temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+        ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
+        skipped: dict[int, str] = {}
+        if self.spec.constrained:
+            for i, p in enumerate(ps):
+                try:
+                    check_constrained(self.spec.model, self.engine.tokenizer, [p], replace(params, constrained=True))
+                except EngineError as exc:
+                    skipped[i] = str(exc)
+        if skipped:
+            first = next(iter(skipped.values()))
+            self.log(f"row {self.spec.name}: {len(skipped)} of {len(prompts)} prompts cannot be started by the constraint engine at max_new_tokens={cfg.max_new_tokens}; their samples count as invalid (first: {first})")
+        keep = [i for i in range(len(prompts)) if i not in skipped]
+        got: list[list[tuple[int, str, int, str]]] = [[(k, "", 0, skipped[i]) for k in range(counts[i])] if i in skipped else [] for i in range(len(prompts))]
+        t = time.perf_counter()
+        if keep:
+            gens = generate([ps[i] for i in keep], replace(params, num_samples=max(counts[i] for i in keep)), engine=self.engine, constrained=self.spec.constrained, counts=[counts[i] for i in keep], log=self.log)
+            for g in gens:
+                i = keep[g.prompt_index]
+                got[i].append((g.sample_index, prompts[i] + g.text if not g.error else "", int(g.n_tokens), g.error))
+        seconds = time.perf_counter() - t
+        out = [[(txt, n, err) for _, txt, n, err in sorted(x)] for x in got]
+        return out, seconds, sum(n for x in out for _, n, _ in x), len(skipped)
+
+
+def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, Any]:
+    fp: dict[str, Any] = {
+        "row": spec.name, "kind": spec.kind, "split": digest(td.manifest.get("files_sha256")), "n_prompts": len(td.prompts),
+        "n_samples": td.n_samples, "n_denovo": td.n_denovo, "seed": cfg.seed,
+    }
+    if spec.kind == "model":
+        fp.update(
+            model=spec.model, model_sha=folder_fingerprint(spec.model), adapter=spec.adapter,
+            adapter_sha=folder_fingerprint(spec.adapter) if spec.adapter else None, constrained=spec.constrained,
+            conditioning=list(td.cond_names) if spec.conditioned else None, engine=cfg.engine,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, batch_size=cfg.batch_size,
+        )
+    return fp
+
+
+def _denovo_key(spec: RowSpec, cfg: BenchConfig, n: int) -> dict[str, Any]:
+    return {
+        "prompt": "", "model": spec.model, "model_sha": folder_fingerprint(spec.model), "constrained": spec.constrained, "engine": cfg.engine,
+        "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "batch_size": cfg.batch_size, "n": n, "seed": cfg.seed,
+    }
+
+
+def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample one row: the sample records (see :mod:`cifllm.bench.rows`) and the sampling record (throughput)."""
+    recs: list[dict[str, Any]] = []
+
+    def add(kind: str, i: int | None, k: int, text: str, n_tokens: int | None, asked: float | None = None, error: str = "") -> None:
+        recs.append({"kind": kind, "prompt_index": i, "sample_index": k, "text": strip_conditions(text), "n_tokens": n_tokens, "asked": asked, **({"error": error} if error else {})})
+
+    if spec.kind == "template":
+        t = time.perf_counter()
+        tb = TemplateBaseline([r["text"] for r in td.train], seed=cfg.seed)
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        csp = [tb.csp(p[5:].strip(), td.n_samples) for p in td.prompts]
+        dn = tb.denovo(td.n_denovo)
+        seconds = time.perf_counter() - t
+        for i, ts in enumerate(csp):
+            for k, x in enumerate(ts):
+                add("csp", i, k, x, None)
+        for k, x in enumerate(dn):
+            add("denovo", None, k, x, None)
+        return recs, {"engine": "template", "constrained": False, "seconds": round(seconds, 3), "load_seconds": round(load_s, 3), "tokens": None, "n_samples": len(recs), "denovo": {"source": "generated"}}
+
+    sampler = _ModelSampler(spec, cfg, log)
+    csp_prompts, dn_prompts, asked = list(td.prompts), [""], [None]
+    per = td.n_denovo
+    if spec.conditioned:
+        csp_prompts, dn_prompts, asked = _conditioned_prompts(td)
+        per = max(1, td.n_denovo // max(1, len(asked)))
+    csp, seconds, tokens, infeasible = sampler.run(csp_prompts, [td.n_samples] * len(csp_prompts))
+    for i, ts in enumerate(csp):
+        for k, (x, n, err) in enumerate(ts):
+            add("csp", i, k, x, n, error=err)
+    dn_info: dict[str, Any]
+    shared = SharedDenovo(cfg.out) if spec.shares_denovo else None
+    key = _denovo_key(spec, cfg, td.n_denovo) if shared else None
+    hit = shared.get(key) if shared and key else None
+    if hit is not None:
+        dn_recs, meta = hit
+        dn_info = {"source": "shared cache", "file": str(shared.paths(key)[0]), "seconds": meta.get("seconds"), "tokens": meta.get("tokens")}  # type: ignore[union-attr,arg-type]
+        log(f"row {spec.name}: {len(dn_recs)} de novo samples from the shared cache {dn_info['file']}")
+    else:
+        dn, dn_s, dn_tok, _ = sampler.run(dn_prompts, [per] * len(dn_prompts))
+        dn_recs = [{"prompt_index": j if spec.conditioned else None, "sample_index": k, "text": x, "n_tokens": n, "asked": asked[j], "error": err} for j, ts in enumerate(dn) for k, (x, n, err) in enumerate(ts)]
+        dn_info = {"source": "generated", "seconds": round(dn_s, 3), "tokens": dn_tok}
+        if shared and key:
+            dn_info["file"] = str(shared.put(key, dn_recs, {"seconds": round(dn_s, 3), "tokens": dn_tok, "load_seconds": round(sampler.load_s, 3)}))
+    for r in dn_recs:
+        add("denovo", r["prompt_index"], r["sample_index"], r["text"], r["n_tokens"], r["asked"], r.get("error") or "")
+    dn_s, dn_tok = dn_info.get("seconds"), dn_info.get("tokens")
+    total_s = seconds + dn_s if dn_s is not None else None
+    total_tok = tokens + dn_tok if dn_tok is not None else None
+    return recs, {
+        "engine": cfg.engine, "constrained": spec.constrained, "seconds": round(total_s, 3) if total_s is not None else None,
+        "csp_seconds": round(seconds, 3), "load_seconds": round(sampler.load_s, 3), "tokens": total_tok, "n_samples": len(recs),
+        "csp_prompts_not_started": infeasible, "denovo": dn_info,
+    }
+
+
+def _conditioned_prompts(td: _Task) -> tuple[list[str], list[str], list[float | None]]:
+    """Conditioned prompts: each CSP target with its own (test-tail) property values; de novo samples asked for values
+    across the test tail (its 10/50/90% quantiles and maximum)."""
+    import numpy as np
+
+    task, names = td.spec, td.cond_names
+    csp_p = []
+    for t, p in zip(td.targets, td.prompts, strict=True):
+        vals = property_values(t, names, task.property or None)
+        csp_p.append("".join(ln + "\n" for ln in format_property_lines(vals)) + p)
+    main = names[0]
+    tail = np.asarray([v for r in td.test for v in [property_values(r, (main,), task.property or None).get(main)] if v is not None])
+    asked = sorted({float(x) for x in np.quantile(tail, [0.1, 0.5, 0.9])} | {float(tail.max())}) if tail.size else []
+    dn_p = ["".join(ln + "\n" for ln in format_property_lines({main: a})) for a in asked]
+    return csp_p, dn_p, list(asked)
+
+
+# --- scoring -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scoring:
+    """Per-task scoring context (stage ``all`` only)."""
+
+    ref: ReferenceIndex
+    ref_sizes: dict[str, Any]
+    oracle: PropertyOracle | None
+    threshold: float | None
+    fingerprint: dict[str, Any]
+
+
+def _verdict_summary(v: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.get(k) for k in ("valid", "reason", "reduced_formula", "n_sites", "n_elements", "unique", "novel")}
+
+
+def _score(spec: RowSpec, td: _Task, recs: list[dict[str, Any]], sc: _Scoring, cfg: BenchConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score one row's samples; returns the row's metrics and the sample records with their verdict summaries."""
+    csp_idx = [i for i, r in enumerate(recs) if r["kind"] == "csp"]
+    dn_idx = [i for i, r in enumerate(recs) if r["kind"] == "denovo"]
+    by_prompt: list[list[int]] = [[] for _ in td.prompts]
+    for i in csp_idx:
+        by_prompt[recs[i]["prompt_index"]].append(i)
+    order = [i for ids in by_prompt for i in ids] + dn_idx  # generation order: CSP by prompt, then de novo
+    texts = [recs[i]["text"] for i in order]
+    verd_list = evaluate_texts(texts, workers=cfg.workers, time_limit_s=cfg.time_limit_s, reference=sc.ref)
+    verd = dict(zip(order, verd_list, strict=True))
+    out_recs = [dict(r) for r in recs]
+    for i, v in verd.items():
+        out_recs[i].update(_verdict_summary(v))
+    res: dict[str, Any] = {"generator": spec.name, "spec": {"kind": spec.kind, "model": spec.model or None, "adapter": spec.adapter, "constrained": spec.constrained}}
+    k = td.n_samples
+    if td.prompts:
+        items = [(td.targets[p]["text"], [recs[i]["text"] if verd[i]["valid"] else None for i in ids]) for p, ids in enumerate(by_prompt)]
+        rms: list[list[float | None]] = [[] for _ in items]
+        for p, r in map_with_time_limit(csp_match_task, items, lambda it: cfg.time_limit_s * max(1, len(it[1])), cfg.workers, on_failure=lambda it, why, d: [None] * len(it[1])):
+            rms[p] = r
+        for p, ids in enumerate(by_prompt):
+            for i, x in zip(ids, rms[p], strict=True):
+                out_recs[i]["rms"] = x
+        m = csp_metrics({str(p): r for p, r in enumerate(rms)}, sorted({1, k}))
+        n_valid = sum(bool(verd[i]["valid"]) for i in csp_idx)
+        per_prompt = []
+        for p, ids in enumerate(by_prompt):
+            hits = [j for j, x in enumerate(rms[p]) if x is not None]
+            per_prompt.append({
+                "index": p, "formula": td.prompts[p][5:].strip(), "target_id": td.targets[p].get("id"), "n_samples": len(ids),
+                "n_valid": sum(bool(verd[i]["valid"]) for i in ids), "matched": bool(hits), "first_match": hits[0] if hits else None,
+                "best_rmse": min(x for x in rms[p] if x is not None) if hits else None,
+            })
+        res["csp"] = {
+            **m, "n_prompts": len(td.prompts), "samples_per_prompt": k, "n_csp_samples": len(csp_idx),
+            "validity": n_valid / len(csp_idx) if csp_idx else None,
+            "rates": {"match@1": rate(m["n_matched@1"], len(td.prompts)), f"match@{k}": rate(m[f"n_matched@{k}"], len(td.prompts)), "validity": rate(n_valid, len(csp_idx))},
+            "per_prompt": per_prompt,
+        }
+    if dn_idx:
+        v_dn = [verd[i] for i in dn_idx]
         s = summarize(v_dn)
-        res["denovo"] = {"n": len(denovo), "valid": s["rates"]["valid"], "unique": s["rates"]["unique"], "novel": s["rates"]["novel"], "unique_novel": s["rates"]["unique_novel"]}
+        n = len(dn_idx)
+        c = s["counts"]
+        valid = [bool(v["valid"]) for v in v_dn]
+        sites = size_buckets([v.get("n_sites") for v in v_dn], valid, SITE_BUCKETS)
+        elems = size_buckets([v.get("n_elements") for v in v_dn], valid, ELEMENT_BUCKETS)
+        res["denovo"] = {
+            "n": n, **{x: s["rates"][x] for x in ("valid", "unique", "novel", "unique_novel")},
+            "rates": {x: rate(c[x], n) for x in ("valid", "unique", "novel", "unique_novel")},
+            "size_matched_valid": size_matched_validity(sites, sc.ref_sizes["sites"]["shares"]),
+            "sizes": {"sites": sites, "elements": elems},
+        }
         if cfg.stability:
-            res["denovo"]["stability"] = _stability(task, name, denovo, v_dn, ref, cfg)
+            res["denovo"]["stability"] = _stability(td.spec, spec.name, [recs[i]["text"] for i in dn_idx], v_dn, sc.ref, cfg)
     # rediscovery over all valid samples, in generation order (CSP first, then de novo)
     by_formula: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for idx, (t, v) in enumerate(zip(flat + denovo, verd)):
+    for pos, (t, v) in enumerate(zip(texts, verd_list)):
         if v["valid"]:
-            by_formula[v["reduced_formula"]].append((idx, t))
+            by_formula[v["reduced_formula"]].append((pos, t))
     first_hit: list[int] = []
-    for row in test_rows:
-        cands = by_formula.get(row["reduced_formula"], [])
-        hit = None
-        for idx, t in cands:
+    for row in td.test:
+        for pos, t in by_formula.get(row["reduced_formula"], []):
             if novelty_task((t, [row["text"]])) == 0:
-                hit = idx
+                first_hit.append(pos)
                 break
-        if hit is not None:
-            first_hit.append(hit)
-    n_total = len(flat) + len(denovo)
+    n_total = len(texts)
     grid = sorted({max(1, n_total // 8), max(1, n_total // 4), max(1, n_total // 2), max(1, n_total)})
+    n_test = len(td.test)
     res["rediscovery"] = {
-        "n_test": len(test_rows),
-        "curve": {str(n): sum(1 for h in first_hit if h < n) / max(1, len(test_rows)) for n in grid},  # N samples -> rate
-        "rate": len(first_hit) / max(1, len(test_rows)),
+        "n_test": n_test,
+        "curve": {str(g): sum(1 for h in first_hit if h < g) / max(1, n_test) for g in grid},  # N samples -> rate
+        "rate": len(first_hit) / max(1, n_test),
+        "rates": {"rate": rate(len(first_hit), n_test)},
     }
-    if oracle is not None and threshold is not None:
-        novel_valid = [t for t, v in zip(flat + denovo, verd) if v["valid"] and v.get("novel") is not False]
-        preds = oracle.predict(novel_valid) if novel_valid else []
+    if sc.oracle is not None and sc.threshold is not None:
+        novel_valid = [t for t, v in zip(texts, verd_list) if v["valid"] and v.get("novel") is not False]
+        preds = sc.oracle.predict(novel_valid) if novel_valid else []
         finite = [float(p) for p in preds if p == p]
+        hits = sum(p > sc.threshold for p in finite)
         res["property"] = {
             "n_scored": len(finite),
-            "hit_rate": (sum(p > threshold for p in finite) / len(finite)) if finite else None,
+            "hit_rate": (hits / len(finite)) if finite else None,
             "median_pred": (sorted(finite)[len(finite) // 2] if finite else None),
-            "threshold": threshold,
-            "unit": task.unit,
+            "threshold": sc.threshold,
+            "unit": td.spec.unit,
+            "rates": {"hit_rate": rate(hits, len(finite))},
         }
-        if asked is not None:
-            res["property"]["response"] = _conditioning_response(flat + denovo, verd, asked, oracle, threshold)
-    return res
+        if spec.conditioned:
+            asked = [recs[i]["asked"] for i in order]
+            res["property"]["response"] = _conditioning_response(texts, verd_list, asked, sc.oracle, sc.threshold, cfg.seed)
+    return res, out_recs
 
 
-def _stability(task: TaskSpec, name: str, denovo: list[str], verd: list[dict], ref, cfg: BenchConfig) -> dict[str, Any]:
+def _stability(task: TaskSpec, name: str, denovo: list[str], verd: list[dict], ref: ReferenceIndex, cfg: BenchConfig) -> dict[str, Any]:
     """Stability of the de novo samples (:mod:`cifllm.evaluation.stability`): the hull references are the task's
     novelty reference (what the model may have seen), relaxed with the same potential; rates over all de novo samples."""
     settings = StabilitySettings(workers=cfg.workers, time_limit_s=max(cfg.time_limit_s, 300.0))
@@ -157,14 +465,13 @@ def _stability(task: TaskSpec, name: str, denovo: list[str], verd: list[dict], r
     return {k: st[k] for k in ("n_samples", "n_e_hull", "rates", "reasons", "e_above_hull", "rmsd_A", "run")}
 
 
-def _conditioning_response(texts: list[str], verd: list[dict], asked: list[float | None], oracle, threshold: float) -> dict[str, Any]:
+def _conditioning_response(texts: list[str], verd: list[dict], asked: list[float | None], oracle: PropertyOracle, threshold: float, seed: int) -> dict[str, Any]:
     """Does asking for a value move the generated property? Per asked value (de novo samples): valid samples, their
-    median oracle prediction and hit rate; Spearman rho between asked and predicted over all of them."""
-    from scipy.stats import spearmanr
-
+    median oracle prediction and hit rate; Spearman rho between asked and predicted over all of them, with a seeded
+    bootstrap 95% interval (:func:`cifllm.bench.stats.bootstrap_spearman`)."""
     pairs = [(a, t) for t, v, a in zip(texts, verd, asked) if a is not None and v["valid"]]
     if not pairs:
-        return {"n_scored": 0}
+        return {"n_scored": 0, "spearman_asked_vs_predicted": None, "spearman": bootstrap_spearman([], [], seed=seed)}
     preds = oracle.predict([t for _, t in pairs])
     by: dict[float, list[float]] = defaultdict(list)
     xs, ys = [], []
@@ -177,169 +484,151 @@ def _conditioning_response(texts: list[str], verd: list[dict], asked: list[float
         f"{a:g}": {"n_valid": len(ps), "median_pred": sorted(ps)[len(ps) // 2], "hit_rate": sum(p > threshold for p in ps) / len(ps)}
         for a, ps in sorted(by.items())
     }
-    rho = float(spearmanr(xs, ys).statistic) if len(set(xs)) > 1 and len(xs) > 2 else None
-    return {"n_scored": len(xs), "by_asked_value": table, "spearman_asked_vs_predicted": rho}
+    sp = bootstrap_spearman(xs, ys, seed=seed)
+    return {"n_scored": len(xs), "by_asked_value": table, "spearman_asked_vs_predicted": sp["rho"], "spearman": sp}
 
 
-def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
-    """Run one task (see module docstring); returns the metrics dict."""
-    t0 = time.time()
+def _throughput(sampling: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Add tokens/s and valid CIFs/s (of sampling wall time) to a row's sampling record."""
+    s, tok = sampling.get("seconds"), sampling.get("tokens")
+    n_valid = 0
+    c, dn = row.get("csp") or {}, row.get("denovo") or {}
+    if c:
+        n_valid += c["rates"]["validity"]["count"]
+    if dn:
+        n_valid += dn["rates"]["valid"]["count"]
+    return {
+        **sampling, "n_valid": n_valid,
+        "tokens_per_s": tok / s if tok is not None and s else None,
+        "valid_per_s": n_valid / s if s else None,
+    }
+
+
+# --- the task ----------------------------------------------------------------------------------------------------
+
+
+def _load_task(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[_Task, Path]:
     task = load_task(cfg.task)
     d = Path(cfg.splits) / task.name
     if not (d / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"{d}: no split for task {task.name}; build it with `cifllm split --task {task.name}`")
-    if cfg.model and not (Path(cfg.model) / "config.json").is_file():
-        raise FileNotFoundError(f"{cfg.model}: not a save_pretrained model folder")
-    if cfg.model:
-
-        tok = load_tokenizer(cfg.model)
-        if tokenizer_fingerprint(tok.backend_tokenizer) != tokenizer_fingerprint():
-            raise ValueError(f"{cfg.model}: its tokenizer does not match this cifllm's tokenizer")
     man = json.loads((d / MANIFEST_FILE).read_text())
     train = load_split(d, "train") + load_split(d, "val")
     test = load_split(d, "test")
-    n_prompts = cfg.n_prompts or task.n_prompts
-    n_samples = cfg.n_samples or task.n_samples
-    n_denovo = cfg.n_denovo or task.n_denovo
+    want = cfg.n_prompts or task.n_prompts
+    n_prompts = min(want, len(test))
+    if n_prompts < want:
+        log(f"n_prompts {want} capped at the test-set size: {n_prompts} CSP prompts")
     targets = test[:n_prompts]
-    prompts = [t["text"].split("\n", 1)[0] + "\n" for t in targets]
-    # novelty reference: what the model may have seen = corpus minus the task's exclusions
-    excl = set((d / "pretrain_exclude.txt").read_text().split())
-
-    ds = load_corpus(cfg.corpus).select_columns(["id", "text", "reduced_formula"])
-    keep = [i for i, x in enumerate(ds["id"]) if x not in excl]
-    ref = ReferenceIndex.from_records([ds["text"][i] for i in keep], [ds["reduced_formula"][i] for i in keep], [ds["id"][i] for i in keep])
-    oracle = None
-    threshold = man["rule"].get("threshold")
-    out: dict[str, Any] = {"task": asdict(task), "config": asdict(cfg), "split_counts": man["counts"], "leak_check": {k: v for k, v in man["leak_check"].items() if k != "removed_from_test"}, "rows": []}
-    if "property" in task.metrics and threshold is not None:
-
-        rows = [r for r in train + test if r.get("value") is not None]
-        oracle = PropertyOracle(log_target=task.property in ("tc", "thermal_conductivity"), seed=cfg.seed)
-        out["oracle"] = asdict(oracle.fit([r["text"] for r in rows], [r["value"] for r in rows], threshold))
-    gens: list[tuple[str, Any]] = []
-    asked_by_row: dict[str, list[float | None]] = {}
-    constrained = False
-    if cfg.model:
-
-        constrained = resolve_constrained(cfg.constrained, cfg.model, log=lambda m: log(f"[bench {task.name}] {m}"))
-        out["constrained"] = constrained
-
-    def llm(adapter: str | None):
-        """CSP and de novo samples from one loaded engine: the CSP prompts, then the empty (BOS-only) prompt."""
-        texts = _generate_llm(cfg.model, adapter, [*prompts, ""], [n_samples] * len(prompts) + [n_denovo], cfg, constrained)
-        return texts[:-1], texts[-1]
-
-    cond_names: tuple[str, ...] = ()
-    if cfg.adapter:
-
+    cond: tuple[str, ...] = ()
+    if cfg.model and cfg.adapter:
         trained = read_adapter_record(cfg.adapter).get("conditioning") or {}
-        cond_names = tuple(n for n in task.conditioning if n in trained)
-        if task.conditioning and not cond_names:
-            log(f"[bench {task.name}] the adapter was not trained with the task's conditioning {list(task.conditioning)}: no lora+cond row")
+        cond = tuple(n for n in task.conditioning if n in trained)
+        if task.conditioning and not cond:
+            log(f"the adapter was not trained with the task's conditioning {list(task.conditioning)}: no lora+cond row")
+    td = _Task(
+        spec=task, manifest=man, train=train, test=test, targets=targets, prompts=[t["text"].split("\n", 1)[0] + "\n" for t in targets],
+        n_samples=cfg.n_samples or task.n_samples, n_denovo=cfg.n_denovo or task.n_denovo, cond_names=cond,
+    )
+    return td, d
 
-    def llm_cond(adapter: str):
-        """Conditioned prompts: each CSP target with its own (test-tail) property values; de novo samples asked for
-        values across the test tail (its 10/50/90% quantiles and maximum), ``n_denovo`` split evenly among them."""
-        import numpy as np
+
+def _scoring(cfg: BenchConfig, td: _Task, d: Path) -> tuple[_Scoring, dict[str, Any]]:
+    """The novelty reference (corpus minus the task's exclusions: what the model may have seen), its size
+    distribution, and the property oracle (Case 2); plus the oracle's accuracy record (or None)."""
+    excl = set((d / "pretrain_exclude.txt").read_text().split())
+    ds = load_corpus(cfg.corpus).select_columns(["id", "text", "reduced_formula", "n_sites", "n_elements"])
+    keep = [i for i, x in enumerate(ds["id"]) if x not in excl]
+    ids, texts, formulas = ds["id"], ds["text"], ds["reduced_formula"]
+    ref = ReferenceIndex.from_records([texts[i] for i in keep], [formulas[i] for i in keep], [ids[i] for i in keep])
+    n_sites, n_el = ds["n_sites"], ds["n_elements"]
+    sizes = {"n": len(keep), "sites": reference_shares([n_sites[i] for i in keep], SITE_BUCKETS), "elements": reference_shares([n_el[i] for i in keep], ELEMENT_BUCKETS)}
+    oracle, orc = None, None
+    threshold = td.manifest["rule"].get("threshold")
+    if "property" in td.spec.metrics and threshold is not None:
+        rows = [r for r in td.train + td.test if r.get("value") is not None]
+        oracle = PropertyOracle(log_target=td.spec.property in ("tc", "thermal_conductivity"), seed=cfg.seed)
+        orc = asdict(oracle.fit([r["text"] for r in rows], [r["value"] for r in rows], threshold))
+    manifest = Path(cfg.corpus) / MANIFEST_FILE
+    fp = {
+        "format": ROW_FORMAT, "corpus": str(cfg.corpus), "corpus_manifest": sha256_file(manifest) if manifest.is_file() else None,
+        "time_limit_s": cfg.time_limit_s, "stability": cfg.stability, "seed": cfg.seed,
+    }
+    return _Scoring(ref, sizes, oracle, threshold, fp), orc or {}
 
 
-        csp_p = []
-        for t, p in zip(targets, prompts, strict=True):
-            vals = property_values(t, cond_names, task.property or None)
-            csp_p.append("".join(ln + "\n" for ln in format_property_lines(vals)) + p)
-        main = cond_names[0]
-        tail = np.asarray([v for r in test for v in [property_values(r, (main,), task.property or None).get(main)] if v is not None])
-        asked = sorted({float(x) for x in np.quantile(tail, [0.1, 0.5, 0.9])} | {float(tail.max())}) if tail.size else []
-        per = max(1, n_denovo // max(1, len(asked)))
-        dn_p = ["".join(ln + "\n" for ln in format_property_lines({main: a})) for a in asked]
-        texts = _generate_llm(cfg.model, adapter, [*csp_p, *dn_p], [n_samples] * len(csp_p) + [per] * len(dn_p), cfg, constrained)
-        asked_by_row["lora+cond"] = [None] * (len(csp_p) * n_samples) + [a for a in asked for _ in range(per)]
-        return texts[: len(csp_p)], [t for ts in texts[len(csp_p) :] for t in ts]
+def _records_complete(recs: list[dict[str, Any]], n_prompts: int) -> bool:
+    return all(r.get("kind") in ("csp", "denovo") and (r["kind"] != "csp" or 0 <= int(r.get("prompt_index", -1)) < n_prompts) for r in recs)
 
-    if cfg.model:
-        gens.append(("base", lambda: llm(None)))
-        if cfg.adapter:
-            gens.append(("lora", lambda: llm(cfg.adapter)))
-            if cond_names:
-                gens.append(("lora+cond", lambda: llm_cond(cfg.adapter)))
-    if cfg.template_baseline:
-        tb = TemplateBaseline([r["text"] for r in train], seed=cfg.seed)
-        gens.append(("template", lambda: ([tb.csp(t["text"].split("\n", 1)[0][5:], n_samples) for t in targets], tb.denovo(n_denovo))))
 
-    for name, make in gens:
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one task (see module docstring); returns the metrics dict (``stage=generate``: the rows' statuses)."""
+    t0 = time.time()
+    task_name = load_task(cfg.task).name
+
+    def tlog(msg: str) -> None:
+        log(f"[bench {task_name}] {msg}")
+
+    td, d = _load_task(cfg, tlog)
+    specs = plan_rows(cfg, td.cond_names, tlog)
+    res_dir = Path(cfg.out) / td.spec.name
+    store = RowStore(res_dir)
+    sc: _Scoring | None = None
+    oracle_rec: dict[str, Any] = {}
+    if cfg.stage == "all":
+        sc, oracle_rec = _scoring(cfg, td, d)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
         t1 = time.time()
-        log(f"[bench {task.name}] generating: {name}")
-        csp_texts, denovo = make()
-        csp_texts = [[strip_conditions(t) for t in ts] for ts in csp_texts]  # property lines out: what the checks read
-        denovo = [strip_conditions(t) for t in denovo]
-        row = _score(task, name, prompts, [t["text"] for t in targets], csp_texts, denovo, ref, test, cfg, oracle, threshold, asked_by_row.get(name))
+        fp = _gen_fingerprint(spec, td, cfg)
+        status, saved, recs = store.lookup(spec.name, fp, sc.fingerprint if sc else None, tlog)
+        if status != "none" and recs is not None and not _records_complete(recs, len(td.prompts)):
+            tlog(f"row {spec.name}: saved samples do not fit the prompts: regenerating")
+            status = "none"
+        if status == "scored" and saved is not None:
+            tlog(f"row {spec.name}: loaded from {store.row_path(spec.name)}")
+            rows.append({k: v for k, v in saved.items() if k not in ("status", "format")})
+            continue
+        if status == "generated" and saved is not None and recs is not None:
+            sampling = saved["sampling"]
+            if cfg.stage == "generate":
+                tlog(f"row {spec.name}: samples already saved")
+                rows.append({"generator": spec.name, "status": "generated"})
+                continue
+            tlog(f"row {spec.name}: scoring the saved samples")
+        else:
+            tlog(f"generating: {spec.name}")
+            recs, sampling = _sample_row(spec, td, cfg, tlog)
+            store.save_generated(spec.name, fp, recs, sampling)
+            if cfg.stage == "generate":
+                rows.append({"generator": spec.name, "status": "generated"})
+                continue
+        assert sc is not None
+        row, scored = _score(spec, td, recs, sc, cfg)
+        row["sampling"] = _throughput(sampling, row)
         row["seconds"] = round(time.time() - t1, 1)
-        out["rows"].append(row)
+        row["fingerprint"], row["score_fingerprint"] = fp, sc.fingerprint
+        store.save_scored(spec.name, row, scored)
+        rows.append(row)
+    if cfg.stage == "generate":
+        return {"task": asdict(td.spec), "stage": "generate", "rows": rows}
+    out: dict[str, Any] = {
+        "task": asdict(td.spec), "config": _plain_config(cfg), "split_counts": td.manifest["counts"],
+        "leak_check": {k: v for k, v in td.manifest["leak_check"].items() if k != "removed_from_test"},
+        "csp_prompts": {"requested": cfg.n_prompts or td.spec.n_prompts, "used": len(td.prompts), "test_size": len(td.test)},
+        "reference_sizes": sc.ref_sizes if sc else None, "rows": rows,
+    }
+    if oracle_rec:
+        out["oracle"] = oracle_rec
+    if cfg.model:
+        out["constrained"] = specs[0].constrained
     out["seconds"] = round(time.time() - t0, 1)
-    res_dir = Path(cfg.out) / task.name
     atomic_write_json(res_dir / METRICS_FILE, out)
+    atomic_write_text(res_dir / "per_prompt.md", render_per_prompt_md(out))
     save_config(cfg, res_dir / CONFIG_FILE)  # the resolved config of this task's run
     atomic_write_text(Path(cfg.out) / BENCH_SUMMARY, render_bench_md(Path(cfg.out)))
     return out
 
 
-def _num(x: float | None) -> str:
-    return fmt_num(x)
-
-
-def render_bench_md(results_dir: Path) -> str:
-    """One table, task x generator x metric, from every ``<results>/<task>/metrics.json``."""
-    lines = [
-        "# Discovery benchmark results",
-        "",
-        "CSP match with StructureMatcher(ltol 0.3, stol 0.5, angle 10); novelty/uniqueness/rediscovery with (0.2, 0.3, 5);",
-        "rediscovery = share of test structures matched by >= 1 valid sample; property hit rate = share of valid novel",
-        "samples that the oracle places above the task's threshold; rho = Spearman correlation between the asked and the",
-        "oracle-predicted property of conditioned de novo samples (lora+cond rows); n/a = not measured.",
-        "Generators: base = pretrained model; lora = with the task's adapter, plain prompts; lora+cond = adapter with",
-        "property prompts (CSP targets with their own values, de novo asked for test-tail values); template = pymatgen",
-        "element substitution into training prototypes.",
-        "",
-        "| task | case | generator | CSP match@1 | match@k | RMSE@k | de novo valid | unique | novel | rediscovery | property hit rate | rho asked/pred | oracle MAE / R2 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for f in sorted(results_dir.glob("*/metrics.json")):
-        m = json.loads(f.read_text())
-        if not isinstance(m, dict) or "rows" not in m or "task" not in m:
-            continue  # another stage's metrics.json (e.g. an evaluate run) in the same results folder
-        orc = m.get("oracle")
-        orc_s = f"{orc['mae']:.3g} / {orc['r2']:.2f}" if orc else MISSING
-        for r in m["rows"]:
-            c, dn = r.get("csp", {}), r.get("denovo", {})
-            k = c.get("samples_per_prompt", 1)
-            lines.append(
-                f"| {m['task']['name']} | {m['task']['case']} | {r['generator']} | {pct(c.get('match@1'))} | {pct(c.get(f'match@{k}'))} | "
-                f"{_num(c.get(f'rmse@{k}'))} | {pct(dn.get('valid'))} | {pct(dn.get('unique'))} | {pct(dn.get('novel'))} | "
-                f"{pct(r['rediscovery']['rate'])} | {pct(r.get('property', {}).get('hit_rate'))} | "
-                f"{_num(r.get('property', {}).get('response', {}).get('spearman_asked_vs_predicted'))} | {orc_s} |"
-            )
-    st_lines = []
-    for f in sorted(results_dir.glob("*/metrics.json")):
-        m = json.loads(f.read_text())
-        if not isinstance(m, dict) or "rows" not in m or "task" not in m:
-            continue
-        for r in m["rows"]:
-            st = r.get("denovo", {}).get("stability")
-            if st:
-                rt = st["rates"]
-                st_lines.append(
-                    f"| {m['task']['name']} | {r['generator']} | {st['n_samples']} | {st['n_e_hull']} | {pct(rt['stable']['rate'])} | {pct(rt['metastable']['rate'])} | "
-                    f"{pct(rt['sun']['rate'])} | {pct(rt['msun']['rate'])} | {_num(st['e_above_hull']['median'])} |"
-                )
-    if st_lines:
-        lines += [
-            "",
-            "Stability of de novo samples (CHGNet relaxation, E_hull against the task's reference relaxed with the same potential;",
-            "rates in % over all de novo samples, S.U.N. = stable (E_hull <= 0) & unique & novel, M.S.U.N. = E_hull <= 0.1 eV/atom):",
-            "",
-            "| task | generator | n | with E_hull | stable | metastable | S.U.N. | M.S.U.N. | median E_hull (eV/atom) |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *st_lines,
-        ]
-    return "\n".join(lines) + "\n"
+def _plain_config(cfg: BenchConfig) -> dict[str, Any]:
+    return {**asdict(cfg), "compare_models": dict(cfg.compare_models)}

@@ -1,5 +1,6 @@
 """``cifllm bench --task T [--model M] [--adapter A] [key=value ...]``: run a discovery task (see
-:mod:`cifllm.bench.runner`); writes ``results/<task>/metrics.json`` and ``results/BENCH.md``."""
+:mod:`cifllm.bench.runner`); writes ``<out>/<task>/rows/``, ``<out>/<task>/metrics.json``, ``<out>/<task>/per_prompt.md``
+and ``<out>/BENCH.md``. Rerunning the same command loads the rows already finished (resumable)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cifllm.bench.tasks import list_tasks
 from cifllm.cli.common import add_config_arguments, config_from_args
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import BENCH_SUMMARY, SplitFiles
+from cifllm.core.report import pct
 
 CONFIG = BenchConfig
 
@@ -38,6 +40,17 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[bench {name}] no adapter at {a}: base model and template only")
         res = run_bench(dataclasses.replace(base, task=name, adapter=adapter))
         for r in res["rows"]:
-            print(name, r["generator"], {k: r.get(k) for k in ("csp", "denovo")}, "rediscovery", r["rediscovery"]["rate"])
-    print(f"summary: {Path(base.out) / BENCH_SUMMARY}")
+            if base.stage == "generate":
+                print(name, r["generator"], r["status"])
+                continue
+            c, dn = r.get("csp") or {}, r.get("denovo") or {}
+            k = c.get("samples_per_prompt", 1)
+            print(
+                name, r["generator"], f"match@1 {pct(c.get('match@1'))}", f"match@{k} {pct(c.get(f'match@{k}'))}",
+                f"de novo valid {pct(dn.get('valid'))}", f"rediscovery {pct(r['rediscovery']['rate'])}",
+            )
+    if base.stage == "generate":
+        print(f"samples saved under {Path(base.out)}/<task>/rows; rerun with stage=all to score them")
+    else:
+        print(f"summary: {Path(base.out) / BENCH_SUMMARY}")
     return 0

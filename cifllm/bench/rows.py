@@ -1,0 +1,168 @@
+"""Resumable benchmark rows: each (task, row) result is saved as soon as it exists, so a rerun with the same settings
+loads it instead of sampling it again.
+
+Files (all written atomically):
+
+* ``<out>/<task>/rows/<row>.samples.jsonl`` - one record per sample: ``kind`` (``csp`` / ``denovo``),
+  ``prompt_index`` (CSP prompt; de novo: index of the asked value, else None), ``sample_index``, ``text`` (what the
+  checks read), ``n_tokens`` (None for the template baseline), ``asked`` (conditioned de novo: the asked property
+  value); after scoring also the verdict summary (``valid``, ``reason``, ``reduced_formula``, ``n_sites``,
+  ``n_elements``, ``unique``, ``novel``; CSP: ``rms``).
+* ``<out>/<task>/rows/<row>.json`` - ``status`` ``generated`` (samples saved, not scored yet) or ``scored`` (the whole
+  row), the generation ``fingerprint`` (model path + SHA-256 of its config/weights, adapter, constraint engine,
+  budgets, sampling parameters, seed, engine, split files) and, once scored, the ``score_fingerprint`` (reference
+  corpus, time limit, stability). Same generation fingerprint: the samples are reused; same score fingerprint too:
+  the row is loaded as it is.
+* ``<out>/_shared/denovo-<hash>.jsonl`` (+ ``.json``, written last: the completion mark) - the unprompted (BOS-only)
+  de novo samples of a model without an adapter, keyed by model, constraint engine, sampling parameters, count and
+  seed: identical for every task, so sampled once and reused by every task (scored per task).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cifllm.utils import atomic_write_json, atomic_write_text, sha256_file
+
+__all__ = ["ROW_FORMAT", "RowStore", "SharedDenovo", "describe_change", "digest", "folder_fingerprint"]
+
+#: version of the row files: a row saved by another version is regenerated
+ROW_FORMAT = 1
+#: files that define a model or adapter folder's outputs (hashed into its fingerprint)
+_DEFINING = ("config.json", "cifllm_tokenizer.json", "tokenizer.json", "generation_config.json", "adapter_config.json", "cifllm_adapter.json")
+_WEIGHTS = ("*.safetensors", "*.bin")
+_FP_CACHE: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    """Hex SHA-256 (first ``length`` characters) of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """SHA-256 over a model or adapter folder's config, tokenizer and weight files (name + content); cached per
+    process by (path, file sizes and modification times)."""
+    p = Path(path)
+    files = sorted({f for pat in (*_DEFINING, *_WEIGHTS) for f in p.glob(pat) if f.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{p}: no model or adapter files to fingerprint")
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (str(p.resolve()), stamp)
+    if key not in _FP_CACHE:
+        _FP_CACHE[key] = digest({f.name: sha256_file(f) for f in files}, 64)
+    return _FP_CACHE[key]
+
+
+def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """The keys whose values differ, ``key old -> new`` (values shortened), for a one-line log."""
+    if not old:
+        return "no fingerprint saved"
+    keys = sorted(set(old) | set(new), key=str)
+    parts = [f"{k} {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
+    return ", ".join(parts) or "no difference"
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= 24 else s[:10] + "..." + s[-8:]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, default=str) + "\n" for r in records)
+
+
+class RowStore:
+    """The saved rows of one task (``<task_dir>/rows``)."""
+
+    def __init__(self, task_dir: str | Path) -> None:
+        self.dir = Path(task_dir) / "rows"
+
+    def row_path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def samples_path(self, name: str) -> Path:
+        return self.dir / f"{name}.samples.jsonl"
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """The saved row record, or None (missing or unreadable)."""
+        try:
+            rec = json.loads(self.row_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def read_samples(self, name: str) -> list[dict[str, Any]] | None:
+        try:
+            return _read_jsonl(self.samples_path(name))
+        except (OSError, ValueError):
+            return None
+
+    def save_generated(self, name: str, fingerprint: dict[str, Any], samples: list[dict[str, Any]], sampling: dict[str, Any]) -> None:
+        """Samples first, then the record that points at them (a kill in between leaves the old record, which no
+        longer matches or is regenerated)."""
+        atomic_write_text(self.samples_path(name), _jsonl(samples))
+        atomic_write_json(self.row_path(name), {"generator": name, "status": "generated", "format": ROW_FORMAT, "fingerprint": fingerprint, "sampling": sampling})
+
+    def save_scored(self, name: str, row: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.samples_path(name), _jsonl(samples))
+        atomic_write_json(self.row_path(name), {**row, "status": "scored", "format": ROW_FORMAT})
+
+    def lookup(self, name: str, fingerprint: dict[str, Any], score_fingerprint: dict[str, Any] | None, log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]] | None]:
+        """What can be reused of row ``name``: ``("scored", row, samples)`` (same generation and scoring settings),
+        ``("generated", record, samples)`` (same generation settings: score the saved samples) or ``("none", None,
+        None)``; a saved row with other settings is reported in one line through ``log``."""
+        rec = self.read(name)
+        if rec is None:
+            return "none", None, None
+        if rec.get("format") != ROW_FORMAT or rec.get("fingerprint") != fingerprint:
+            why = f"row format {rec.get('format')} -> {ROW_FORMAT}" if rec.get("format") != ROW_FORMAT else describe_change(rec.get("fingerprint"), fingerprint)
+            log(f"row {name}: saved with other settings ({why}): regenerating")
+            return "none", None, None
+        samples = self.read_samples(name)
+        if samples is None:
+            log(f"row {name}: {self.samples_path(name)} missing or unreadable: regenerating")
+            return "none", None, None
+        if rec.get("status") == "scored" and score_fingerprint is not None and rec.get("score_fingerprint") == score_fingerprint:
+            return "scored", rec, samples
+        if rec.get("status") == "scored" and score_fingerprint is not None:
+            log(f"row {name}: scoring settings changed ({describe_change(rec.get('score_fingerprint'), score_fingerprint)}): rescoring the saved samples")
+        return "generated", rec, samples
+
+
+class SharedDenovo:
+    """Unprompted de novo samples shared by every task (``<out>/_shared``), keyed by a fingerprint dict."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir) / "_shared"
+
+    def paths(self, key: dict[str, Any]) -> tuple[Path, Path]:
+        h = digest(key)
+        return self.dir / f"denovo-{h}.jsonl", self.dir / f"denovo-{h}.json"
+
+    def get(self, key: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """(samples, meta) when a complete entry with exactly this key exists, else None."""
+        data, meta_path = self.paths(key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") != key:
+                return None
+            samples = _read_jsonl(data)
+        except (OSError, ValueError):
+            return None
+        if len(samples) != meta.get("n_samples"):
+            return None
+        return samples, meta
+
+    def put(self, key: dict[str, Any], samples: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+        data, meta_path = self.paths(key)
+        atomic_write_text(data, _jsonl(samples))
+        atomic_write_json(meta_path, {**meta, "key": key, "n_samples": len(samples)})
+        return data
