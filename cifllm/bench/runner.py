@@ -68,6 +68,7 @@ from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task
 from cifllm.evaluation.run import evaluate_texts, summarize
 from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.engines import EngineError, GenerationParams, check_constrained
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import Prompt, strip_conditions
@@ -99,8 +100,8 @@ class BenchConfig:
     #: unconditioned de novo samples per model row; 0 = the task's default
     n_denovo: int = 0
     max_new_tokens: int = 1024
-    temperature: float = 1.0
-    top_k: int = 0
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]
     batch_size: int = 32
     seed: int = 0
     threads: int = 1
