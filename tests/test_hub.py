@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cifllm.bench.rows import folder_fingerprint
 from cifllm.cli import main
 from cifllm.core import models as resolve_mod
 from cifllm.hub import card as card_mod
@@ -160,7 +161,12 @@ def test_card_with_eval_and_bench(toy_model, tmp_path):
     (bench / "task_a").mkdir(parents=True)
     row = {"generator": "base", "csp": {"match@1": 0.25, "match@4": 0.5, "samples_per_prompt": 4},
            "denovo": {"valid": 0.75, "unique": 0.5, "novel": 0.375}, "rediscovery": {"rate": 0.125}}
+    row["fingerprint"] = {"model_sha": folder_fingerprint(toy_model)}
     (bench / "task_a" / "metrics.json").write_text(json.dumps({"task": {"name": "task_a", "case": 1}, "rows": [row]}))
+    # a task benchmarked with another model: named, not shown
+    (bench / "task_b").mkdir()
+    stale = {**row, "fingerprint": {"model_sha": "0" * 64}, "denovo": {"valid": 0.99}}
+    (bench / "task_b" / "metrics.json").write_text(json.dumps({"task": {"name": "task_b", "case": 1}, "rows": [stale]}))
     (bench / "BENCH.md").write_text("ignored")
     metrics = {"n_samples": 8, "rates": {"parse": 0.875, "valid": 0.625, "unique": 0.5, "novel": 0.25},
                "rates_among_valid": {"unique": 0.8}, "definitions": {"valid": "parse, cell, structural and compositional"}}
@@ -170,6 +176,7 @@ def test_card_with_eval_and_bench(toy_model, tmp_path):
     (ev.parent / "summary.json").write_text(json.dumps({"n_prompts": 2, "engine": "hf", "params": {"temperature": 0.7}}))
     text = render_model_card(toy_model, eval_metrics=ev / "metrics.json", bench_dir=bench)
     assert "| task_a | 1 | base | 25.0% | 50.0% (k=4) | 75.0% | 50.0% | 37.5% | 12.5% | n/a |" in text
+    assert "| task_b |" not in text and "99.0%" not in text and "for task_b were made with another model" in text
     assert "62.5%" in text and "80.0%" in text and "temperature 0.7" in text
     assert "parse, cell, structural and compositional" in text
     fm = _front_matter(text)

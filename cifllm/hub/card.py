@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cifllm.bench.rows import folder_fingerprint
 from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
@@ -370,15 +371,22 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
     return lines
 
 
-def _bench_section(bench_dir: str | Path | None) -> list[str]:
+def _bench_section(bench_dir: str | Path | None, model_dir: Path) -> list[str]:
+    """Benchmark rows of tasks whose ``base`` row sampled *this* model (its weights' fingerprint, see
+    :func:`cifllm.bench.rows.folder_fingerprint`): a results folder left by another model is named, not shown."""
     lines = ["## Discovery benchmarks", ""]
     files = sorted(Path(bench_dir).glob("*/metrics.json")) if bench_dir else []
-    rows = []
+    rows, other = [], []
+    fp = folder_fingerprint(model_dir) if files else None
     for f in files:
         m = _read_json(f)
         if not m:
             continue
         task = m.get("task") or {}
+        base = next((r for r in m.get("rows") or [] if r.get("generator") == "base"), None)
+        if base is None or (base.get("fingerprint") or {}).get("model_sha") != fp:
+            other.append(str(task.get("name", f.parent.name)))
+            continue
         for r in m.get("rows") or []:
             c, dn, rd = r.get("csp") or {}, r.get("denovo") or {}, r.get("rediscovery") or {}
             k = c.get("samples_per_prompt", 1)
@@ -387,8 +395,9 @@ def _bench_section(bench_dir: str | Path | None) -> list[str]:
                 f"{pct(c.get(f'match@{k}'))} (k={k}) | {pct(dn.get('valid'))} | {pct(dn.get('unique'))} | {pct(dn.get('novel'))} | "
                 f"{pct(rd.get('rate'))} | {pct((r.get('property') or {}).get('hit_rate'))} |"
             )
+    skipped = [f"Results in {bench_dir} for {', '.join(other)} were made with another model (or an older results format) and are not shown.", ""] if other else []
     if not rows:
-        return [*lines, f"Benchmark results: {NOT_RECORDED} (`cifllm card --bench results/`).", ""]
+        return [*lines, f"Benchmark results: {NOT_RECORDED} (`cifllm card --bench results/`).", "", *skipped]
     lines += [
         "From `cifllm bench` (`<results>/<task>/metrics.json`). CSP match with StructureMatcher(ltol 0.3, stol 0.5, "
         "angle 10); de novo uniqueness, novelty and rediscovery with (0.2, 0.3, 5); `template` is the baseline that "
@@ -398,6 +407,7 @@ def _bench_section(bench_dir: str | Path | None) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
+        *skipped,
     ]
     return lines
 
@@ -512,7 +522,7 @@ def render_model_card(
         *_data_section(records),
         *_training_section(records),
         *_eval_section(metrics, summary),
-        *_bench_section(bench_dir),
+        *_bench_section(bench_dir, Path(model_dir)),
         *_usage_section(repo),
         *_LIMITATIONS,
         "## Records",
