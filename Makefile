@@ -120,7 +120,7 @@ BENCH_FULL_ARGS ?= n_prompts=200 n_samples=20 n_denovo=1000 max_new_tokens=2000 
 	$(if $(wildcard $(BENCH_OLD_MODEL)/config.json),'compare_models={old-default: $(BENCH_OLD_MODEL)}')
 BENCH_CMD = bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS)
 TASKS := id_random elements_heldout prototypes_heldout tc_top kappa_top bandgap_top time_split
-.PHONY: splits bench bench-quick finetune finetune-all scaling default-model card
+.PHONY: splits bench bench-quick finetune finetune-all scaling default-model default-eval card
 splits: setup
 	$(CIFLLM) split --corpus $(CORPUS) --out data/tasks --base-corpus data/corpus-base
 
@@ -162,7 +162,17 @@ default-model: setup
 	test -f data/corpus-base/manifest.json || $(MAKE) splits
 	$(CIFLLM) pretrain --config train/configs/mini.yaml corpus=data/corpus-base out=runs/mini-v2 --resume
 	$(CIFLLM) export runs/mini-v2/model $(DEFAULT_MODEL) --dtype bfloat16 --overwrite
-	$(MAKE) --no-print-directory card
+	$(MAKE) --no-print-directory default-eval card
+
+# the default model's de novo figures for its card: DEFAULT_EVAL_N unprompted samples with the shipped sampling defaults
+# (vLLM when installed, HF otherwise), checked with novelty against what it was trained on (data/corpus-base)
+DEFAULT_EVAL_N ?= 1000
+DEFAULT_EVAL_ENGINE ?= $(if $(wildcard $(VLLM_VENV)/bin/python),vllm,hf)
+default-eval: setup
+	$(if $(filter vllm,$(DEFAULT_EVAL_ENGINE)),$(VLLM_VENV)/bin/cifllm,$(CIFLLM)) sample --config eval/sample.yaml \
+		engine=$(DEFAULT_EVAL_ENGINE) model=$(DEFAULT_MODEL) out=results/default-eval num_samples=$(DEFAULT_EVAL_N) batch_size=64
+	$(CIFLLM) evaluate --config eval/eval.yaml samples=results/default-eval \
+		$(if $(wildcard data/corpus-base/manifest.json),reference=data/corpus-base,novelty=false)
 
 card: setup
-	$(CIFLLM) card $(DEFAULT_MODEL) $(if $(wildcard results/default-eval/metrics.json),--eval results/default-eval/metrics.json) --bench results
+	$(CIFLLM) card $(DEFAULT_MODEL) $(if $(wildcard results/default-eval/eval/metrics.json),--eval results/default-eval/eval/metrics.json) --bench results
