@@ -139,14 +139,29 @@ def test_readme_python_api_example_runs():
 
 
 def test_sampling_defaults_are_the_sample_stage_defaults():
+    import inspect
+
+    import yaml
+
+    import cifllm
+    from cifllm.bench.runner import BenchConfig
+    from cifllm.demo import DemoConfig
+    from cifllm.hub.generate import generate_cifs
     from cifllm.modeling import SAMPLING_DEFAULTS
     from cifllm.sampling.engines import GenerationParams
     from cifllm.sampling.run import SampleConfig
+    from cifllm.utils.resources import resource_path
 
     gp = GenerationParams()
     sc = {f.name: f.default for f in fields(SampleConfig)}
     for key in ("temperature", "top_k", "top_p"):
         assert SAMPLING_DEFAULTS[key] == getattr(gp, key) == sc[key], key
+    for key in ("temperature", "top_k"):  # every caller: bench, demo, cifllm generate, the Python API, shipped YAMLs
+        assert getattr(BenchConfig(), key) == getattr(DemoConfig(), key) == SAMPLING_DEFAULTS[key], key
+        for fn in (generate_cifs, cifllm.generate):
+            assert inspect.signature(fn).parameters[key].default == SAMPLING_DEFAULTS[key], (fn, key)
+        for name in ("sample.yaml", "sample_csp.yaml"):
+            assert yaml.safe_load(resource_path("configs", "eval", name).read_text())[key] == SAMPLING_DEFAULTS[key], (name, key)
     assert SAMPLING_DEFAULTS["do_sample"] is True and gp.temperature > 0
 
 
@@ -176,12 +191,13 @@ def test_pretrain_built_and_exported_models_carry_the_sampling_config(toy_model,
     from transformers import AutoConfig, GenerationConfig
 
     from cifllm.hub.export import export_model
-    from cifllm.modeling import build_model, make_config, sampling_generation_config
+    from cifllm.modeling import SAMPLING_DEFAULTS, build_model, make_config, sampling_generation_config
 
     model = build_model(make_config("tiny", vocab_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=128), seed=0)
     model.save_pretrained(tmp_path / "m")  # what pretraining's trainer.save_model writes
     g = GenerationConfig.from_pretrained(tmp_path / "m")
-    assert g.do_sample and g.max_new_tokens == 128 and g.top_k == 0 and g.temperature == 1.0 and g.bos_token_id == 1
+    assert g.do_sample and g.max_new_tokens == 128 and g.bos_token_id == 1
+    assert (g.temperature, g.top_k) == (SAMPLING_DEFAULTS["temperature"], SAMPLING_DEFAULTS["top_k"])
     # an old model folder (greedy, 20 tokens) gets the sampling config when exported
     (toy_model / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}))
     try:
