@@ -6,8 +6,8 @@ Two steps, because vLLM lives in its own venv:
     .venv/bin/python benchmarks/bench_constrained.py score --out DIR      # checks + table -> DIR/constrained.json
 
 Prompts: ``--n-denovo`` de novo samples and ``--n-per-comp`` samples for each demo composition
-(``eval/demo_prompts.txt``). Per row: parse rate, prompt adherence (reduced composition of the sites equals the
-prompt's), CrystaLLM self-consistency, CDVAE validity, uniqueness (all with Wilson 95% intervals), tokens/s and valid
+(``eval/demo_prompts.txt``). Per row: parse rate (which includes Int_Tables = H-M symbol), prompt adherence (reduced composition of the sites equals the
+prompt's), consistency of the computed fields (volume, formula, multiplicity, sites vs formula: all must pass), CrystaLLM self-consistency, CDVAE validity, uniqueness (all with Wilson 95% intervals), tokens/s and valid
 CIFs/s of the sampling wall time, and the constraint overhead (1 - tokens/s relative to the unconstrained row).
 """
 
@@ -21,6 +21,9 @@ from pathlib import Path
 from cifllm.core.report import wilson_interval
 
 ROWS = {"unconstrained": None, "grammar": "grammar", "full": "full"}
+#: consistency checks of the computed fields (cifllm.evaluation.checks): stated volume, formula vs Z x reduced formula,
+#: multiplicity vs Wyckoff letter, sites vs formula
+FIELD_CHECKS = ("volume", "formula", "multiplicity", "sites_formula")
 
 
 def wilson(k: int, n: int) -> list[float] | None:
@@ -104,6 +107,9 @@ def score(args: argparse.Namespace) -> None:
         valid = sum(bool(v["valid"]) for v in verd)
         unique = sum(bool(v.get("unique")) for v in verd)
         tokens = sum(r["n_tokens"] for r in recs)
+        # the computed fields the engine forces (Int_Tables vs H-M is checked at parse): share of all samples passing
+        fields = {c: sum(bool(v["checks"].get(c, {}).get("ok")) for v in verd) / n for c in FIELD_CHECKS}
+        all_fields = sum(all(v["checks"].get(c, {}).get("ok") for c in ("parse", *FIELD_CHECKS)) for v in verd)
         row = {
             **meta,
             "n": n,
@@ -117,6 +123,10 @@ def score(args: argparse.Namespace) -> None:
             "valid": valid / n,
             "valid_ci": wilson(valid, n),
             "unique_valid": unique / n,
+            "field_checks": fields,
+            "fields_consistent": all_fields / n,
+            "fields_consistent_ci": wilson(all_fields, n),
+            "space_group_detected_agrees": sum(bool(v["checks"].get("space_group", {}).get("ok")) for v in verd) / n,
             "finished": sum(r["finished"] for r in recs) / n,
             "tokens_per_s": tokens / meta["wall_s"],
             "valid_per_s": valid / meta["wall_s"],
@@ -145,12 +155,13 @@ def render(results: dict) -> str:
         return f"{100 * x:.1f}%" + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
 
     lines = [
-        "| row | T / top-k | n | parse | prompt adherence | self-consistent | valid | unique & valid | tokens/s | valid CIFs/s | overhead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | T / top-k | n | parse | prompt adherence | computed fields consistent | self-consistent | valid | unique & valid | tokens/s | valid CIFs/s | overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['temperature']} / {r['top_k']} | {r['n']} | {pct(r['parse'], r['parse_ci'])} | {pct(r['prompt_adherence'], r['prompt_adherence_ci'])} | "
+            f"{pct(r['fields_consistent'], r['fields_consistent_ci'])} | "
             f"{pct(r['self_consistent'], r['self_consistent_ci'])} | {pct(r['valid'], r['valid_ci'])} | {pct(r['unique_valid'])} | {r['tokens_per_s']:.0f} | "
             f"{r['valid_per_s']:.2f} | {pct(r['constraint_overhead'])} |"
         )

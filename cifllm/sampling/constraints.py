@@ -245,10 +245,11 @@ class TokenTable:
         for t, i in vocab.items():
             if t.isalpha() and t[0].isupper() and len(t) <= 2:
                 try:
-                    Element(t)
+                    el = Element(t)
                 except ValueError:
                     continue
-                self.element_id[i] = t
+                if el.symbol == t:  # not pymatgen's isotope aliases D and T: they read as H, so D10H4 is H14
+                    self.element_id[i] = t
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def ids(self, text: str) -> tuple[int, ...]:
