@@ -12,6 +12,7 @@ per group), ``--n-denovo`` constrained de novo samples through vLLM (``benchmark
 per cell) next to the share of the corpus's training CIFs in that bucket. ``valid_size_matched`` reweights the
 per-bucket validity to the corpus's size distribution, so a model cannot raise it by writing only small cells.
 Wall times are of this machine while other jobs share its 2 cores: compare tokens/s only within one study.
+``--model NAME=DIR`` measures finished model folders (e.g. the long run's cooldown branches) the same way.
 """
 
 from __future__ import annotations
@@ -129,8 +130,15 @@ def run_variant(name: str, args: argparse.Namespace, shares: dict[str, float], g
     model = out / "model"
     if not (model / "cifllm_run.json").is_file():
         model = pretrain(cfg, resume=True)
+    res = evaluate_model(name, model, out, args, shares, groups, {"overrides": VARIANTS[name], "preset": cfg.preset})
+    res["wall_s_this_session"] = round(time.time() - t0, 1)
+    atomic_write_json(res_f, res)
+    return res
+
+
+def evaluate_model(name: str, model: Path, out: Path, args: argparse.Namespace, shares: dict[str, float], groups: dict[str, list[str]], extra: dict) -> dict:
+    """The study's measurements of a finished model folder (a variant's, or any run's ``model/``, ``--model``)."""
     run = json.loads((model / "cifllm_run.json").read_text())
-    train_s = time.time() - t0
     nll_f = out / "val_nll.json"
     if nll_f.is_file():
         nll = json.loads(nll_f.read_text())
@@ -138,22 +146,19 @@ def run_variant(name: str, args: argparse.Namespace, shares: dict[str, float], g
         nll = nll_by_group(model, groups)
         atomic_write_json(nll_f, nll)
     denovo = score_denovo(sample_denovo(model, out / "denovo", args.n_denovo, args.vllm_python), shares)
-    res = {
+    return {
         "variant": name,
-        "overrides": VARIANTS[name],
-        "preset": cfg.preset,
+        **extra,
+        "model": str(model),
         "n_parameters": run["n_parameters"],
         "steps": run["global_step"],
         "tokens_seen": run["tokens_seen"],
-        "train_tokens_per_s": run["tokens_seen"] / run["train_seconds_this_session"] if run["train_seconds_this_session"] else None,
-        "wall_s_this_session": round(train_s, 1),
+        "train_tokens_per_s": run["tokens_seen"] / run["train_seconds_this_session"] if run.get("train_seconds_this_session") else None,
         "eval_loss": run["eval_loss"],
         "val_nll": {k: round(v["nll"], 4) for k, v in nll.items()},
         "val_nll_n_texts": {k: v["n_texts"] for k, v in nll.items()},
         "denovo": denovo,
     }
-    atomic_write_json(res_f, res)
-    return res
 
 
 def main() -> None:
@@ -167,11 +172,20 @@ def main() -> None:
     ap.add_argument("--base-yaml", default="cifllm/resources/configs/train/mini.yaml", help="the mini preset's run YAML")
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"), help="vLLM venv (HF when missing)")
     ap.add_argument("--json", default="benchmarks/results/recipe_study.json")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                    help="measure a finished model folder with the same protocol instead of training variants (repeatable)")
     args = ap.parse_args()
     shares = corpus_size_shares(args.corpus)
     groups = corpus_groups(args.corpus, split="val", max_per_group=args.nll_per_group)
-    for name in args.variants.split(","):
-        res = run_variant(name, args, shares, groups)
+    jobs = [(n, None) for n in args.variants.split(",")] if not args.model else [tuple(m.split("=", 1)) for m in args.model]
+    for name, model_dir in jobs:
+        if model_dir is None:
+            res = run_variant(name, args, shares, groups)
+        else:
+            out = Path(args.out) / name
+            res_f = out / "study.json"
+            res = json.loads(res_f.read_text()) if res_f.is_file() else evaluate_model(name, Path(model_dir), out, args, shares, groups, {"overrides": None})
+            atomic_write_json(res_f, res)
         # every finished variant of this study folder (several processes may run variants side by side)
         results = {f.parent.name: json.loads(f.read_text()) for f in sorted(Path(args.out).glob("*/study.json"))}
         doc = {
