@@ -152,6 +152,8 @@ def test_realizability_knapsack():
     assert realizable(225, [4, 4]) and not realizable(225, [1, 1])  # Fm-3m has no 1-fold position
     assert realizable(1, [7, 3])  # P1 realizes anything
     assert 225 in realizable_space_groups((4, 4)) and 225 not in realizable_space_groups((1, 1))
+    # elements are the tokenizer's symbols: not D/T, which pymatgen merges into H (a D23H96... walk broke accounting)
+    assert {"H", "Og"} <= set(TABLE.element_id.values()) and not {"D", "T"} & set(TABLE.element_id.values())
     # fixed points are single-use: Pm-3m has 1a, 1b and no other 1-fold position
     assert realizable(221, [1, 1]) and not realizable(221, [1, 1, 1])
 

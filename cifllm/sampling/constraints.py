@@ -78,6 +78,7 @@ from cifllm.cif.canonical import (
 )
 from cifllm.cif.wyckoff import WyckoffPosition, coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.errors import CifllmError
+from cifllm.tokenization import ELEMENTS
 
 __all__ = [
     "ConstraintConfig",
@@ -223,6 +224,7 @@ def realizable_space_groups(counts: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(n for n in range(1, 231) if realizable(n, counts))
 
 
+_ELEMENT_SYMBOLS = frozenset(ELEMENTS)
 _NO_ROWS = 10**9  # "cannot be realized" in the min-rows tables
 
 
@@ -350,11 +352,9 @@ class TokenTable:
         self.sg_id = {vocab[s]: n for n, s in enumerate(SPACE_GROUP_SYMBOLS, 1)}
         self.element_id: dict[int, str] = {}
         for t, i in vocab.items():
-            if t.isalpha() and t[0].isupper() and len(t) <= 2:
-                try:
-                    Element(t)
-                except ValueError:
-                    continue
+            # the tokenizer's element symbols only: pymatgen also parses the one-character tokens D and T (H
+            # isotopes, merged with H in a Composition, so a formula with D and H broke the composition accounting)
+            if t in _ELEMENT_SYMBOLS:
                 self.element_id[i] = t
         self._cache: dict[str, tuple[int, ...]] = {}
 
