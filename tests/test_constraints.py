@@ -12,15 +12,20 @@ import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
 from cifllm.cif import CIFError, parse_canonical, structure_to_text, text_to_structure
-from cifllm.cif.canonical import cell_volume, space_group_number
-from cifllm.cif.wyckoff import coordinate_plan, space_group_wyckoff
+from cifllm.cif.canonical import SPACE_GROUP_SYMBOLS, _num, cell_volume, format_formula, space_group_number
+from cifllm.cif.wyckoff import coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.sampling.constraints import (
     CIFConstraint,
     ConstraintConfig,
     ConstraintError,
     TokenTable,
+    _counts_tokens,
+    crystal_system_rules,
+    min_rows,
     realizable,
     realizable_space_groups,
+    row_tokens,
+    rows_tokens,
 )
 from cifllm.tokenization import build_tokenizer
 
@@ -147,6 +152,8 @@ def test_realizability_knapsack():
     assert realizable(225, [4, 4]) and not realizable(225, [1, 1])  # Fm-3m has no 1-fold position
     assert realizable(1, [7, 3])  # P1 realizes anything
     assert 225 in realizable_space_groups((4, 4)) and 225 not in realizable_space_groups((1, 1))
+    # elements are the tokenizer's symbols: not D/T, which pymatgen merges into H (a D23H96... walk broke accounting)
+    assert {"H", "Og"} <= set(TABLE.element_id.values()) and not {"D", "T"} & set(TABLE.element_id.values())
     # fixed points are single-use: Pm-3m has 1a, 1b and no other 1-fold position
     assert realizable(221, [1, 1]) and not realizable(221, [1, 1, 1])
 
@@ -176,12 +183,13 @@ def test_random_walk_1000_samples():
     ("prompt", "match"),
     [
         ("data_Na201Cl1\n", "atoms"),
+        ("data_Na24Cl24\n_symmetry_space_group_name_H-M P1\n", "needs at least 48 atom-site rows"),
         ("data_Cl4Na4\n", "order"),
         ("data_Na1Cl1\n_symmetry_space_group_name_H-M Fm-3m\n", "cannot realize"),
     ],
 )
 def test_bad_prompts_fail_before_sampling(prompt, match):
-    m = CIFConstraint(TABLE)
+    m = CIFConstraint(TABLE, ConstraintConfig(max_tokens=1024))
     with pytest.raises(ConstraintError, match=match):
         m.feed_prompt(_ids(prompt))
 
@@ -277,3 +285,155 @@ def test_isotope_aliases_are_not_formula_elements():
     assert {"D", "T"}.isdisjoint(TABLE.element_id.values()) and {"H", "Ti", "Ta"} <= set(TABLE.element_id.values())
     with pytest.raises(ConstraintError):
         CIFConstraint(TABLE, ConstraintConfig()).feed_prompt(_ids("data_D2O1\n"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# token budget: the fewest Wyckoff rows of a composition, and every sample finishing within max_tokens
+
+
+def _brute_min_rows(sg: int, counts: tuple[int, ...]) -> int | None:
+    """Fewest rows by searching multisets of Wyckoff letters (not multiplicity classes) per element, each fixed point
+    used at most once overall (memoized search over: element, atoms left, next letter, fixed letters used)."""
+    ws = space_group_wyckoff(sg)
+    inf = 10**9
+    memo: dict[tuple[int, int, int, frozenset[int]], int] = {}
+
+    def rec(e: int, left: int, start: int, used: frozenset[int]) -> int:
+        if left == 0:
+            return 0 if e + 1 == len(counts) else rec(e + 1, counts[e + 1], 0, used)
+        key = (e, left, start, used)
+        if key not in memo:
+            best = inf
+            for j in range(start, len(ws)):
+                w = ws[j]
+                if w.multiplicity <= left and not (w.dof == 0 and j in used):
+                    nxt = rec(e, left - w.multiplicity, j if w.dof else j + 1, used | {j} if w.dof == 0 else used)
+                    best = min(best, nxt + 1)
+            memo[key] = best
+        return memo[key]
+
+    best = rec(0, counts[0], 0, frozenset())
+    return None if best >= inf else best
+
+
+def test_min_rows_matches_brute_force():
+    rng = np.random.default_rng(7)
+    groups = (1, 2, 10, 25, 47, 62, 123, 166, 191, 221, 225, 229)
+    for sg in groups:
+        for _ in range(25):
+            counts = tuple(int(c) for c in rng.integers(1, 13, size=int(rng.integers(1, 4))))
+            k = min_rows(sg, counts)
+            assert k == _brute_min_rows(sg, counts), (sg, counts)
+            assert (k is not None) == realizable(sg, counts)
+    # fixed points are single-use: Pm-3m has two 1-fold points (1a, 1b) and 3-fold ones, free positions of 6+ only
+    assert min_rows(221, [1, 1]) == 2 and min_rows(221, [1, 1, 1]) is None
+    w1a = next(w for w in space_group_wyckoff(221) if w.letter == "a")
+    assert min_rows(221, [1], used_fixed=[w1a]) == 1 and min_rows(221, [1, 1], used_fixed=[w1a]) is None
+    # 48 atoms in Fm-3m: Na on 24e (x,0,0), Cl on 24d - two rows where P1 needs 48
+    assert min_rows(225, [24, 24]) == 2 and min_rows(1, [24, 24]) == 48
+
+
+def test_best_space_group_cost_is_the_minimum():
+    budget = TABLE.budget(ConstraintConfig())
+    for counts in [(24, 24), (4, 8, 24), (1, 2, 3), (5, 7, 12), (8, 16, 32), (2, 2, 2, 6)]:
+        costs = [c for sg in range(1, 231) if (c := budget.cost(sg, counts)) is not None]
+        assert budget.best(counts)[0] == min(costs), counts
+        assert all(budget.lower(counts)[sg] <= c for sg in range(1, 231) if (c := budget.cost(sg, counts)) is not None)
+
+
+def test_token_bounds_hold_for_worst_cases():
+    """Rows: every Wyckoff position of every group, label indices of 1-3 digits, two-letter elements: exactly
+    ``row_tokens`` (so <= 36 < the old bound 40). Header: the longest header of every group (cell lengths 100.0000,
+    free angles 150.0000, volume 1000000.0000, 8 elements with 3-digit counts) is the bound up to Z's digits, and
+    stays under the old bound 210 with its formula line."""
+    rng = np.random.default_rng(0)
+    most = 0
+    for sg in range(1, 231):
+        for w in space_group_wyckoff(sg):
+            plan = coordinate_plan(sg, w.letter)
+            written = {i: round(float(rng.random()), 4) for i, step in enumerate(plan) if step[0] == "free"}
+            xyz = " ".join(_num(v) for v in wyckoff_coords(sg, w.letter, written))
+            for r in (0, 9, 10, 99, 100, 199):
+                row = f"Cl Cl{r} {w.multiplicity} {w.letter} {xyz} 1\n"
+                assert len(_ids(row)) == row_tokens(r, w.multiplicity), row
+                most = max(most, row_tokens(r, w.multiplicity))
+        assert rows_tokens(3, 98, sg) >= row_tokens(98, 1) + row_tokens(99, 1) + row_tokens(100, 1)
+    assert most == 36
+    budget = TABLE.budget(ConstraintConfig())
+    counts = (101, 102, 103, 104, 105, 106, 107, 109)  # coprime: the reduced formula keeps every digit, Z = 1
+    elements = ["Na", "Mg", "Al", "Si", "P", "S", "Cl", "K"]
+    formula = "".join(f"{e}{c}" for e, c in zip(elements, counts))
+    for sg in range(1, 231):
+        cell = []
+        for i, rule in enumerate(crystal_system_rules(sg)):
+            cell.append("100.0000" if i < 3 and rule in ("free", "=a") else "150.0000" if rule == "free" else _num(float(rule)))
+        tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+        red = format_formula(Composition(formula), reduced=True)
+        header = (
+            f"_symmetry_space_group_name_H-M {SPACE_GROUP_SYMBOLS[sg - 1]}\n_symmetry_Int_Tables_number {sg}\n"
+            + "".join(f"{t} {v}\n" for t, v in zip(tags, cell))
+            + f"_cell_volume {_num(1e6)}\n_cell_formula_units_Z 1\n_chemical_formula_structural {red}\n"
+            + "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_symmetry_multiplicity\n_atom_site_Wyckoff_symbol\n"
+            + "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
+        )
+        n = len(_ids(header))
+        bound = int(budget.header[sg]) + _counts_tokens(counts)
+        assert n <= bound <= n + 2, (sg, n, bound)  # Z = 1 is bounded by the digits of the atom count, 3
+        assert len(_ids(f"data_{formula}\n")) + bound <= 210
+    # the count-dependent bound covers pymatgen's special reduced formulas (O -> O2, LiO -> LiO2, HO -> H2O2)
+    for comp in ["O1", "O5", "Li1O1", "Li2O2", "H1O1", "Na3Cl1", "Fe12O18", "Cl1", "N2"]:
+        c = Composition(comp)
+        red, z = c.get_reduced_composition_and_factor()
+        z_int = int(round(z)) if abs(z - round(z)) < 1e-6 and round(z) >= 1 else 1
+        key = tuple(sorted(int(v) for v in c.values()))
+        assert len(_ids(format_formula(red, reduced=True))) + len(_ids(str(z_int))) <= _counts_tokens(key), comp
+
+
+def _budget_walks(prompt: str, max_tokens: int, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cfg = ConstraintConfig(max_tokens=max_tokens)
+    for _ in range(n):
+        text, m = _walk(prompt, rng, cfg)
+        assert not m.stats.dead_end, (m.stats, text)
+        assert len(_ids(text)) + 1 == m.n_tokens <= max_tokens, (m.n_tokens, text)  # + EOS
+        _consistent(text)
+        if prompt:
+            assert text_to_structure(text).composition == Composition(prompt[5:].split("\n")[0])
+            p = parse_canonical(text)
+            counts = tuple(sorted(int(v) for v in Composition(p.formula).values()))
+            assert len(p.sites) >= min_rows(p.sg_number, counts)
+
+
+def _tight(prompt: str, slack: int) -> int:
+    """The fewest tokens a prompt's formula can be finished in, plus ``slack``."""
+    counts = tuple(sorted(int(v) for v in Composition(prompt[5:].split("\n")[0]).values()))
+    return len(_ids(prompt)) + TABLE.budget(ConstraintConfig()).best(counts)[0] + slack
+
+
+def test_large_cells_start_and_finish_within_budget():
+    """48 atoms start at max_tokens=1024 (one row per atom, P1, would need ~1,700), and every random walk ends within
+    max_tokens - also at a budget a few tokens above the cheapest group's worst case, and de novo at 600."""
+    m = CIFConstraint(TABLE, ConstraintConfig(max_tokens=1024))
+    m.feed_prompt(_ids("data_Na24Cl24\n"))
+    with pytest.raises(ConstraintError, match="atom-site rows.*raise max_new_tokens"):
+        CIFConstraint(TABLE, ConstraintConfig(max_tokens=150)).feed_prompt(_ids("data_Na24Cl24\n"))
+    for k, (prompt, budget) in enumerate(
+        [("data_Na24Cl24\n", 1024), ("data_Na24Cl24\n", _tight("data_Na24Cl24\n", 3)), ("data_K8Pt4Cl24\n", 600), ("", 600)]
+    ):
+        _budget_walks(prompt, budget, 6, k)
+
+
+@pytest.mark.slow
+def test_budget_random_walks_240():
+    cases = [
+        ("data_Na24Cl24\n", 1024),
+        ("data_Na24Cl24\n", _tight("data_Na24Cl24\n", 0)),
+        ("data_K8Pt4Cl24\n", 600),
+        ("data_Li8Mn16O32\n", _tight("data_Li8Mn16O32\n", 10)),
+        ("data_Li4Fe4P4O16\n", _tight("data_Li4Fe4P4O16\n", 5)),
+        ("", 600),
+        ("", 400),
+        ("", 1024),
+    ]
+    for k, (prompt, budget) in enumerate(cases):
+        _budget_walks(prompt, budget, 30, 100 + k)

@@ -12,11 +12,14 @@ token it yields either a forced id or a set of allowed ids, and receives the cho
 state                 rule
 ====================  ==========================================================================================
 formula (``data_``)   elements in electronegativity order (each once), integer counts without leading zeros, at
-                      most ``max_atoms`` atoms and ``max_elements`` elements; a prompt's formula is checked the
-                      same way (unknown element / too many atoms -> :class:`ConstraintError` before sampling)
+                      most ``max_atoms`` atoms and ``max_elements`` elements; with ``max_tokens``, a digit or an
+                      element only if the formula ending there still fits the budget in some space group (token
+                      budget, below); a prompt's formula is checked the same way, the budget on the whole formula
+                      (unknown element / too many atoms -> :class:`ConstraintError` before sampling)
 space group           only symbols whose Wyckoff multiplicities can realize the counts (a small knapsack over
                       the positions with free parameters, usable any number of times, and the fixed points,
-                      usable once each: :func:`realizable`); Int_Tables number forced
+                      usable once each: :func:`realizable`) and, with ``max_tokens``, in rows that fit the budget;
+                      Int_Tables number forced
 cell                  numbers in the fixed format (``%.4f``) within ``length_range`` / ``angle_range``; the
                       crystal system's equalities and fixed angles forced (a=b, a=b=c, 90, 120); the last free
                       cell number is limited so the volume is >= ``min_volume_per_atom`` x atoms; ``_cell_volume``,
@@ -25,13 +28,24 @@ loop header           forced
 each row              element forced (formula order, until its count is used up), label forced; multiplicity and
                       letter: only positions whose multiplicity fits the element's remaining count, fixed points
                       not used yet and not blocked, and such that the remaining counts stay realizable (no dead
-                      end); coordinates: constants and tied coordinates forced, free ones sampled as ``0.dddd``;
-                      occupancy ``1`` forced
+                      end) - with ``max_tokens``, in rows that fit the tokens left; coordinates: constants and tied
+                      coordinates forced, free ones sampled as ``0.dddd``; occupancy ``1`` forced
 geometry guard        the digits of a row's last free coordinate are limited to values whose orbit keeps every
                       atom >= ``min_distance`` (0.5 Angstrom) from every other (the orbit's own images included);
                       a fixed point closer than that to an atom already written is blocked
 end                   ``<|eos|>`` only after a complete row and when every count is used up
 ====================  ==========================================================================================
+
+Token budget (``max_tokens``: the engines set it from ``max_new_tokens``; the count runs from ``data_`` to
+``<|eos|>``, both included, and the machine counts the tokens it has consumed exactly). What is left once a formula
+is known is bounded per space group: the header at its longest (:class:`TokenBudget`, from the tokenizer: free cell
+numbers at the range's upper end, about 113 tokens) plus the fewest atom-site rows that realize the counts
+(:func:`min_rows`: the realizability knapsack as a min-count search; fixed points once, free positions reusable)
+times a row's length (:func:`row_tokens`: 30 + digits of the label index + digits of the multiplicity, <= 36).
+Every choice keeps such a completion: a formula digit or element only if the formula ending there fits in some
+group, the group only if it fits, a row's position only if the counts left fit the rows' tokens left (the current
+row's length is then exact). By induction no sample can run out of tokens, and a 48-atom cell in Fm-3m (2 rows)
+starts where one row per atom (P1) would need ~1,700.
 
 The guard masks digits instead of rejecting a completed row and resampling it: logits processors (vLLM's
 included) cannot take back tokens, and masking is exact at the 4-decimal resolution of the text. Counted per
@@ -45,6 +59,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -63,16 +78,21 @@ from cifllm.cif.canonical import (
 )
 from cifllm.cif.wyckoff import WyckoffPosition, coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.errors import CifllmError
+from cifllm.tokenization import ELEMENTS
 
 __all__ = [
     "ConstraintConfig",
     "ConstraintError",
     "ConstraintStats",
     "CIFConstraint",
+    "TokenBudget",
     "TokenTable",
     "crystal_system_rules",
+    "min_rows",
     "realizable",
     "realizable_space_groups",
+    "row_tokens",
+    "rows_tokens",
 ]
 
 
@@ -104,19 +124,16 @@ class ConstraintConfig:
     #: cell equalities, volume, Z, formula, labels, multiplicity from the letter, Wyckoff coordinate forms), rows of any
     #: formula element at any position and EOS after any row - the ablation without composition accounting/geometry
     level: str = "full"
-    #: tokens the whole CIF (from ``data_`` to ``<|eos|>``) may take, 0 = unbounded. The engines set it from
-    #: ``max_new_tokens``; the formula is then limited to ``(max_tokens - 210) // 40`` atoms (a header takes at most
-    #: 210 tokens and a row at most 40, one row per atom in the worst case), so every sample can finish in budget.
+    #: tokens the whole CIF (from ``data_`` to ``<|eos|>``, both included) may take, 0 = unbounded. The engines set it
+    #: from ``max_new_tokens``. Every choice then keeps a completion within budget (:class:`TokenBudget`): the formula
+    #: grows only while some space group can write it in the tokens left (worst-case header + its fewest Wyckoff rows,
+    #: :func:`min_rows`), the space group only among those that fit, each row's position only if the counts left still
+    #: fit the rows' tokens left. ``max_atoms`` stays a hard cap.
     max_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.level not in ("full", "grammar"):
             raise ValueError(f"constraint level must be 'full' or 'grammar', got {self.level!r}")
-
-    def atom_limit(self) -> int:
-        if self.max_tokens <= 0:
-            return self.max_atoms
-        return max(0, min(self.max_atoms, (self.max_tokens - 210) // 40))
 
 
 @dataclass
@@ -207,6 +224,98 @@ def realizable_space_groups(counts: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(n for n in range(1, 231) if realizable(n, counts))
 
 
+_ELEMENT_SYMBOLS = frozenset(ELEMENTS)
+_NO_ROWS = 10**9  # "cannot be realized" in the min-rows tables
+
+
+_COUNT_LIMIT = 1024  # the largest count the knapsack tables cover
+
+
+def _knapsack_rows(number: int, with_fixed: bool) -> np.ndarray:
+    """Per count c <= ``_COUNT_LIMIT``: fewest rows adding up to c from the positions with free parameters of
+    ``number`` (reusable) and, with ``with_fixed``, its fixed points (once each); ``_NO_ROWS`` if impossible. A
+    reusable multiplicity m gives best[c] = min_j best[c - j m] + j (a running minimum per residue mod m), a fixed
+    point best[c] = min(best[c], best[c - m] + 1)."""
+    n = _COUNT_LIMIT + 1
+    best = np.full(n, _NO_ROWS, dtype=np.int64)
+    best[0] = 0
+    free, fixed = _group_multiplicities(number)
+    for m in free:
+        rows = -(-n // m)
+        grid = np.full(rows * m, _NO_ROWS, dtype=np.int64)
+        grid[:n] = best
+        grid = grid.reshape(rows, m)
+        j = np.arange(rows, dtype=np.int64)[:, None]
+        best = np.minimum((np.minimum.accumulate(grid - j, axis=0) + j).reshape(-1)[:n], _NO_ROWS)
+    for m, k in fixed if with_fixed else ():
+        for _ in range(k):
+            shifted = np.full(n, _NO_ROWS, dtype=np.int64)
+            shifted[m:] = best[:-m] + 1
+            best = np.minimum(best, shifted)
+    return best
+
+
+@lru_cache(maxsize=230)
+def _free_min_rows(number: int) -> tuple[int, ...]:
+    """Per count: fewest rows of positions with free parameters alone (:func:`_knapsack_rows`), as a tuple."""
+    return tuple(_knapsack_rows(number, with_fixed=False).tolist())
+
+
+@lru_cache(maxsize=230)
+def _single_min_rows(number: int) -> np.ndarray:
+    """Per count: fewest rows writing it for one element with every fixed point available - a lower bound of that
+    count's rows in :func:`_min_rows` (fixed points shared by several elements can only add rows)."""
+    return _knapsack_rows(number, with_fixed=True)
+
+
+@lru_cache(maxsize=200_000)
+def _min_rows(number: int, counts: tuple[int, ...], avail: tuple[int, ...]) -> int:
+    """Fewest rows writing ``counts`` (sorted, no zeros) with the free positions of ``number`` plus the fixed points
+    ``avail`` (as in :func:`_feasible`); ``_NO_ROWS`` if impossible. The first count takes k_i fixed points of each
+    fixed multiplicity (k_i <= avail_i, one row each) and the rest from free positions (fewest rows: the min-coin
+    table); the other counts recurse on the fixed points left."""
+    if not counts:
+        return 0
+    free = _free_min_rows(number)
+    _, fixed = _group_multiplicities(number)
+    mults = [m for m, _ in fixed]
+    first, rest = counts[0], counts[1:]
+    if first >= len(free):
+        return _NO_ROWS
+    best = _NO_ROWS
+    ranges = [range(min(a, first // m) + 1) for a, m in zip(avail, mults)]
+    for ks in product(*ranges):
+        left = first - sum(k * m for k, m in zip(ks, mults))
+        if left < 0 or free[left] >= _NO_ROWS:
+            continue
+        here = sum(ks) + free[left]
+        if here >= best:
+            continue
+        tail = _min_rows(number, rest, tuple(a - k for a, k in zip(avail, ks)))
+        best = min(best, here + tail)
+    return best
+
+
+def min_rows(number: int, counts: Iterable[int], used_fixed: Sequence[WyckoffPosition] = ()) -> int | None:
+    """Fewest atom-site rows (Wyckoff orbits) that write element counts ``counts`` in space group ``number``: fixed
+    points (no free parameter) once each, minus ``used_fixed``; positions with free parameters any number of times.
+    ``None`` where :func:`realizable` is False. Geometry is not considered."""
+    _, fixed = _group_multiplicities(number)
+    avail = [n for _, n in fixed]
+    for w in used_fixed:
+        avail[[m for m, _ in fixed].index(w.multiplicity)] -= 1
+    if any(a < 0 for a in avail):
+        return None
+    k = _min_rows(number, tuple(sorted(int(x) for x in counts if x)), tuple(avail))
+    return None if k >= _NO_ROWS else k
+
+
+@lru_cache(maxsize=230)
+def _mult_digits(number: int) -> int:
+    """Digits of the largest multiplicity of space group ``number`` (its general position)."""
+    return max(len(str(w.multiplicity)) for w in space_group_wyckoff(number))
+
+
 def crystal_system_rules(number: int) -> tuple[str, ...]:
     """Per cell number (a, b, c, alpha, beta, gamma): ``free``, ``=a`` or a fixed value ``90``/``120``
     (standardized conventional cells as spglib writes them)."""
@@ -243,13 +352,10 @@ class TokenTable:
         self.sg_id = {vocab[s]: n for n, s in enumerate(SPACE_GROUP_SYMBOLS, 1)}
         self.element_id: dict[int, str] = {}
         for t, i in vocab.items():
-            if t.isalpha() and t[0].isupper() and len(t) <= 2:
-                try:
-                    el = Element(t)
-                except ValueError:
-                    continue
-                if el.symbol == t:  # not pymatgen's isotope aliases D and T: they read as H, so D10H4 is H14
-                    self.element_id[i] = t
+            # the tokenizer's element symbols only: pymatgen also parses the one-character tokens D and T (H
+            # isotopes, merged with H in a Composition, so a formula with D and H broke the composition accounting)
+            if t in _ELEMENT_SYMBOLS:
+                self.element_id[i] = t
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def ids(self, text: str) -> tuple[int, ...]:
@@ -268,6 +374,151 @@ class TokenTable:
         m = np.zeros(self.size, dtype=bool)
         m[list(ids)] = True
         return m
+
+    def budget(self, config: ConstraintConfig) -> TokenBudget:
+        """The :class:`TokenBudget` of ``config``'s cell ranges (shared by every sequence: its caches are per table)."""
+        key = (config.length_range, config.angle_range)
+        budgets = self.__dict__.setdefault("_budgets", {})
+        if key not in budgets:
+            budgets[key] = TokenBudget(self, config)
+        return budgets[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# token budget
+
+#: Tokens of an atom-site row besides its label index and multiplicity. The row ``El El<r> <m> <letter> x y z 1\n``
+#: is: El, " ", El, <digits of r>, " ", <digits of m>, " ", letter, " ", three coordinates of 6 tokens each
+#: (``0.dddd``: every coordinate, free or constant, lies in [0, 1) and has 4 decimals) with two spaces between them,
+#: " ", "1", "\n" (elements, digits and punctuation are one token each; tests check it with the tokenizer).
+ROW_TOKENS_FIXED = 30
+#: of those, the tokens after the multiplicity: " ", letter, " ", coordinates (20), " ", "1", "\n"
+_ROW_TAIL_TOKENS = 26
+
+
+def row_tokens(row: int, multiplicity: int) -> int:
+    """Exact tokens of atom-site row number ``row`` (0-based) of a position of ``multiplicity``."""
+    return ROW_TOKENS_FIXED + len(str(row)) + len(str(multiplicity))
+
+
+def _digits_below(n: int) -> int:
+    """Sum of the digit counts of 0 .. n-1 (the label indices of the first n rows)."""
+    total, lo, d = 0, 0, 1
+    while lo < n:
+        hi = 10**d
+        total += (min(n, hi) - lo) * d
+        lo, d = hi, d + 1
+    return total
+
+
+def rows_tokens(k: int, start: int, number: int) -> int:
+    """Most tokens ``k`` rows with label indices ``start`` .. ``start+k-1`` take in space group ``number`` (each
+    multiplicity at most its general position's)."""
+    return k * (ROW_TOKENS_FIXED + _mult_digits(number)) + _digits_below(start + k) - _digits_below(start)
+
+
+def _counts_tokens(counts: tuple[int, ...]) -> int:
+    """Upper bound on the tokens of the header's count-dependent values: ``_chemical_formula_structural`` (each
+    element one token, a reduced count has at most as many digits as its count, and pymatgen's special reduced
+    formulas - O2, LiO2, H2O2 - add at most one digit to an element) and ``_cell_formula_units_Z`` (Z <= atoms)."""
+    return len(counts) + sum(len(str(c)) for c in counts) + len(str(sum(counts)))
+
+
+class TokenBudget:
+    """Worst-case token counts of what a CIF still has to write once its formula is known.
+
+    ``header[sg]``: tokens after the formula's newline up to the end of the loop header in space group ``sg``, with
+    every free cell number at its longest (``%.4f`` of the range's upper end; ``=a`` as long as a; 90/120 exact),
+    the volume at its longest (``<= a*b*c <= length_max^3``) and the count-dependent values left out
+    (:func:`_counts_tokens`). :meth:`cost`: header + the fewest rows (:func:`min_rows`) at their longest + EOS.
+
+    Which group fits is searched by branch and bound: a lower bound on every group's rows at once (each count alone,
+    with every fixed point free for it: one table lookup per count), then the exact :func:`min_rows` only for groups
+    whose bound fits, cheapest bound first (the bound is usually exact, so one or two exact calls decide).
+    """
+
+    def __init__(self, table: TokenTable, config: ConstraintConfig) -> None:
+        n_ids = lambda text: len(table.ids(text))  # noqa: E731
+        hi_len = min(config.length_range[1], 999.9999)  # _number writes at most 3 integer digits
+        hi_ang = min(config.angle_range[1], 999.9999)
+        tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+        fixed = (
+            n_ids("_symmetry_space_group_name_H-M ")
+            + 1
+            + n_ids(f"_cell_volume {_num(hi_len**3)}\n")
+            + n_ids("_cell_formula_units_Z \n")
+            + n_ids("_chemical_formula_structural \n")
+            + n_ids("loop_\n" + "".join(tag + "\n" for tag in LOOP_TAGS))
+        )
+        self.header = np.zeros(231, dtype=np.int64)
+        for sg in range(1, 231):
+            cell = 0
+            for i, (tag, rule) in enumerate(zip(tags, crystal_system_rules(sg))):
+                value = (_num(hi_len) if i < 3 else _num(hi_ang)) if rule in ("free", "=a") else _num(float(rule))
+                cell += n_ids(f"{tag} {value}\n")
+            self.header[sg] = fixed + n_ids(f"\n_symmetry_Int_Tables_number {sg}\n") + cell
+        self.header[0] = _NO_ROWS
+        self._row_fixed = np.asarray([0] + [ROW_TOKENS_FIXED + _mult_digits(n) for n in range(1, 231)], dtype=np.int64)
+        self._single = np.stack([np.full(_COUNT_LIMIT + 1, _NO_ROWS, dtype=np.int64)] + [_single_min_rows(n) for n in range(1, 231)])
+        self._scans: dict[tuple[int, ...], list[Any]] = {}
+
+    def cost(self, sg: int, counts: tuple[int, ...]) -> int | None:
+        """Most tokens after the formula's newline (EOS included) of a CIF in ``sg`` with the fewest rows; None where
+        ``sg`` cannot realize ``counts`` (sorted)."""
+        k = min_rows(sg, counts)
+        if k is None:
+            return None
+        return int(self.header[sg]) + _counts_tokens(counts) + rows_tokens(k, 0, sg) + 1
+
+    def lower(self, counts: tuple[int, ...]) -> np.ndarray:
+        """Per space group (index = number), a lower bound on :meth:`cost` (huge where a count alone is unrealizable)."""
+        if max(counts, default=0) > _COUNT_LIMIT:
+            return np.full(231, _NO_ROWS, dtype=np.int64)
+        rows = self._single[:, list(counts)].sum(axis=1)
+        bad = rows >= _NO_ROWS
+        rows[bad] = 0
+        digits = sum(np.clip(rows - (10 ** (d - 1) if d > 1 else 0), 0, 10**d - (10 ** (d - 1) if d > 1 else 0)) * d for d in range(1, 6))
+        lb = self.header + _counts_tokens(counts) + rows * self._row_fixed + digits + 1
+        lb[bad] = _NO_ROWS
+        return lb
+
+    def _scan(self, counts: tuple[int, ...], stop: int) -> int:
+        """Exact costs of groups in order of their lower bound while the bound is <= ``stop`` and no group found
+        yet is <= ``stop``; returns the least cost found so far (resumable: the scan state is kept per counts)."""
+        st = self._scans.get(counts)
+        if st is None:
+            lb = self.lower(counts)
+            order = np.argsort(lb, kind="stable")
+            st = self._scans[counts] = [lb, order, 0, _NO_ROWS, 0]  # bound, order, next index, best cost, its group
+        lb, order = st[0], st[1]
+        while st[3] > stop and st[2] < 230 and lb[order[st[2]]] <= stop:
+            sg = int(order[st[2]])
+            st[2] += 1
+            c = self.cost(sg, counts)
+            if c is not None and c < st[3]:
+                st[3], st[4] = c, sg
+        return st[3]
+
+    def best(self, counts: tuple[int, ...]) -> tuple[int, int]:
+        """(least :meth:`cost` over the space groups, a group reaching it; ``_NO_ROWS``, 0 if none)."""
+        st = self._scans.get(counts)
+        while st is None or (st[2] < 230 and st[0][st[1][st[2]]] < st[3]):
+            self._scan(counts, (st[3] - 1) if st else _NO_ROWS - 1)
+            st = self._scans[counts]
+        return st[3], st[4]
+
+    def fits(self, counts: tuple[int, ...], used: int, max_tokens: int) -> bool:
+        """Can a formula with ``counts`` (sorted), ending after ``used`` tokens (its newline included), be finished
+        within ``max_tokens`` by some space group? P1 (one row per atom) is tried first: it is free to evaluate."""
+        left = max_tokens - used
+        if int(self.header[1]) + _counts_tokens(counts) + rows_tokens(sum(counts), 0, 1) + 1 <= left:
+            return True
+        return self._scan(counts, left) <= left
+
+    def groups(self, counts: tuple[int, ...], left: int) -> tuple[int, ...]:
+        """Space groups whose :meth:`cost` is <= ``left``."""
+        lb = self.lower(counts)
+        return tuple(sg for sg in range(1, 231) if lb[sg] <= left and (c := self.cost(sg, counts)) is not None and c <= left)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,6 +543,9 @@ class CIFConstraint:
         self.cfg = config or ConstraintConfig()
         self.stats = ConstraintStats()
         self.done = False
+        #: tokens consumed so far (prompt and sampled, from ``data_`` on; BOS not counted)
+        self.n_tokens = 0
+        self._budget = table.budget(self.cfg)
         self._feeding_prompt = False
         self._gen = self._program()
         self._pending = next(self._gen)
@@ -313,6 +567,7 @@ class CIFConstraint:
         if not ok:
             name = self.t.id_to_token.get(int(token), str(token))
             raise ConstraintError(f"token {name!r} is not allowed here ({self._where})")
+        self.n_tokens += 1
         try:
             self._pending = self._gen.send(int(token))
         except StopIteration:
@@ -427,11 +682,26 @@ class CIFConstraint:
         self._where = "formula"
         counts: dict[str, int] = {}
         newline = t.one("\n")
-        max_atoms = cfg.atom_limit()
+        max_atoms = cfg.max_atoms
+        budget = self._budget
+
+        def fits(new: list[int], extra: int) -> bool:
+            """Can the formula ``counts`` + ``new``, ending ``extra`` tokens from now (its newline included), still be
+            finished within ``max_tokens`` by some space group? Not checked while a prompt is fed: a prompt's formula
+            is checked whole, at its newline (a prefix of a formula that fits need not fit by itself)."""
+            if not cfg.max_tokens or self._feeding_prompt:
+                return True
+            return budget.fits(tuple(sorted([*counts.values(), *new])), self.n_tokens + extra, cfg.max_tokens)
 
         def element_opts(after: str | None, pending: int = 0) -> list[int]:
-            """Elements that may come next; ``pending``: the count being written for ``after`` (not in counts yet)."""
-            if len(counts) + (1 if pending else 0) >= cfg.max_elements or sum(counts.values()) + pending >= max_atoms:
+            """Elements that may come next; ``pending``: the count being written for ``after`` (not in counts yet).
+            One is allowed only if some one-digit count of it fits (element, digit, newline: 3 tokens); each digit
+            then keeps a formula that fits when it ends there, so no prefix is a dead end."""
+            total = sum(counts.values()) + pending
+            if len(counts) + (1 if pending else 0) >= cfg.max_elements or total >= max_atoms:
+                return []
+            base = [pending] if pending else []
+            if not any(fits([*base, d], 3) for d in range(1, min(9, max_atoms - total) + 1)):
                 return []
             key = _el_key(after) if after else None
             return [
@@ -441,10 +711,7 @@ class CIFConstraint:
         def formula_error(tok: int) -> str:
             name = t.id_to_token.get(tok, str(tok))
             if tok in t.digit or (tok in t.element_id and sum(counts.values()) >= max_atoms):
-                return (
-                    f"formula: more than {max_atoms} atoms in the cell (the engine's limit: max_atoms={cfg.max_atoms}, "
-                    f"and {cfg.max_tokens or 'unbounded'} tokens allow {max_atoms}; raise max_new_tokens) or a count with a leading zero"
-                )
+                return f"formula: more than max_atoms={max_atoms} atoms in the cell (the engine's hard limit) or a count with a leading zero"
             if tok in t.element_id:
                 return f"formula: {name} repeated, out of canonical order (use format_formula), beyond Z={cfg.max_z} or beyond {cfg.max_elements} elements"
             return f"formula: unexpected {name!r}"
@@ -463,7 +730,7 @@ class CIFConstraint:
             c = ""
             while True:
                 room = max_atoms - sum(counts.values())
-                opts = [t.digit[d] for d in range(10) if (c or d > 0) and int(c + str(d)) <= room]
+                opts = [t.digit[d] for d in range(10) if (c or d > 0) and int(c + str(d)) <= room and fits([int(c + str(d))], 2)]
                 if c:
                     opts += element_opts(sym, int(c)) + [newline]
                 tok = yield from self._pick(opts, formula_error)
@@ -479,11 +746,25 @@ class CIFConstraint:
         self.counts = dict(counts)
         comp = Composition(counts)
         n_atoms = sum(counts.values())
+        key = tuple(sorted(counts.values()))
+        formula_end = self.n_tokens
+        if self._feeding_prompt and cfg.max_tokens and not budget.fits(key, formula_end, cfg.max_tokens):
+            cost, best_sg = budget.best(key)
+            raise ConstraintError(
+                f"formula {format_formula(comp)}: too many atoms for max_tokens={cfg.max_tokens}: the cheapest space group, "
+                f"{SPACE_GROUP_SYMBOLS[best_sg - 1]}, needs {min_rows(best_sg, key)} atom-site rows, {formula_end + cost} tokens "
+                f"from data_ to <|eos|> in the worst case; raise max_new_tokens by {formula_end + cost - cfg.max_tokens}"
+            )
         # space group
         self._where = "space group"
         yield from self._force("_symmetry_space_group_name_H-M ")
-        groups = realizable_space_groups(tuple(sorted(counts.values()))) if cfg.level == "full" else tuple(range(1, 231))
-        sg_tok = yield from self._choose_sg(groups)
+        if cfg.level != "full":
+            groups: tuple[int, ...] = tuple(range(1, 231))
+        elif cfg.max_tokens:
+            groups = budget.groups(key, cfg.max_tokens - formula_end)
+        else:
+            groups = realizable_space_groups(key)
+        sg_tok = yield from self._choose_sg(groups, formula_end)
         sg = t.sg_id[sg_tok]
         self.sg = sg
         yield from self._force(f"\n_symmetry_Int_Tables_number {sg}\n")
@@ -531,7 +812,7 @@ class CIFConstraint:
             while remaining[sym] > 0:
                 self._where = f"row {row} ({sym})"
                 yield from self._force(f"{sym} {sym}{row} ")
-                allowed = self._allowed_positions(sg, sym, remaining, used_fixed, positions)
+                allowed = self._allowed_positions(sg, sym, remaining, used_fixed, positions, row)
                 mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in allowed}))
                 yield from self._force(" ")
                 letters = [w.letter for w in allowed if str(w.multiplicity) == mult_s]
@@ -572,7 +853,7 @@ class CIFConstraint:
             if tok == t.eos:
                 return
 
-    def _choose_sg(self, groups: Sequence[int]) -> Iterator[Any]:
+    def _choose_sg(self, groups: Sequence[int], formula_end: int) -> Iterator[Any]:
         ids = [self.t.vocab[SPACE_GROUP_SYMBOLS[n - 1]] for n in groups]
         if self._feeding_prompt:
             tok = yield _Choice(self.t.mask(range(self.t.size)))
@@ -580,8 +861,15 @@ class CIFConstraint:
                 raise ConstraintError("space group: not a space-group symbol")
             if tok not in ids:
                 n = self.t.sg_id[tok]
+                formula = format_formula(Composition(self.counts))
+                key = tuple(sorted(self.counts.values()))
+                if not realizable(n, key):
+                    raise ConstraintError(f"space group {SPACE_GROUP_SYMBOLS[n - 1]} ({n}) cannot realize {formula} with its Wyckoff multiplicities")
+                need = formula_end + int(self._budget.cost(n, key) or 0)
                 raise ConstraintError(
-                    f"space group {SPACE_GROUP_SYMBOLS[n - 1]} ({n}) cannot realize {format_formula(Composition(self.counts))} with its Wyckoff multiplicities"
+                    f"space group {SPACE_GROUP_SYMBOLS[n - 1]} ({n}): {formula} needs at least {min_rows(n, key)} atom-site rows, "
+                    f"{need} tokens from data_ to <|eos|> in the worst case > max_tokens={self.cfg.max_tokens}; raise max_new_tokens by "
+                    f"{need - self.cfg.max_tokens}"
                 )
             return tok
         tok = yield from self._choose(ids)
@@ -610,21 +898,28 @@ class CIFConstraint:
         return float(grid[ok[0]]), float(min(hi, grid[ok[-1]]))
 
     def _allowed_positions(
-        self, sg: int, sym: str, remaining: dict[str, int], used_fixed: list[WyckoffPosition], positions: Sequence[WyckoffPosition]
+        self, sg: int, sym: str, remaining: dict[str, int], used_fixed: list[WyckoffPosition], positions: Sequence[WyckoffPosition], row: int
     ) -> list[WyckoffPosition]:
-        """Positions the row may take: multiplicity fits, fixed points unused, remaining counts still realizable
-        (exact, so never empty); among them, those the geometry guard prefers (fixed point not within
+        """Positions row ``row`` may take: multiplicity fits, fixed points unused, remaining counts still realizable
+        and, with ``max_tokens``, in rows that fit the tokens left (exact, so never empty); among them, those the geometry guard prefers (fixed point not within
         ``min_distance`` of an atom, a one-parameter line with room left) when there are any."""
         others = [c for s, c in remaining.items() if s != sym and c > 0]
-        candidates = [
-            w
-            for w in positions
-            if w.multiplicity <= remaining[sym]
-            and not (w.dof == 0 and w in used_fixed)
-            and realizable(sg, [remaining[sym] - w.multiplicity, *others], used_fixed + ([w] if w.dof == 0 else []))
-        ]
+        candidates = []
+        for w in positions:
+            if w.multiplicity > remaining[sym] or (w.dof == 0 and w in used_fixed):
+                continue
+            rest, fixed = [remaining[sym] - w.multiplicity, *others], used_fixed + ([w] if w.dof == 0 else [])
+            if not self.cfg.max_tokens:
+                ok = realizable(sg, rest, fixed)
+            else:
+                # tokens left for the later rows: this row's rest is exact (multiplicity digits + 26), then EOS
+                left = self.cfg.max_tokens - self.n_tokens - len(str(w.multiplicity)) - _ROW_TAIL_TOKENS - 1
+                k = min_rows(sg, rest, fixed)
+                ok = k is not None and rows_tokens(k, row + 1, sg) <= left
+            if ok:
+                candidates.append(w)
         if not candidates:
-            raise _DeadEnd(f"row for {sym}: no Wyckoff position left (composition accounting bug)")
+            raise _DeadEnd(f"row for {sym}: no Wyckoff position left (composition or token accounting bug)")
         preferred = [w for w in candidates if not ((w.dof == 0 and self._fixed_blocked(w)) or (w.dof == 1 and not self._line_has_room(sg, w)))]
         self.stats.blocked_letters += len(candidates) - len(preferred)
         return preferred or candidates
