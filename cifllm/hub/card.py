@@ -23,6 +23,7 @@ from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from cifllm.core.report import pct
+from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.training.config import PretrainConfig
 from cifllm.utils import atomic_write_text, sha256_file
 
@@ -353,8 +354,14 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
         lines.append(
             f"Sampling: {_num(summary.get('n_prompts'))} prompt(s), engine {summary.get('engine', NOT_RECORDED)}, temperature "
             f"{p.get('temperature', NOT_RECORDED)}, top-k {p.get('top_k', NOT_RECORDED)}, top-p {p.get('top_p', NOT_RECORDED)}, "
-            f"max new tokens {p.get('max_new_tokens', NOT_RECORDED)}, seed {p.get('seed', NOT_RECORDED)}."
+            f"max new tokens {p.get('max_new_tokens', NOT_RECORDED)}, seed {p.get('seed', NOT_RECORDED)}, constraint engine "
+            f"{ {True: 'on', False: 'off'}.get(summary.get('constrained'), NOT_RECORDED)}."
         )
+        if summary.get("tokens_per_s") and summary.get("wall_s"):
+            lines.append(
+                f"Sampling speed on the evaluation machine: {summary['tokens_per_s']:,.0f} tokens/s, "
+                f"{summary.get('samples_per_s', 0):.2f} samples/s ({_num(summary.get('n_samples'))} samples in {summary['wall_s']:.0f} s)."
+            )
     ref = metrics.get("reference") or {}
     if ref.get("corpus"):
         lines.append(f"Novelty reference: `{ref['corpus']}` (split {ref.get('split') or 'all'}, {_num(ref.get('n'))} structures).")
@@ -426,12 +433,16 @@ def _usage_section(repo: str) -> list[str]:
         f'tok = AutoTokenizer.from_pretrained("{repo}")',
         f'model = AutoModelForCausalLM.from_pretrained("{repo}", dtype=torch.float32)',
         'ids = tok("data_Na4Cl4\\n", return_tensors="pt")["input_ids"]',
-        "out = model.generate(ids, do_sample=True, temperature=1.0, max_new_tokens=1024,",
+        f"out = model.generate(ids, do_sample=True, temperature={SAMPLING_DEFAULTS['temperature']}, top_k={SAMPLING_DEFAULTS['top_k']}, max_new_tokens=1024,",
         "                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)",
         "print(tok.decode(out[0], skip_special_tokens=True))",
         "```",
         "",
-        "With the `cifllm` package (prompts, sampling and validity checks):",
+        "Plain `generate` samples without the constraint engine, so its text can contradict itself (a cif-v2 model writes",
+        "Wyckoff letters and coordinates that must agree). `cifllm` applies the engine by default to cif-v2 models: every",
+        "sample then parses, keeps the prompt's composition and has consistent computed fields.",
+        "",
+        "With the `cifllm` package (prompts, constrained sampling and validity checks):",
         "",
         "```bash",
         f'cifllm generate --model {repo} --composition "Na4Cl4" --space-group Fm-3m -n 3',
