@@ -42,3 +42,14 @@ def test_default_model_writes_a_cif(composition):
     out = generate_cifs(composition=composition, n=4, seed=0, temperature=0.7, max_new_tokens=400)
     assert len(out) == 4 and all(s.text.startswith(f"data_{composition}\n") for s in out)
     assert any(s.valid for s in out), [s.reason for s in out]
+
+
+def test_generate_cli_constrains_the_default_model_and_reports_adherence(capsys):
+    """`cifllm generate --composition NaCl` on the shipped (cif-v2) default model: the constraint engine is on by
+    default, every sample keeps the composition, and the output says so per sample and in a summary line."""
+    from cifllm.cli import main
+
+    assert main(["generate", "--composition", "NaCl", "-n", "2", "--max-new-tokens", "400", "--device", "cpu"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.count("prompt_adherence=True") == 2
+    assert "constraint engine on" in cap.err and "2/2 keep the prompt's composition" in cap.err

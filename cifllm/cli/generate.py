@@ -59,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
     )
     blocks = []
     for s in samples:
-        blocks.append(f"# sample {s.index + 1}: valid={s.valid}, consistent={s.consistent}, {s.reason}\n{s.text.rstrip()}\n")
+        adh = "" if s.prompt_adherence is None else f", prompt_adherence={s.prompt_adherence}"
+        blocks.append(f"# sample {s.index + 1}: valid={s.valid}, consistent={s.consistent}{adh}, {s.reason}\n{s.text.rstrip()}\n")
     sys.stdout.write("\n".join(blocks))
+    engine = {True: "on", False: "off"}.get(samples[0].constrained, "n/a") if samples else "n/a"
+    adh = [s.prompt_adherence for s in samples if s.prompt_adherence is not None]
+    summary = f"{len(samples)} samples, constraint engine {engine}, {sum(s.valid for s in samples)} valid"
+    if adh:
+        summary += f", {sum(adh)}/{len(adh)} keep the prompt's composition"
+    print(f"cifllm generate: {summary}", file=sys.stderr)
     return 0

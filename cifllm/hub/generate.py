@@ -11,10 +11,10 @@ from cifllm.conditioning import load_properties
 from cifllm.core.models import resolve_model
 from cifllm.core.records import check_conditions, read_adapter_record
 from cifllm.evaluation.checks import failure_summary
-from cifllm.evaluation.run import evaluate_texts
+from cifllm.evaluation.run import evaluate_texts, prompt_adherence
 from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.engines import GenerationParams
-from cifllm.sampling.generation import generate, note
+from cifllm.sampling.generation import generate, note, resolve_constrained
 from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
 
 __all__ = ["GeneratedCIF", "generate_cifs"]
@@ -25,7 +25,9 @@ class GeneratedCIF:
     """One sample: ``text`` is prompt + continuation with conditioning lines removed (what the checks read).
 
     ``valid``: CDVAE/DiffCSP validity (parse, cell, structural, compositional); ``consistent``: CrystaLLM
-    self-consistency; ``reason``: the first failing check's reason and detail ("ok" when all pass).
+    self-consistency; ``reason``: the first failing check's reason and detail ("ok" when all pass);
+    ``prompt_adherence``: the structure has the prompt's reduced composition (None for de novo or unchecked);
+    ``constrained``: whether the constraint engine wrote it.
     """
 
     index: int
@@ -36,6 +38,8 @@ class GeneratedCIF:
     reason: str
     finished: bool
     n_tokens: int
+    prompt_adherence: bool | None = None
+    constrained: bool | None = None
 
 
 def generate_cifs(
@@ -96,8 +100,8 @@ def generate_cifs(
     )
     kwargs: dict[str, Any] = {}
     if engine is None:
-
         kwargs = dict(model=resolve_model(model), engine_name=engine_name, device=device, lora=adapter, seed=seed)
+        constrained = resolve_constrained(constrained, kwargs["model"], log=log or note)
     gens = sorted(generate([prompt], params, engine, constrained=constrained, log=log or note, **kwargs), key=lambda g: g.sample_index)
     texts = [strip_conditions(prompt.text + g.text) for g in gens]
     if check:
@@ -108,5 +112,6 @@ def generate_cifs(
     out = []
     for i, (g, t, v) in enumerate(zip(gens, texts, verdicts, strict=True)):
         reason = f"engine_error: {g.error}" if g.error else (failure_summary(v) if check else "not checked")
-        out.append(GeneratedCIF(i, prompt.text, t, bool(v.get("valid")), bool(v.get("consistent")), reason, g.finished, g.n_tokens))
+        adherent = prompt_adherence({"prompt_meta": prompt.meta}, v) if check else None
+        out.append(GeneratedCIF(i, prompt.text, t, bool(v.get("valid")), bool(v.get("consistent")), reason, g.finished, g.n_tokens, adherent, constrained))
     return out
