@@ -99,8 +99,12 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     summary["model_record"] = {k: summary["model_record"][k] for k in ("preset", "n_parameters", "global_step", "eval_loss")} if summary["model_record"] else None
     atomic_write_json(out / "demo.json", summary)
     log(
-        "demo done: "
-        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rates.items() if isinstance(v, int | float) and k in ("parse", "valid", "consistent", "unique", "novel"))
+        f"demo done (constraint engine {({True: 'on', False: 'off'}).get(summary['constrained'], 'n/a')}): "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {100 * v:.1f}%"
+            for k, v in rates.items()
+            if isinstance(v, int | float) and k in ("parse", "prompt_adherence", "valid", "consistent", "unique", "novel")
+        )
         + f"\n  CIFs: {summary['cifs']}\n  report: {summary['report']}\n  metrics: {ev / 'metrics.json'}"
     )
     return summary

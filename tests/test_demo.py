@@ -30,3 +30,20 @@ def test_demo_cli_without_default_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CIFLLM_MODEL", str(tmp_path / "missing"))
     assert main(["demo", f"out={tmp_path / 'd'}"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_demo_constrains_a_v2_model_by_default_and_reports_adherence(tmp_path, monkeypatch):
+    """A cif-v2 model (random weights: only the engine can keep the composition) gets the constraint engine without
+    being asked; the summary line reports it and the prompt adherence (100%)."""
+    from cifllm.demo import DemoConfig, run_demo
+    from cifllm.sampling.toy import save_random_llama
+
+    model = save_random_llama(tmp_path / "model", shape="test", max_positions=512)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Na4Cl4\n")
+    monkeypatch.chdir(tmp_path)
+    logs: list[str] = []
+    res = run_demo(DemoConfig(model=str(model), out=str(tmp_path / "demo"), prompt_file=str(prompts), num_samples=3, n_denovo=0, max_new_tokens=400), log=logs.append)
+    assert res["constrained"] is True and res["rates"]["prompt_adherence"] == 1.0 and res["rates"]["parse"] == 1.0
+    done = next(m for m in logs if m.startswith("demo done"))
+    assert "constraint engine on" in done and "prompt adherence 100.0%" in done
