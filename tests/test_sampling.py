@@ -284,3 +284,15 @@ def test_cli_sample_then_evaluate_with_a_test_model(toy_model, tiny_corpus, tmp_
     m = json.loads((run / "eval" / "metrics.json").read_text())
     assert m["n_samples"] == 3 and sum(m["first_failure"].values()) == 3
     assert (run / "eval" / "report.html").is_file()
+
+
+def test_space_group_without_z_picks_the_smallest_realizable_cell():
+    """NaCl in Fm-3m cannot be one formula unit (its Wyckoff multiplicities are 4, 8, 24, ...): Z = 4 is chosen and
+    recorded; an explicit z is kept as given; SrTiO3 in Pm-3m stays at Z = 1."""
+    from cifllm.sampling.prompts import build_prompt
+
+    p = build_prompt(composition="NaCl", space_group="Fm-3m")
+    assert p.text.startswith("data_Na4Cl4\n") and p.meta["z_auto"] == 4 and p.meta["reduced_formula"] == "NaCl"
+    assert build_prompt(composition="NaCl", z=1, space_group=225).text.startswith("data_Na1Cl1\n")
+    q = build_prompt(composition="SrTiO3", space_group="Pm-3m")
+    assert q.text.startswith("data_Sr1Ti1O3\n") and "z_auto" not in q.meta

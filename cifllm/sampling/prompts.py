@@ -30,6 +30,7 @@ from pymatgen.core import Composition
 from cifllm.cif import CIFError, format_formula, parse_canonical, space_group_number, space_group_symbol
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_values, strip_property_lines
 from cifllm.core.errors import CifllmError
+from cifllm.sampling.constraints import realizable
 from cifllm.tokenization import ELEMENTS
 
 __all__ = [
@@ -155,6 +156,20 @@ def _prompt_id(kind: str, text: str, meta: Mapping[str, Any]) -> str:
     return f"p-{h[:12]}"
 
 
+def _fit_to_space_group(comp: Composition, number: int) -> tuple[Composition, int]:
+    """``comp`` times the smallest factor z (1, 2, ...; at most :data:`MAX_PROMPT_ATOMS` atoms) whose element counts the
+    Wyckoff multiplicities of space group ``number`` can realize: ``NaCl`` in Fm-3m is ``Na4Cl4``. ``(comp, 1)`` when
+    no factor does (the constraint engine then names the problem) or the counts are not integers."""
+    counts = [comp[el] for el in comp.elements]
+    if any(abs(c - round(c)) > 1e-8 for c in counts):
+        return comp, 1
+    base = [int(round(c)) for c in counts]
+    for k in range(1, MAX_PROMPT_ATOMS // max(1, sum(base)) + 1):
+        if realizable(number, [c * k for c in base]):
+            return (comp * k if k > 1 else comp), k
+    return comp, 1
+
+
 def build_prompt(
     composition: str | Composition | None = None,
     z: int | None = None,
@@ -168,7 +183,8 @@ def build_prompt(
     """Build and validate a prompt (see the module docstring for the kinds).
 
     ``prefix`` excludes ``composition``/``space_group``; ``space_group`` needs ``composition``; ``z`` multiplies the
-    formula. ``conditions``: ``{property: one value}``, names of ``properties`` (lines written first, in the set's
+    formula; with a space group and no ``z``, the formula is multiplied by the smallest factor the group's Wyckoff
+    multiplicities can realize (``NaCl`` + Fm-3m -> ``Na4Cl4``, recorded as ``meta["z_auto"]``). ``conditions``: ``{property: one value}``, names of ``properties`` (lines written first, in the set's
     order). Extra ``meta`` (e.g. ``target_id`` for CSP) is copied into every sample. Raises :class:`PromptError`.
     """
     conditions = dict(conditions or {})
@@ -188,12 +204,16 @@ def build_prompt(
         body, kind = prefix, "prefix"
     elif composition is not None:
         comp = parse_composition(composition, z)
+        n = parse_space_group(space_group) if space_group is not None else None
+        if n is not None and z is None:
+            comp, auto_z = _fit_to_space_group(comp, n)
+            if auto_z > 1:
+                m["z_auto"] = auto_z
         formula = format_formula(comp)
         m.update(formula=formula, reduced_formula=format_formula(comp, reduced=True))
         body = f"data_{formula}\n"
         kind = "composition"
-        if space_group is not None:
-            n = parse_space_group(space_group)
+        if n is not None:
             body += f"_symmetry_space_group_name_H-M {space_group_symbol(n)}\n_symmetry_Int_Tables_number {n}\n"
             m["sg_number"] = n
             kind = "composition_sg"
