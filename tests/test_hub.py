@@ -309,7 +309,7 @@ def test_generate_cifs_and_cli(toy_model, capsys):
     out = generate_cifs("Na2Cl2", space_group="Fm-3m", model=str(toy_model), n=3, max_new_tokens=12, seed=1, constrained=False)
     assert len(out) == 3 and [s.index for s in out] == [0, 1, 2]
     for s in out:
-        assert s.text.startswith("data_Na2Cl2\n_symmetry_space_group_name_H-M Fm-3m\n")
+        assert s.text.startswith("data_Na4Cl4\n_symmetry_space_group_name_H-M Fm-3m\n")  # Na2Cl2 cannot fill Fm-3m: Z doubled
         assert isinstance(s.valid, bool) and s.reason and 0 < s.n_tokens <= 12
     assert main(["generate", "--model", str(toy_model), "--composition", "Na2Cl2", "-n", "2", "--max-new-tokens", "8", "--no-constrained"]) == 0
     text = capsys.readouterr().out
