@@ -14,7 +14,9 @@ CIFs/s of the sampling wall time, and the constraint overhead (1 - tokens/s rela
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -69,19 +71,61 @@ def sample(args: argparse.Namespace) -> None:
             constrained=level is not None,
             constraint=ConstraintConfig(level=level or "full"),
         )
-        t0 = time.perf_counter()
-        recs = []
-        for g in eng.generate(prompts, params, counts=cts):
-            p = prompts[g.prompt_index]
-            recs.append(
-                {"prompt_kind": p.kind, "formula": p.meta.get("formula"), "text": p.text + g.text, "n_tokens": g.n_tokens, "finished": g.finished}
-            )
-        wall = time.perf_counter() - t0
+        recs, wall = _sample_chunked(eng, prompts, params, cts, f, args.chunk)
         meta = {"row": name, "level": level, "temperature": temp, "top_k": top_k, "wall_s": wall, "engine": args.engine, "model": args.model}
         tmp = f.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta) + "\n" + "".join(json.dumps(r) + "\n" for r in recs))
         tmp.rename(f)
+        f.with_suffix(".partial").unlink(missing_ok=True)
         print(f"{name}: {len(recs)} samples, {sum(r['n_tokens'] for r in recs) / wall:.0f} tokens/s", flush=True)
+
+
+def _chunks(counts: list[int], size: int) -> list[list[int]]:
+    """``counts`` split into consecutive count vectors of at most ``size`` samples in all (one vector when size <= 0)."""
+    if size <= 0:
+        return [list(counts)]
+    out, left = [], list(counts)
+    while any(left):
+        cur, room = [0] * len(left), size
+        for i, c in enumerate(left):
+            take = min(c, room)
+            cur[i], left[i], room = take, c - take, room - take
+        out.append(cur)
+    return out
+
+
+def _sample_chunked(eng, prompts, params, counts: list[int], f: Path, chunk: int) -> tuple[list[dict], float]:
+    """All samples of one row, ``chunk`` samples per engine call; every finished call is appended (fsynced) to
+    ``<row>.partial``, so a killed run resumes at the first unfinished chunk. Chunk ``j`` samples with seed + j.
+    Returns (records, summed sampling wall time in s)."""
+    part = f.with_suffix(".partial")
+    done: dict[int, dict] = {}
+    if part.exists():
+        for line in part.read_text().splitlines():
+            try:
+                c = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: that chunk reruns
+                continue
+            done[c["chunk"]] = c
+    plan = _chunks(counts, chunk)
+    for j, cts in enumerate(plan):
+        if j in done:
+            continue
+        p_j = dataclasses.replace(params, seed=params.seed + j)
+        t0 = time.perf_counter()
+        recs = []
+        for g in eng.generate(prompts, p_j, counts=cts):
+            p = prompts[g.prompt_index]
+            recs.append({"prompt_kind": p.kind, "formula": p.meta.get("formula"), "text": p.text + g.text, "n_tokens": g.n_tokens, "finished": g.finished})
+        done[j] = {"chunk": j, "wall_s": time.perf_counter() - t0, "recs": recs}
+        with part.open("a") as fh:
+            fh.write(json.dumps(done[j]) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        n_done = sum(len(c["recs"]) for c in done.values())
+        print(f"  {f.stem}: chunk {j + 1}/{len(plan)} ({n_done}/{sum(counts)} samples)", flush=True)
+    ordered = [done[j] for j in range(len(plan))]
+    return [r for c in ordered for r in c["recs"]], sum(c["wall_s"] for c in ordered)
 
 
 def score(args: argparse.Namespace) -> None:
@@ -94,7 +138,7 @@ def score(args: argparse.Namespace) -> None:
     for f in sorted(out.glob("*.jsonl")):
         lines = f.read_text().splitlines()
         meta, recs = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
-        verd = evaluate_texts([r["text"] for r in recs], workers=args.workers, time_limit_s=30.0)
+        verd = evaluate_texts([r["text"] for r in recs], workers=args.workers, time_limit_s=args.time_limit)
         n = len(recs)
         parse = sum(bool(v["checks"].get("parse", {}).get("ok")) for v in verd)
         comp_recs = [(r, v) for r, v in zip(recs, verd) if r["prompt_kind"] != "de_novo"]
@@ -183,11 +227,13 @@ def main() -> None:
     s.add_argument("--max-new-tokens", type=int, default=1536)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--chunk", type=int, default=0, help="samples per engine call, each appended to <row>.partial so a killed run resumes (0 = one call)")
     s.add_argument("--grid", action="store_true", help="also the T x top-k grid on the full engine (de novo)")
     s.add_argument("--grid-n", type=int, default=200)
     c = sub.add_parser("score")
     c.add_argument("--out", required=True)
     c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--time-limit", type=float, default=30.0, help="per-sample check limit (s); a sample over it fails its checks")
     args = ap.parse_args()
     sample(args) if args.cmd == "sample" else score(args)
 
