@@ -11,6 +11,7 @@ from cifllm.cif.canonical import text_format_of, text_to_structure
 from cifllm.data.corpus import load_corpus, load_manifest
 from cifllm.data.reformat import REFORMAT_REPORT, reformat_corpus
 from cifllm.data.registry import DataError
+from cifllm.tokenization import build_tokenizer
 
 
 def test_v2_corpus_to_v1_row_for_row(tiny_corpus, tmp_path):
@@ -23,11 +24,13 @@ def test_v2_corpus_to_v1_row_for_row(tiny_corpus, tmp_path):
     assert man["text_format"] == man["tokenizer_version"] == "cif-v1"
     assert man["n_rows"] == len(dst) and man["reformatted_from"] == str(tiny_corpus)
     assert json.loads((out / REFORMAT_REPORT).read_text())["n_out"] == len(dst)
+    tok = build_tokenizer()
     sm = StructureMatcher()
     for a, b in zip(src, dst):
         assert text_format_of(a["text"]) == "cif-v2" and text_format_of(b["text"]) == "cif-v1"
         assert (a["split"], a["reduced_formula"], a["sources"], a["properties"]) == (b["split"], b["reduced_formula"], b["sources"], b["properties"])
         assert b["id"] != a["id"] and b["n_tokens"] < a["n_tokens"]  # no Wyckoff column
+        assert b["n_tokens"] == len(tok.encode(b["text"], add_special_tokens=False).ids)  # as training checks it
         assert sm.fit(text_to_structure(a["text"]), text_to_structure(b["text"]))
 
 

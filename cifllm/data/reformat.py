@@ -69,12 +69,11 @@ def reformat_corpus(
     for i, r in map_with_time_limit(fn, rows, time_limit_s, workers=workers, on_failure=lambda _row, reason, _d: ("error", reason)):
         results[i] = r
     kept, dropped = [], Counter()
-    for row, res in zip(rows, results):
-        if res[0] == "error":
-            dropped[res[1]] += 1
-            continue
-        text = res[1]
-        kept.append({**row, "id": structure_id(text), "text": text, "n_tokens": len(tok.encode(text).ids)})
+    ok = [(row, res[1]) for row, res in zip(rows, results) if res[0] == "ok"]
+    dropped.update(res[1] for res in results if res[0] == "error")
+    encs = tok.encode_batch([text for _, text in ok], add_special_tokens=False)  # n_tokens excludes BOS/EOS, as in prep
+    for (row, text), enc in zip(ok, encs):
+        kept.append({**row, "id": structure_id(text), "text": text, "n_tokens": len(enc.ids)})
     if not kept:
         raise DataError(f"{src}: no row could be re-serialized as {text_format} ({dict(dropped)})")
     version = text_format  # the tokenizer's version is the text format it was made for (cifllm.tokenization)
