@@ -27,7 +27,7 @@ help:
 	@echo "make setup       create $(VENV) with torch 2.13.0 (CPU wheel from TORCH_INDEX=$(TORCH_INDEX)) + cifllm[$(EXTRAS)]"
 	@echo "make wheel-check build the wheel, install it in a clean venv, run the CLI from outside the checkout"
 	@echo "make data        build the pooled corpus from CIFLLM_DATA_DIR=$(CIFLLM_DATA_DIR) into $(CORPUS)"
-	@echo "make tokenizer   save tokenizer/cif-v1 and check the round trip on $(CORPUS)"
+	@echo "make tokenizer   save tokenizer/cif-v2 and check the round trip on $(CORPUS)"
 	@echo "make lint        ruff"
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt constraints/install_torch.sh
@@ -69,7 +69,7 @@ data-smoke: setup
 	$(CIFLLM) data --config data_prep/pooled.yaml out=data/corpus-smoke limit_per_file=40 --no-progress
 
 tokenizer: setup
-	$(CIFLLM) tokenizer --out tokenizer/cif-v1 $(if $(wildcard $(CORPUS)/manifest.json),--corpus $(CORPUS))
+	$(CIFLLM) tokenizer --out tokenizer/cif-v2 $(if $(wildcard $(CORPUS)/manifest.json),--corpus $(CORPUS))
 
 bench-prep: setup
 	$(PY) benchmarks/bench_prep.py --out benchmarks/results/prep_cpu.json
@@ -85,7 +85,7 @@ demo: setup
 DEMO_STEPS ?= 200
 DEMO_SAMPLES ?= 8
 demo-scratch: setup data-smoke
-	$(CIFLLM) tokenizer --out tokenizer/cif-v1 --corpus data/corpus-smoke
+	$(CIFLLM) tokenizer --out tokenizer/cif-v2 --corpus data/corpus-smoke
 	$(MAKE) --no-print-directory pretrain CORPUS=data/corpus-smoke OUT=runs/demo-tiny STEPS=$(DEMO_STEPS) PRETRAIN_ARGS="eval_steps=100 save_steps=100"
 	$(CIFLLM) sample --config eval/sample.yaml model=runs/demo-tiny/model out=runs/demo-samples prompt_file=eval/demo_prompts.txt num_samples=$(DEMO_SAMPLES) max_new_tokens=768
 	$(CIFLLM) evaluate --config eval/eval.yaml samples=runs/demo-samples reference=data/corpus-smoke

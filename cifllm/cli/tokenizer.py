@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 from cifllm.data.corpus import load_corpus
-from cifllm.tokenization import check_round_trip, save_tokenizer, tokenizer_fingerprint
+from cifllm.tokenization import TOKENIZER_VERSION, check_round_trip, save_tokenizer, tokenizer_fingerprint
 from cifllm.utils import atomic_write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="tokenizer/cif-v1", help="folder for tokenizer.json + configs (default: %(default)s)")
+    p.add_argument(
+        "--out", default=f"tokenizer/{TOKENIZER_VERSION}", help="folder for tokenizer.json + configs (default: %(default)s, the current version)"
+    )
     p.add_argument("--corpus", default=None, help="corpus folder: check decode(encode(text)) == text on every row")
     p.add_argument("--report", default=None, help="write the round-trip report JSON here (default: <corpus>/tokenizer_check.json)")
 
