@@ -49,7 +49,9 @@ def sample(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prompts = _prompts(args.n_per_comp)
     counts = [args.n_denovo] + [args.n_per_comp] * (len(prompts) - 1)
-    kwargs = {"constrained": True, "max_model_len": 2048} if args.engine == "vllm" else {"device": "cpu", "threads": 2}
+    # vLLM's context: 2,048 tokens, or the model's own when shorter (a v1 corpus' longest CIF sets a smaller one)
+    n_pos = json.loads((Path(args.model) / "config.json").read_text()).get("max_position_embeddings", 2048)
+    kwargs = {"constrained": True, "max_model_len": min(2048, n_pos)} if args.engine == "vllm" else {"device": "cpu", "threads": 2}
     eng = make_engine(args.engine, args.model, **kwargs)
     jobs = [(row, level, args.temperature, args.top_k, counts) for row, level in ROWS.items() if row in args.rows.split(",")]
     if args.grid:
