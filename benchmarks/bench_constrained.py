@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 from cifllm.core.report import wilson_interval
+from cifllm.utils import append_jsonl
 
 ROWS = {"unconstrained": None, "grammar": "grammar", "full": "full"}
 #: consistency checks of the computed fields (cifllm.evaluation.checks): stated volume, formula vs Z x reduced formula,
@@ -120,10 +120,7 @@ def _sample_chunked(eng, prompts, params, counts: list[int], f: Path, chunk: int
             p = prompts[g.prompt_index]
             recs.append({"prompt_kind": p.kind, "formula": p.meta.get("formula"), "text": p.text + g.text, "n_tokens": g.n_tokens, "finished": g.finished})
         done[j] = {"chunk": j, "wall_s": time.perf_counter() - t0, "recs": recs}
-        with part.open("a") as fh:
-            fh.write(json.dumps(done[j]) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(part, done[j])
         n_done = sum(len(c["recs"]) for c in done.values())
         print(f"  {f.stem}: chunk {j + 1}/{len(plan)} ({n_done}/{sum(counts)} samples)", flush=True)
     ordered = [done[j] for j in range(len(plan))]

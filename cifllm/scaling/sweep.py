@@ -72,6 +72,7 @@ from cifllm.training.cluster import DEFAULT_MODULES, render_template
 from cifllm.training.config import PretrainConfig
 from cifllm.training.finetune import FinetuneConfig, finetune
 from cifllm.training.pretrain import pretrain
+from cifllm.utils import append_jsonl
 from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["ScalingConfig", "run_sweep", "fit_sweep", "render_sweep_pbs", "load_scaling_config"]
@@ -180,15 +181,6 @@ def _done_runs(path: Path) -> set[tuple[int, int]]:
     return done
 
 
-def _append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and fsync (a killed sweep loses at most the run in progress)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _pool(cfg: ScalingConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], Any]:
     """(train rows, fixed val rows, corpus manifest, task) of the task's pretraining corpus."""
     task = load_task(cfg.task)
@@ -294,7 +286,7 @@ def run_sweep(cfg: ScalingConfig) -> Path:
         row = _one_run(cfg, size, repeat, train, val, manifest, task, tests)
         if not math.isfinite(row["value"]):
             row["status"] = "non_finite"
-        _append_row(runs_file, row)
+        append_jsonl(runs_file, row)
         _say(f"size {size} repeat {repeat}: test_nll {row['value']:.4f} ({row['wall_s']} s)")
     if not cfg.only:
         fit_sweep(out, target=cfg.target, meta={"task": task.name, "metric": "test_nll (nats/token)", "config": str(saved)})

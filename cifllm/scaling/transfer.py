@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -86,7 +85,7 @@ from cifllm.scaling.report import write_report
 from cifllm.tokenization import load_tokenizer
 from cifllm.training.config import PretrainConfig
 from cifllm.training.finetune import FinetuneConfig, finetune
-from cifllm.utils import atomic_write_json, atomic_write_text
+from cifllm.utils import append_jsonl, atomic_write_json, atomic_write_text
 from cifllm.utils.files import atomic_write_bytes
 from cifllm.utils.resources import resolve_path
 
@@ -117,15 +116,6 @@ POOL_FILE = "pool.json"
 
 def _say(msg: str) -> None:
     print(f"[cifllm scaling] {msg}", file=sys.stderr, flush=True)
-
-
-def _append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and fsync (a killed sweep loses at most the run in progress)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -339,7 +329,7 @@ def run_transfer_sweep(cfg: Any) -> Path:
         if a not in plans:
             raise ValueError(f"only={cfg.only}: size {a} is not one of sizes {sizes}")
     for row in _reference_rows(cfg, data, done, base.preset, mpe, ref_repeats):
-        _append_row(runs_file, row)
+        append_jsonl(runs_file, row)
         _say(f"reference {row['reference']} (repeat {row['repeat']}): MAE {row['mae']:.3f} K, log1p MAE {row['mae_log1p']:.4f}")
     for size, repeat in todo:
         if ("run", size, repeat) in done:
@@ -347,7 +337,7 @@ def run_transfer_sweep(cfg: Any) -> Path:
             continue
         _say(f"size {size} repeat {repeat}: pretrain (cap {plans[size].max_steps} steps, eval every {plans[size].eval_steps}) -> regression -> test NLL")
         row = _one_run(cfg, size, repeat, train, val, load_manifest(cfg.corpus), data, gen)
-        _append_row(runs_file, row)
+        append_jsonl(runs_file, row)
         _say(f"size {size} repeat {repeat}: MAE {row['mae']:.3f} K, log1p MAE {row['mae_log1p']:.4f}, test NLL {row['test_nll']} ({row['wall_s']} s)")
     if not cfg.only:
         fit_transfer(out, target=cfg.target, meta={"task": cfg.task, "config": str(out / CONFIG_FILE)})

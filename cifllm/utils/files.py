@@ -1,4 +1,4 @@
-"""Atomic file writes (temp file in the same directory + ``os.replace``) and content hashes."""
+"""Atomic file writes (temp file in the same directory + ``os.replace``), fsynced JSON-lines appends, content hashes."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def append_jsonl(path: str | Path, row: Any) -> None:
+    """Append ``row`` as one JSON line and fsync, so a killed writer loses at most the line it was writing (readers
+    skip a cut last line)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
