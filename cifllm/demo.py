@@ -22,6 +22,7 @@ from typing import Any, Literal
 from cifllm.core.config import save_config
 from cifllm.core.models import resolve_model
 from cifllm.core.records import CIFS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PROMPTS_FILE, REPORT_FILE
+from cifllm.core.report import on_off
 from cifllm.evaluation.run import EvalConfig, evaluate
 from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.prompts import read_prompt_file
@@ -99,7 +100,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     summary["model_record"] = {k: summary["model_record"][k] for k in ("preset", "n_parameters", "global_step", "eval_loss")} if summary["model_record"] else None
     atomic_write_json(out / "demo.json", summary)
     log(
-        f"demo done (constraint engine {({True: 'on', False: 'off'}).get(summary['constrained'], 'n/a')}): "
+        f"demo done (constraint engine {on_off(summary['constrained'])}): "
         + ", ".join(
             f"{k.replace('_', ' ')} {100 * v:.1f}%"
             for k, v in rates.items()

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from cifllm.core.errors import CifllmError
+from cifllm.core.report import on_off
 from cifllm.hub.generate import generate_cifs
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         adh = "" if s.prompt_adherence is None else f", prompt_adherence={s.prompt_adherence}"
         blocks.append(f"# sample {s.index + 1}: valid={s.valid}, consistent={s.consistent}{adh}, {s.reason}\n{s.text.rstrip()}\n")
     sys.stdout.write("\n".join(blocks))
-    engine = {True: "on", False: "off"}.get(samples[0].constrained, "n/a") if samples else "n/a"
+    engine = on_off(samples[0].constrained if samples else None)
     adh = [s.prompt_adherence for s in samples if s.prompt_adherence is not None]
     summary = f"{len(samples)} samples, constraint engine {engine}, {sum(s.valid for s in samples)} valid"
     if adh:

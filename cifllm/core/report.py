@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MISSING", "NOT_MEASURED", "fmt_num", "pct", "wilson_interval"]
+__all__ = ["MISSING", "NOT_MEASURED", "fmt_num", "on_off", "pct", "wilson_interval"]
 
 #: what a report shows for a number that was not measured
 MISSING = "n/a"
@@ -27,6 +27,11 @@ def pct(x: Any, missing: str = MISSING, digits: int = 1) -> str:
     """A fraction in [0, 1] as a percentage, ``0.1234 -> "12.3%"``; ``missing`` for None, NaN or a non-number."""
     v = _number(x)
     return missing if v is None else f"{100 * v:.{digits}f}%"
+
+
+def on_off(x: Any, missing: str = MISSING) -> str:
+    """``"on"`` / ``"off"`` for a recorded switch (True / False); ``missing`` when it was not recorded."""
+    return {True: "on", False: "off"}.get(x, missing) if isinstance(x, bool) else missing
 
 
 def fmt_num(x: Any, digits: int = 3, missing: str = MISSING) -> str:

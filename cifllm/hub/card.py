@@ -22,7 +22,7 @@ from cifllm.bench.rows import folder_fingerprint
 from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
-from cifllm.core.report import pct
+from cifllm.core.report import on_off, pct
 from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.training.config import PretrainConfig
 from cifllm.utils import atomic_write_text, sha256_file
@@ -355,7 +355,7 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
             f"Sampling: {_num(summary.get('n_prompts'))} prompt(s), engine {summary.get('engine', NOT_RECORDED)}, temperature "
             f"{p.get('temperature', NOT_RECORDED)}, top-k {p.get('top_k', NOT_RECORDED)}, top-p {p.get('top_p', NOT_RECORDED)}, "
             f"max new tokens {p.get('max_new_tokens', NOT_RECORDED)}, seed {p.get('seed', NOT_RECORDED)}, constraint engine "
-            f"{ {True: 'on', False: 'off'}.get(summary.get('constrained'), NOT_RECORDED)}."
+            f"{on_off(summary.get('constrained'), NOT_RECORDED)}."
         )
         if summary.get("tokens_per_s") and summary.get("wall_s"):
             lines.append(
