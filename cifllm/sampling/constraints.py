@@ -881,14 +881,13 @@ class CIFConstraint:
         interval: volume grows with a length and is concave in the cosine of an angle)."""
         need = self.cfg.min_volume_per_atom * n_atoms
         grid = np.round(np.arange(lo, hi + 1e-9, 0.01 if i >= 3 else 0.001), 4)
-        cols = [np.full(len(grid), v) for v in values] + [grid]
+        cols: list[float | np.ndarray] = [*values, grid]  # the written numbers stay scalars (numpy broadcasts them)
         for k, r in enumerate(rules[i + 1 :], i + 1):
             if r == "free":
-                best = self.cfg.length_range[1] if k < 3 else 90.0
-                cols.append(np.full(len(grid), best))
+                cols.append(self.cfg.length_range[1] if k < 3 else 90.0)
             else:
-                cols.append(cols[0] if r == "=a" else np.full(len(grid), float(r)))
-        a, b, c, al, be, ga = cols
+                cols.append(cols[0] if r == "=a" else float(r))
+        a, b, c, al, be, ga = (np.asarray(x, dtype=float) for x in cols)
         ca, cb, cg = (np.cos(np.radians(x)) for x in (al, be, ga))
         s = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
         vols = a * b * c * np.sqrt(np.clip(s, 0.0, None))
@@ -930,22 +929,24 @@ class CIFConstraint:
         ``others`` (N, 3); +inf if there are none."""
         if len(others) == 0:
             return np.full(pts.shape[:-1], np.inf)
-        d = (pts[..., None, :] - others).astype(np.float32)
-        d -= np.round(d)
+        d = pts.astype(np.float32)[..., None, :] - others.astype(np.float32)  # float32 throughout: ~1e-6 A, 2.6x faster
+        d -= np.rint(d)
         c = d @ self.lattice.astype(np.float32)
         return np.sqrt(np.einsum("...k,...k->...", c, c).min(axis=-1))
 
     def _orbit(self, p: np.ndarray) -> np.ndarray:
+        """Images of ``p`` under the group's operators, deduplicated in order (an image within 0.02 A of one kept
+        before is dropped)."""
         imgs = np.mod(np.einsum("oij,j->oi", self.rots, p) + self.trans, 1.0)
-        kept: list[np.ndarray] = []
-        for im in imgs:
-            if kept:
-                d = np.asarray(kept) - im
-                d -= np.round(d)
-                if np.min(np.linalg.norm(d @ self.lattice, axis=1)) < 0.02:
-                    continue
-            kept.append(im)
-        return np.asarray(kept)
+        d = imgs[:, None, :] - imgs[None, :, :]
+        d -= np.round(d)
+        c = d @ self.lattice
+        close = np.einsum("abk,abk->ab", c, c) < 0.02**2
+        kept: list[int] = []
+        for i in range(len(imgs)):
+            if not kept or not close[i, kept].any():
+                kept.append(i)
+        return imgs[kept]
 
     def _add_orbit(self, p: np.ndarray) -> None:
         self.atoms = np.vstack([self.atoms, self._orbit(p)])
@@ -955,16 +956,8 @@ class CIFConstraint:
         return bool(self._min_dist(p[None, :], self.atoms)[0] < self.cfg.min_distance)
 
     def _stabilizer_mask(self, sg: int, wp: WyckoffPosition) -> np.ndarray:
-        """Operators of the position's site-symmetry group: they fix a *generic* point of the position (their
-        image of an atom is the atom itself, not a neighbour)."""
-        rng = np.random.default_rng(12345)
-        keep = np.ones(len(self.rots), dtype=bool)
-        for _ in range(2):
-            p = wp.project(rng.random(3))
-            imgs = np.einsum("oij,j->oi", self.rots, p) + self.trans - p
-            imgs -= np.round(imgs)
-            keep &= np.linalg.norm(imgs @ self.lattice, axis=1) < 1e-6
-        return keep
+        """Operators of the position's site-symmetry group (:func:`_stabilizer`)."""
+        return _stabilizer(sg, wp.letter)
 
     def _valid_values(self, sg: int, wp: WyckoffPosition, written: dict[int, float], coord: int, fallback: bool = True) -> np.ndarray:
         """Boolean mask over the 10,000 values 0.0000..0.9999 of free coordinate ``coord`` (all other coordinates of
@@ -1005,9 +998,9 @@ class CIFConstraint:
         coordinate, so each image gets its own margin: a mirror's image whose distance does not depend on the
         coordinate gets none (a single worst-case margin of twice the atom's motion turned a 0.17 A mirror image on
         a 75 A axis into a dead end)."""
-        imgs = np.einsum("oij,gj->goi", rots, pts) + trans  # (G, ops, 3)
-        d = (imgs - pts[:, None, :]).astype(np.float32)
-        d -= np.round(d)
+        # image minus atom, (G, ops, 3): (R - 1) p + t, in float32 like _min_dist
+        d = np.einsum("oij,gj->goi", (rots - np.eye(3)).astype(np.float32), pts.astype(np.float32)) + trans.astype(np.float32)
+        d -= np.rint(d)
         c = d @ self.lattice.astype(np.float32)
         rel = (np.einsum("oij,j->oi", rots, slope) - slope) @ self.lattice  # (ops, 3) Angstrom per unit
         margin = 0.001 * np.linalg.norm(rel, axis=1).astype(np.float32)
@@ -1085,6 +1078,24 @@ class CIFConstraint:
                 yield from self._force(_num(vals[i]))
         final = wyckoff_coords(sg, wp.letter, written)
         return tuple(float(v) for v in final)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=4096)
+def _stabilizer(sg: int, letter: str) -> np.ndarray:
+    """Operators of the site-symmetry group of Wyckoff position ``letter`` of space group ``sg``: they fix a
+    *generic* point of the position (their image of an atom is the atom itself, not a neighbour). Two random
+    points, fractional tolerance 1e-9: lattice-independent, so cached per position."""
+    wp = next(w for w in space_group_wyckoff(sg) if w.letter == letter)
+    rots, trans = _symmetry_ops(sg, "cif-v2")
+    rng = np.random.default_rng(12345)
+    keep = np.ones(len(rots), dtype=bool)
+    for _ in range(2):
+        p = wp.project(rng.random(3))
+        imgs = np.einsum("oij,j->oi", rots, p) + trans - p
+        imgs -= np.round(imgs)
+        keep &= np.abs(imgs).max(axis=1) < 1e-9
+    keep.flags.writeable = False
+    return keep
 
 
 @lru_cache(maxsize=2048)
