@@ -148,6 +148,49 @@ def test_machine_accepts_every_real_v2_text(structures):
         assert m.done
 
 
+# Pd17Se15 (SuperCon3D, Pm-3m): 1b and 3d used, then Se on 12i and 12j while 1a is still free. The machine used to end
+# a multiplicity choice as soon as one option was complete, so "1" always became 1 (never 12): this real CIF was refused.
+PD17SE15 = """data_Pd34Se30
+_symmetry_space_group_name_H-M Pm-3m
+_symmetry_Int_Tables_number 221
+_cell_length_a 10.6400
+_cell_length_b 10.6400
+_cell_length_c 10.6400
+_cell_angle_alpha 90.0000
+_cell_angle_beta 90.0000
+_cell_angle_gamma 90.0000
+_cell_volume 1204.5501
+_cell_formula_units_Z 2
+_chemical_formula_structural Pd17Se15
+loop_
+_atom_site_type_symbol
+_atom_site_label
+_atom_site_symmetry_multiplicity
+_atom_site_Wyckoff_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Pd Pd0 1 b 0.5000 0.5000 0.5000 1
+Pd Pd1 3 d 0.5000 0.0000 0.0000 1
+Pd Pd2 6 e 0.2380 0.0000 0.0000 1
+Pd Pd3 24 m 0.3520 0.3520 0.1500 1
+Se Se4 6 f 0.2570 0.5000 0.5000 1
+Se Se5 12 i 0.0000 0.2300 0.2300 1
+Se Se6 12 j 0.5000 0.1680 0.1680 1
+"""
+
+
+def test_a_multiplicity_that_extends_another_can_be_chosen():
+    """Multiplicity 12 while 1 is allowed too (1a free): the choice runs to the separator."""
+    m = CIFConstraint(TABLE, ConstraintConfig(max_tokens=4096))
+    for tok in _ids(PD17SE15) + [TABLE.eos]:
+        a = m.allowed()
+        assert (a == tok) if isinstance(a, int | np.integer) else a[tok], TOK.decode(_ids(PD17SE15)[: m.n_tokens])
+        m.advance(tok)
+    assert m.done
+
+
 def test_realizability_knapsack():
     assert realizable(225, [4, 4]) and not realizable(225, [1, 1])  # Fm-3m has no 1-fold position
     assert realizable(1, [7, 3])  # P1 realizes anything

@@ -611,9 +611,11 @@ class CIFConstraint:
         tok = yield from self._choose(ids)
         return tok
 
-    def _choose_string(self, options: Iterable[str]) -> Iterator[Any]:
-        """Let the model pick one of ``options`` (strings), token by token. Returns the string."""
-        seqs = {o: self.t.ids(o) for o in options}
+    def _choose_string(self, options: Iterable[str], end: str = "") -> Iterator[Any]:
+        """Let the model pick one of ``options`` (strings) followed by ``end``, token by token. Returns the string
+        (without ``end``). Give the separator that follows as ``end`` whenever an option can be a prefix of another
+        (multiplicity 1 of 12, 2 of 24): without it the shorter option ends the choice as soon as it is written."""
+        seqs = {o: self.t.ids(o + end) for o in options}
         if not seqs:
             raise _DeadEnd(self._where)
         prefix: tuple[int, ...] = ()
@@ -813,12 +815,10 @@ class CIFConstraint:
                 self._where = f"row {row} ({sym})"
                 yield from self._force(f"{sym} {sym}{row} ")
                 allowed = self._allowed_positions(sg, sym, remaining, used_fixed, positions, row)
-                mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in allowed}))
-                yield from self._force(" ")
+                mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in allowed}), end=" ")
                 letters = [w.letter for w in allowed if str(w.multiplicity) == mult_s]
-                letter = yield from self._choose_string(letters)
+                letter = yield from self._choose_string(letters, end=" ")
                 wp = next(w for w in positions if w.letter == letter)
-                yield from self._force(" ")
                 coords = yield from self._coordinates(sg, wp)
                 yield from self._force(" 1\n")
                 self._add_orbit(np.asarray(coords))
@@ -841,11 +841,9 @@ class CIFConstraint:
             sym = t.element_id[tok]
             self._where = f"row {row} ({sym})"
             yield from self._force(f" {sym}{row} ")
-            mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in positions}))
-            yield from self._force(" ")
-            letter = yield from self._choose_string([w.letter for w in positions if str(w.multiplicity) == mult_s])
+            mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in positions}), end=" ")
+            letter = yield from self._choose_string([w.letter for w in positions if str(w.multiplicity) == mult_s], end=" ")
             wp = next(w for w in positions if w.letter == letter)
-            yield from self._force(" ")
             yield from self._coordinates(sg, wp, guard=False)
             yield from self._force(" 1\n")
             row += 1
