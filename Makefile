@@ -148,7 +148,7 @@ finetune-all: setup
 
 # Sim2Real transfer scaling law (issue 17): tiny preset pretrained until its val loss stops improving on 6 nested
 # subsets (625-20,000) of the computed structures x 2 repeats, fine-tuned on measured Tc (SuperCon3D) + the task's
-# test NLL; ~3 h on 2 CPU cores, resumable (rerun to continue). SCALING_ARGS=protocol=fixed_steps: the old sweep.
+# test NLL; measured 3.5 h of wall on ~1 core of the shared 2-core machine (BENCHMARKS.md), resumable (rerun to continue). SCALING_ARGS=protocol=fixed_steps: the old sweep.
 # See cifllm/scaling/transfer.py.
 SCALING_TASK ?= tc_top
 SCALING_ARGS ?=
