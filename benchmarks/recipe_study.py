@@ -36,7 +36,10 @@ from cifllm.utils import atomic_write_json
 ROOT = Path(__file__).resolve().parents[1]
 PEROV = {"perov_5": 0.3, "jarvis_atomgen_perov5": 0.3}
 
-#: name -> PretrainConfig overrides on top of the mini preset YAML
+#: the study's fixed protocol on top of the mini preset YAML (the YAML has since become the long run's recipe: wsd,
+#: perovskites at 0.3, 16 x 2 accumulation): cosine to 10%, 32 CIFs per step in one micro-step, every source at weight 1
+STUDY_PROTOCOL: dict = {"lr_schedule": "cosine", "decay_steps": 0, "batch_size": 32, "grad_accum": 1, "source_weights": {}}
+#: name -> PretrainConfig overrides on top of the mini preset YAML and STUDY_PROTOCOL
 VARIANTS: dict[str, dict] = {
     "mini": {},
     "mini-perov0.3": {"source_weights": PEROV},
@@ -123,7 +126,8 @@ def run_variant(name: str, args: argparse.Namespace, shares: dict[str, float], g
         return json.loads(res_f.read_text())
     overrides = {
         "corpus": args.corpus, "out": str(out), "max_steps": args.steps, "warmup_steps": max(1, args.steps // 10),
-        "eval_steps": 0, "save_steps": args.steps, "progress": False, "eval_max_sequences": 512, **VARIANTS[name],
+        "eval_steps": 0, "save_steps": args.steps, "progress": False, "eval_max_sequences": 512,
+        **STUDY_PROTOCOL, **VARIANTS[name],
     }
     cfg = load_pretrain_config(args.base_yaml, overrides)
     t0 = time.time()
@@ -148,6 +152,7 @@ def evaluate_model(name: str, model: Path, out: Path, args: argparse.Namespace, 
     denovo = score_denovo(sample_denovo(model, out / "denovo", args.n_denovo, args.vllm_python), shares)
     return {
         "variant": name,
+        "corpus": args.corpus,  # the validation groups and size shares come from it: compare only within one corpus
         **extra,
         "model": str(model),
         "n_parameters": run["n_parameters"],
@@ -192,7 +197,7 @@ def main() -> None:
             "machine": "2 CPU cores (AMD EPYC), no GPU, shared with other jobs",
             "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(sys.argv),
-            "corpus": args.corpus,
+            "corpus": f"{args.corpus} (this command's; each result names its own)",
             "corpus_train_size_shares": shares,
             "results": results,
         }
