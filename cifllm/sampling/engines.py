@@ -344,6 +344,7 @@ class VLLMEngine:
         seed: int = 0,
         max_model_len: int | None = None,
         constrained: bool = False,
+        max_num_seqs: int | None = None,
     ) -> None:
         if constrained:
             # the constraint processor uses the V1 model runner's logits-processor interface
@@ -378,6 +379,8 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv * 2**30)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if max_num_seqs:
+            kwargs["max_num_seqs"] = max_num_seqs  # sequences per decode step; vLLM's CPU default is 256
         if constrained:
             kwargs["logits_processors"] = ["cifllm.sampling.vllm_constraint:CIFConstraintLogitsProcessor"]
         adapters = _adapter_map(lora)
