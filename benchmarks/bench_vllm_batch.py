@@ -1,5 +1,5 @@
 """vLLM sampling speed by scheduler batch (``max_num_seqs``: sequences per decode step; the CPU build's default is 256)
-and KV-cache size, on the shipped default model with the shipped sampling defaults (constraint engine on, T 0.7,
+and KV-cache size (and, through ``LD_PRELOAD``, the allocator / OpenMP runtime), on the shipped default model with the shipped sampling defaults (constraint engine on, T 0.7,
 top-k 10). Run in the vLLM venv, one process per setting (a vLLM engine is not torn down cleanly in-process):
 
     .venv-vllm/bin/python benchmarks/bench_vllm_batch.py --max-num-seqs 256 --json benchmarks/results/vllm_batch.json
@@ -42,6 +42,7 @@ if __name__ == "__main__":
     rec = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model, "max_num_seqs": args.max_num_seqs or "default (256)",
         "kv_cache_gib": args.kv_cache_gib if args.kv_cache_gib is not None else "default (2)", "threads": os.environ.get("OMP_NUM_THREADS"),
+        "ld_preload": os.environ.get("LD_PRELOAD") or None,
         "samples": len(out), "finished": sum(g.finished for g in out), "tokens": n_tok, "wall_s": round(dt, 1),
         "tokens_per_s": round(n_tok / dt, 1), "samples_per_s": round(len(out) / dt, 3),
     }
