@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from cifllm.sampling.engines import GenerationParams, make_engine
+from cifllm.sampling.engines import CPU_KV_CACHE_GIB, GenerationParams, make_engine
 from cifllm.sampling.prompts import build_prompt
 from cifllm.utils import atomic_write_json
 
@@ -41,7 +41,7 @@ if __name__ == "__main__":
     n_tok = sum(g.n_tokens for g in out)
     rec = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model, "max_num_seqs": args.max_num_seqs or "default (256)",
-        "kv_cache_gib": args.kv_cache_gib if args.kv_cache_gib is not None else "default (2)", "threads": os.environ.get("OMP_NUM_THREADS"),
+        "kv_cache_gib": args.kv_cache_gib if args.kv_cache_gib is not None else f"default ({CPU_KV_CACHE_GIB:g})", "threads": os.environ.get("OMP_NUM_THREADS"),
         "ld_preload": os.environ.get("LD_PRELOAD") or None,
         "samples": len(out), "finished": sum(g.finished for g in out), "tokens": n_tok, "wall_s": round(dt, 1),
         "tokens_per_s": round(n_tok / dt, 1), "samples_per_s": round(len(out) / dt, 3),

@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/default_model/loss_curves.png")
     ap.add_argument("--title", default="")
     args = ap.parse_args()
-    curves = [read_loss_curve(*r.split("=", 1)) if "=" in r else read_loss_curve(r) for r in args.runs]
+    curves = [read_loss_curve(*r.split("=", 1)) for r in args.runs]  # RUN or RUN=LABEL
     png = plot_loss_curves(curves, args.out, title=args.title)
     atomic_write_json(
         Path(args.out).with_suffix(".json"),
