@@ -188,6 +188,47 @@ def test_card_with_eval_and_bench(toy_model, tmp_path):
     path.unlink()
 
 
+def test_card_targets_read_eval_and_bench_records(toy_model, tmp_path):
+    """The "Targets" table: Wilson intervals from the evaluation counts, CSP match@20 met only when a model row's
+    interval lies wholly above the template's, Spearman judged only on >= 200 samples, speed only from a vLLM run,
+    "not measured" for every missing record."""
+    fp = {"model_sha": folder_fingerprint(toy_model)}
+
+    def csp(rate, lo, hi, k=20):
+        return {"samples_per_prompt": k, f"match@{k}": rate, "rates": {f"match@{k}": {"rate": rate, "ci95": [lo, hi]}}}
+
+    def write(task, rows):
+        (tmp_path / "results" / task).mkdir(parents=True)
+        (tmp_path / "results" / task / "metrics.json").write_text(json.dumps({"task": {"name": task, "case": 1}, "rows": rows}))
+
+    write("id_random", [{"generator": "base", "fingerprint": fp, "csp": csp(0.40, 0.36, 0.44)},
+                        {"generator": "template", "csp": csp(0.30, 0.26, 0.34)}])
+    write("time_split", [{"generator": "base", "fingerprint": fp, "csp": csp(0.33, 0.29, 0.37)},
+                         {"generator": "template", "csp": csp(0.30, 0.26, 0.34)}])
+    cond = {"generator": "lora+cond", "property": {"response": {"spearman": {"rho": 0.45, "ci95": [0.33, 0.56], "n": 250}}}}
+    write("tc_top", [{"generator": "base", "fingerprint": fp}, cond])
+    few = {"generator": "lora+cond", "property": {"response": {"spearman": {"rho": 0.6, "ci95": [0.1, 0.8], "n": 40}}}}
+    write("bandgap_top", [{"generator": "base", "fingerprint": fp}, few])
+    ev = tmp_path / "samples" / "eval"
+    ev.mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"n_samples": 1000, "counts": {"valid": 920, "consistent": 500}, "rates": {}}))
+    (ev.parent / "summary.json").write_text(json.dumps({"engine": "vllm", "samples_per_s": 20.0}))
+    text = render_model_card(toy_model, eval_metrics=ev / "metrics.json", bench_dir=tmp_path / "results")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text[text.index("## Targets"):].splitlines() if line.startswith("| ")}
+    assert rows["De novo validity (CDVAE), constrained"].endswith("| 92.0% [90.2, 93.5] of 1,000 | met |")
+    assert rows["De novo self-consistency (CrystaLLM), constrained"].endswith("| 50.0% [46.9, 53.1] of 1,000 | missed |")
+    assert rows["CSP match@20, `id_random`"].endswith("| base 40.0% [36.0, 44.0]; template 30.0% [26.0, 34.0] | met (base) |")
+    assert rows["CSP match@20, `time_split`"].endswith("| missed |")  # above the template, but the intervals overlap
+    assert "0.45 [0.33, 0.56] over 250 valid samples | met |" in rows["Conditioning, `tc_top` (`lora+cond`): Spearman(asked, oracle)"]
+    assert rows["Conditioning, `bandgap_top` (`lora+cond`): Spearman(asked, oracle)"].endswith("| not shown (fewer than 200 samples) |")
+    assert "18.40 valid CIFs/s" in rows["Valid CIFs per second (vLLM, de novo evaluation)"]
+    assert rows["Valid CIFs per second (vLLM, de novo evaluation)"].endswith("| met |")
+    # nothing recorded: every target says so, none is "missed"
+    bare = render_model_card(toy_model)
+    table = bare[bare.index("## Targets"):bare.index("## How to use")]
+    assert table.count("| not measured |") == 7 and "missed" not in table and "| met" not in table
+
+
 def test_card_missing_records_and_licences(tmp_path, toy_model):
     bare = tmp_path / "bare"
     bare.mkdir()

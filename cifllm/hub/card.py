@@ -22,7 +22,7 @@ from cifllm.bench.rows import folder_fingerprint
 from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
-from cifllm.core.report import on_off, pct
+from cifllm.core.report import NOT_MEASURED, on_off, pct, wilson_interval
 from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.training.config import PretrainConfig
 from cifllm.utils import atomic_write_text, sha256_file
@@ -47,6 +47,16 @@ _RESTRICTIVE = re.compile(
 )
 #: Licences compatible with redistribution under CC BY 4.0 (attribution).
 _PERMISSIVE = re.compile(r"\bcc[- ]by\b|\bcc0\b|\bmit\b|\bapache\b|\bbsd\b|public domain|nist terms", re.IGNORECASE)
+#: The project's targets for its default model (issue 13), shown with what a model measured in the card's "Targets":
+#: CDVAE validity and CrystaLLM self-consistency of constrained de novo samples (CrystaLLM-small reports 94% validity);
+VALIDITY_TARGET, CONSISTENCY_TARGET = 0.90, 0.70
+#: CSP match@k above the template baseline with non-overlapping 95% intervals, on these tasks;
+CSP_TARGET_K, CSP_TARGET_TASKS = 20, ("id_random", "time_split")
+#: Spearman(asked property value, oracle prediction) of conditioned samples above this, on at least this many;
+SPEARMAN_TARGET, SPEARMAN_TARGET_N, SPEARMAN_TARGET_TASKS = 0.3, 200, ("tc_top", "bandgap_top")
+#: valid CIFs per second: 60x CrystaLLM's own sampling loop at 5M parameters on a 2-core CPU (58 tokens/s, ~240 tokens
+#: per CIF, its reported 94% validity: ~0.23 valid CIFs/s).
+VALID_PER_S_TARGET = 14.0
 #: Evaluation rates shown in the card and the model index (key in metrics.json -> label).
 _EVAL_RATES = {
     "parse": "Parse rate",
@@ -378,27 +388,36 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
     return lines
 
 
-def _bench_section(bench_dir: str | Path | None, model_dir: Path) -> list[str]:
-    """Benchmark rows of tasks whose ``base`` row sampled *this* model (its weights' fingerprint, see
-    :func:`cifllm.bench.rows.folder_fingerprint`): a results folder left by another model is named, not shown."""
-    lines = ["## Discovery benchmarks", ""]
+def _bench_metrics(bench_dir: str | Path | None, model_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ``metrics.json`` of every task in ``bench_dir`` whose ``base`` row sampled *this* model (its weights'
+    fingerprint, see :func:`cifllm.bench.rows.folder_fingerprint`), and the names of the tasks left by another model."""
     files = sorted(Path(bench_dir).glob("*/metrics.json")) if bench_dir else []
-    rows, other = [], []
+    ms, other = [], []
     fp = folder_fingerprint(model_dir) if files else None
     for f in files:
         m = _read_json(f)
-        if not m:
+        if not m or "rows" not in m:
             continue
-        task = m.get("task") or {}
+        m.setdefault("task", {}).setdefault("name", f.parent.name)
         base = next((r for r in m.get("rows") or [] if r.get("generator") == "base"), None)
         if base is None or (base.get("fingerprint") or {}).get("model_sha") != fp:
-            other.append(str(task.get("name", f.parent.name)))
+            other.append(str(m["task"]["name"]))
             continue
+        ms.append(m)
+    return ms, other
+
+
+def _bench_section(bench_dir: str | Path | None, ms: list[dict[str, Any]], other: list[str]) -> list[str]:
+    """Benchmark rows of the tasks in ``ms`` (see :func:`_bench_metrics`); tasks made with another model are named."""
+    lines = ["## Discovery benchmarks", ""]
+    rows = []
+    for m in ms:
+        task = m["task"]
         for r in m.get("rows") or []:
             c, dn, rd = r.get("csp") or {}, r.get("denovo") or {}, r.get("rediscovery") or {}
             k = c.get("samples_per_prompt", 1)
             rows.append(
-                f"| {task.get('name', f.parent.name)} | {task.get('case', '-')} | {r.get('generator', '-')} | {pct(c.get('match@1'))} | "
+                f"| {task['name']} | {task.get('case', '-')} | {r.get('generator', '-')} | {pct(c.get('match@1'))} | "
                 f"{pct(c.get(f'match@{k}'))} (k={k}) | {pct(dn.get('valid'))} | {pct(dn.get('unique'))} | {pct(dn.get('novel'))} | "
                 f"{pct(rd.get('rate'))} | {pct((r.get('property') or {}).get('hit_rate'))} |"
             )
@@ -417,6 +436,88 @@ def _bench_section(bench_dir: str | Path | None, model_dir: Path) -> list[str]:
         *skipped,
     ]
     return lines
+
+
+def _ci_text(rate: float | None, ci: Any) -> str:
+    if rate is None:
+        return NOT_MEASURED
+    return pct(rate) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _eval_target(metrics: dict[str, Any] | None, key: str, goal: float) -> tuple[str, str]:
+    counts, n = (metrics or {}).get("counts") or {}, (metrics or {}).get("n_samples")
+    if counts.get(key) is None or not n:
+        return NOT_MEASURED, NOT_MEASURED
+    k = int(counts[key])
+    return f"{_ci_text(k / n, wilson_interval(k, n))} of {n:,}", "met" if k / n >= goal else "missed"
+
+
+def _csp_target(ms: list[dict[str, Any]], task: str) -> tuple[str, str]:
+    """A model row's CSP match@20 against the template's: met when a model row's 95% interval lies wholly above."""
+    m = next((m for m in ms if m["task"]["name"] == task), None)
+    if m is None:
+        return NOT_MEASURED, NOT_MEASURED
+    got: dict[str, tuple[float | None, Any]] = {}
+    for r in m.get("rows") or []:
+        c = r.get("csp") or {}
+        rec = (c.get("rates") or {}).get(f"match@{CSP_TARGET_K}")
+        if c.get("samples_per_prompt") == CSP_TARGET_K and isinstance(rec, Mapping):
+            got[str(r.get("generator"))] = (rec.get("rate"), rec.get("ci95"))
+    tmpl = got.pop("template", (None, None))
+    models = {g: v for g, v in got.items() if not g.startswith("template")}
+    if tmpl[0] is None or not models:
+        return NOT_MEASURED + f" (needs the model and template rows at {CSP_TARGET_K} samples per prompt)", NOT_MEASURED
+    text = "; ".join(f"{g} {_ci_text(*v)}" for g, v in models.items()) + f"; template {_ci_text(*tmpl)}"
+    above = [g for g, (rate, ci) in models.items() if ci and tmpl[1] and ci[0] > tmpl[1][1]]
+    return text, f"met ({', '.join(above)})" if above else "missed"
+
+
+def _spearman_target(ms: list[dict[str, Any]], task: str) -> tuple[str, str]:
+    m = next((m for m in ms if m["task"]["name"] == task), None)
+    row = next((r for r in (m or {}).get("rows") or [] if r.get("generator") == "lora+cond"), None)
+    sp = (((row or {}).get("property") or {}).get("response") or {}).get("spearman") or {}
+    if sp.get("rho") is None:
+        return NOT_MEASURED, NOT_MEASURED
+    ci, n = sp.get("ci95"), int(sp.get("n") or 0)
+    text = f"{sp['rho']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f" over {n:,} valid samples"
+    if n < SPEARMAN_TARGET_N:
+        return text, f"not shown (fewer than {SPEARMAN_TARGET_N} samples)"
+    return text, "met" if sp["rho"] > SPEARMAN_TARGET else "missed"
+
+
+def _speed_target(metrics: dict[str, Any] | None, summary: dict[str, Any] | None) -> tuple[str, str]:
+    n, valid = (metrics or {}).get("n_samples"), ((metrics or {}).get("counts") or {}).get("valid")
+    sps = (summary or {}).get("samples_per_s")
+    if not n or valid is None or not sps or (summary or {}).get("engine") != "vllm":
+        return NOT_MEASURED + " (needs a vLLM evaluation run)", NOT_MEASURED
+    v = sps * valid / n
+    return f"{v:.2f} valid CIFs/s ({sps:.2f} samples/s x {pct(valid / n)} valid, {n:,} samples)", "met" if v >= VALID_PER_S_TARGET else "missed"
+
+
+def _targets_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None, ms: list[dict[str, Any]]) -> list[str]:
+    """The project's targets for its default model next to what this model measured (``not measured`` where a record
+    is missing). Rates with Wilson 95% intervals, Spearman with its bootstrap 95% interval."""
+    rows = [
+        ("De novo validity (CDVAE), constrained", f">= {pct(VALIDITY_TARGET, digits=0)}", *_eval_target(metrics, "valid", VALIDITY_TARGET)),
+        ("De novo self-consistency (CrystaLLM), constrained", f">= {pct(CONSISTENCY_TARGET, digits=0)}",
+         *_eval_target(metrics, "consistent", CONSISTENCY_TARGET)),
+        *[(f"CSP match@{CSP_TARGET_K}, `{t}`", "above the template, non-overlapping 95% intervals", *_csp_target(ms, t)) for t in CSP_TARGET_TASKS],
+        *[(f"Conditioning, `{t}` (`lora+cond`): Spearman(asked, oracle)", f"> {SPEARMAN_TARGET} on >= {SPEARMAN_TARGET_N} valid samples",
+           *_spearman_target(ms, t)) for t in SPEARMAN_TARGET_TASKS],
+        ("Valid CIFs per second (vLLM, de novo evaluation)", f">= {VALID_PER_S_TARGET:g} (60x CrystaLLM's own loop at 5M parameters on a 2-core CPU)",
+         *_speed_target(metrics, summary)),
+    ]
+    return [
+        "## Targets",
+        "",
+        "The project's targets for its default model and what this model measured (evaluation and benchmark records "
+        "above). The speed depends on the machine the evaluation ran on.",
+        "",
+        "| target | goal | measured | status |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+    ]
 
 
 def _usage_section(repo: str) -> list[str]:
@@ -513,6 +614,7 @@ def render_model_card(
     if not repo_id and name == "default-model" and run.get("preset"):
         name = f"cifllm-{run['preset']} (the cifllm default model)"
     repo = repo_id or "path/to/model"
+    bench_ms, other = _bench_metrics(bench_dir, folder)
     cfg = records["config"]
     intro = f"A {cfg.get('model_type', 'causal')} language model over canonical CIF text (crystal structures)"
     if run:
@@ -533,7 +635,8 @@ def render_model_card(
         *_data_section(records),
         *_training_section(records),
         *_eval_section(metrics, summary),
-        *_bench_section(bench_dir, Path(model_dir)),
+        *_bench_section(bench_dir, bench_ms, other),
+        *_targets_section(metrics, summary, bench_ms),
         *_usage_section(repo),
         *_LIMITATIONS,
         "## Records",
