@@ -204,6 +204,7 @@ def test_card_targets_read_eval_and_bench_records(toy_model, tmp_path):
     write("id_random", [{"generator": "base", "fingerprint": fp, "csp": csp(0.40, 0.36, 0.44)},
                         {"generator": "template", "csp": csp(0.30, 0.26, 0.34)}])
     write("time_split", [{"generator": "base", "fingerprint": fp, "csp": csp(0.33, 0.29, 0.37)},
+                         {"generator": "old-default", "csp": csp(0.50, 0.45, 0.55)},  # another model: never counts
                          {"generator": "template", "csp": csp(0.30, 0.26, 0.34)}])
     cond = {"generator": "lora+cond", "property": {"response": {"spearman": {"rho": 0.45, "ci95": [0.33, 0.56], "n": 250}}}}
     write("tc_top", [{"generator": "base", "fingerprint": fp}, cond])
@@ -219,6 +220,7 @@ def test_card_targets_read_eval_and_bench_records(toy_model, tmp_path):
     assert rows["De novo self-consistency (CrystaLLM), constrained"].endswith("| 50.0% [46.9, 53.1] of 1,000 | missed |")
     assert rows["CSP match@20, `id_random`"].endswith("| base 40.0% [36.0, 44.0]; template 30.0% [26.0, 34.0] | met (base) |")
     assert rows["CSP match@20, `time_split`"].endswith("| missed |")  # above the template, but the intervals overlap
+    assert "old-default" not in rows["CSP match@20, `time_split`"]
     assert "0.45 [0.33, 0.56] over 250 valid samples | met |" in rows["Conditioning, `tc_top` (`lora+cond`): Spearman(asked, oracle)"]
     assert rows["Conditioning, `bandgap_top` (`lora+cond`): Spearman(asked, oracle)"].endswith("| not shown (fewer than 200 samples) |")
     assert "18.40 valid CIFs/s" in rows["Valid CIFs per second (vLLM, de novo evaluation)"]

@@ -49,7 +49,7 @@ from typing import Any, Literal
 from cifllm.bench.baselines import TemplateBaseline
 from cifllm.bench.oracle import PropertyOracle
 from cifllm.bench.report import render_bench_md, render_per_prompt_md
-from cifllm.bench.rows import ROW_FORMAT, RowStore, SharedDenovo, digest, folder_fingerprint
+from cifllm.bench.rows import RESERVED_ROWS, ROW_FORMAT, RowStore, SharedDenovo, digest, folder_fingerprint
 from cifllm.bench.splits import load_split
 from cifllm.bench.stats import (
     ELEMENT_BUCKETS,
@@ -78,8 +78,6 @@ from cifllm.utils.limits import map_with_time_limit
 
 __all__ = ["BenchConfig", "RESERVED_ROWS", "RowSpec", "run_bench", "render_bench_md"]
 
-#: row names the runner gives itself; ``compare_models`` names must differ from them
-RESERVED_ROWS = ("base", "base-unconstrained", "lora", "lora+cond", "template")
 _ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 

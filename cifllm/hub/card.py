@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cifllm.bench.rows import folder_fingerprint
+from cifllm.bench.rows import OWN_ROWS, folder_fingerprint
 from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
@@ -464,7 +464,7 @@ def _csp_target(ms: list[dict[str, Any]], task: str) -> tuple[str, str]:
         if c.get("samples_per_prompt") == CSP_TARGET_K and isinstance(rec, Mapping):
             got[str(r.get("generator"))] = (rec.get("rate"), rec.get("ci95"))
     tmpl = got.pop("template", (None, None))
-    models = {g: v for g, v in got.items() if not g.startswith("template")}
+    models = {g: v for g, v in got.items() if g in OWN_ROWS}  # not a compare_models row (another model)
     if tmpl[0] is None or not models:
         return NOT_MEASURED + f" (needs the model and template rows at {CSP_TARGET_K} samples per prompt)", NOT_MEASURED
     text = "; ".join(f"{g} {_ci_text(*v)}" for g, v in models.items()) + f"; template {_ci_text(*tmpl)}"
