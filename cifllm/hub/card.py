@@ -18,11 +18,13 @@ from typing import Any
 
 import yaml
 
+from cifllm.bench.report import pct_ci
 from cifllm.bench.rows import OWN_ROWS, folder_fingerprint
+from cifllm.bench.stats import rate
 from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
-from cifllm.core.report import NOT_MEASURED, on_off, pct, wilson_interval
+from cifllm.core.report import NOT_MEASURED, on_off, pct
 from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.training.config import PretrainConfig
 from cifllm.utils import atomic_write_text, sha256_file
@@ -438,18 +440,12 @@ def _bench_section(bench_dir: str | Path | None, ms: list[dict[str, Any]], other
     return lines
 
 
-def _ci_text(rate: float | None, ci: Any) -> str:
-    if rate is None:
-        return NOT_MEASURED
-    return pct(rate) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
-
-
 def _eval_target(metrics: dict[str, Any] | None, key: str, goal: float) -> tuple[str, str]:
     counts, n = (metrics or {}).get("counts") or {}, (metrics or {}).get("n_samples")
     if counts.get(key) is None or not n:
         return NOT_MEASURED, NOT_MEASURED
     k = int(counts[key])
-    return f"{_ci_text(k / n, wilson_interval(k, n))} of {n:,}", "met" if k / n >= goal else "missed"
+    return f"{pct_ci(rate(k, n))} of {n:,}", "met" if k / n >= goal else "missed"
 
 
 def _csp_target(ms: list[dict[str, Any]], task: str) -> tuple[str, str]:
@@ -457,18 +453,18 @@ def _csp_target(ms: list[dict[str, Any]], task: str) -> tuple[str, str]:
     m = next((m for m in ms if m["task"]["name"] == task), None)
     if m is None:
         return NOT_MEASURED, NOT_MEASURED
-    got: dict[str, tuple[float | None, Any]] = {}
+    got: dict[str, dict[str, Any]] = {}
     for r in m.get("rows") or []:
         c = r.get("csp") or {}
         rec = (c.get("rates") or {}).get(f"match@{CSP_TARGET_K}")
-        if c.get("samples_per_prompt") == CSP_TARGET_K and isinstance(rec, Mapping):
-            got[str(r.get("generator"))] = (rec.get("rate"), rec.get("ci95"))
-    tmpl = got.pop("template", (None, None))
+        if c.get("samples_per_prompt") == CSP_TARGET_K and isinstance(rec, dict) and rec.get("rate") is not None:
+            got[str(r.get("generator"))] = rec
+    tmpl = got.get("template")
     models = {g: v for g, v in got.items() if g in OWN_ROWS}  # not a compare_models row (another model)
-    if tmpl[0] is None or not models:
+    if tmpl is None or not models:
         return NOT_MEASURED + f" (needs the model and template rows at {CSP_TARGET_K} samples per prompt)", NOT_MEASURED
-    text = "; ".join(f"{g} {_ci_text(*v)}" for g, v in models.items()) + f"; template {_ci_text(*tmpl)}"
-    above = [g for g, (rate, ci) in models.items() if ci and tmpl[1] and ci[0] > tmpl[1][1]]
+    text = "; ".join(f"{g} {pct_ci(v)}" for g, v in models.items()) + f"; template {pct_ci(tmpl)}"
+    above = [g for g, v in models.items() if v.get("ci95") and tmpl.get("ci95") and v["ci95"][0] > tmpl["ci95"][1]]
     return text, f"met ({', '.join(above)})" if above else "missed"
 
 
