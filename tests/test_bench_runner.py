@@ -289,3 +289,23 @@ def test_constrained_row_skips_prompts_it_cannot_start(bench_env, tmp_path, monk
     csp = [json.loads(x) for x in (tmp_path / "ta" / "rows" / "base.samples.jsonl").read_text().splitlines() if json.loads(x)["kind"] == "csp"]
     assert len(csp) == 4 and all(s["text"] == "" and s["valid"] is False and "max_new_tokens" in s["error"] for s in csp)
     assert [p["n_valid"] for p in row["csp"]["per_prompt"]] == [0, 0] and row["csp"]["rates"]["validity"] == rate(0, 4)
+
+
+def test_rows_subset_runs_now_and_reports_finished_rows(bench_env, tmp_path, monkeypatch):
+    """rows=[...] samples only those rows; rows of the plan saved as scored earlier are reported with them."""
+    out = tmp_path / "res"
+    _Spy(monkeypatch)
+    logs: list[str] = []
+    first = run_bench(_cfg(bench_env, out, rows=["template"]), log=logs.append)
+    assert [r["generator"] for r in first["rows"]] == ["template"]
+    assert any("row base: not in rows=['template']" in x and "left out" in x for x in logs)
+    assert not (out / "ta" / "rows" / "base.json").exists()
+    # the next run samples base; template is loaded, not sampled again
+    monkeypatch.setattr(bench_runner, "TemplateBaseline", None)
+    logs2: list[str] = []
+    second = run_bench(_cfg(bench_env, out, rows=["base"]), log=logs2.append)
+    assert [r["generator"] for r in second["rows"]] == ["base", "template"]
+    assert any("row template: loaded from" in x for x in logs2)
+    assert _strip_run_fields(second["rows"][1:]) == _strip_run_fields(first["rows"])
+    with pytest.raises(ConfigError, match="not in this task's plan"):
+        run_bench(_cfg(bench_env, out, rows=["lora"]), log=lambda m: None)

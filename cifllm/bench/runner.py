@@ -120,6 +120,10 @@ class BenchConfig:
     #: all = sample, score and report; generate = only sample the rows and save them (rows/<row>.samples.jsonl),
     #: for a sampling environment without the scoring packages (make bench runs it from .venv-vllm first)
     stage: Literal["all", "generate"] = "all"
+    #: sample/score only these rows of the plan (names: base, base-unconstrained, a compare_models name, lora,
+    #: lora+cond, template); empty = every row. The other rows of the plan are still reported when they are saved as
+    #: scored with the same settings, so a long bench can be split across runs; on the command line: rows=[base,template]
+    rows: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -570,6 +574,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
     td, d = _load_task(cfg, tlog)
     specs = plan_rows(cfg, td.cond_names, tlog)
+    unknown = sorted(set(cfg.rows) - {s.name for s in specs})
+    if unknown:
+        raise ConfigError(f"rows: {unknown} not in this task's plan {[s.name for s in specs]}")
     res_dir = Path(cfg.out) / td.spec.name
     store = RowStore(res_dir)
     sc: _Scoring | None = None
@@ -587,6 +594,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         if status == "scored" and saved is not None:
             tlog(f"row {spec.name}: loaded from {store.row_path(spec.name)}")
             rows.append({k: v for k, v in saved.items() if k not in ("status", "format")})
+            continue
+        if cfg.rows and spec.name not in cfg.rows:
+            tlog(f"row {spec.name}: not in rows={cfg.rows} and not saved as scored with these settings: left out")
             continue
         if status == "generated" and saved is not None and recs is not None:
             sampling = saved["sampling"]
