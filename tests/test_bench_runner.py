@@ -3,6 +3,7 @@ size buckets (tiny random models, in-process)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 
@@ -309,3 +310,14 @@ def test_rows_subset_runs_now_and_reports_finished_rows(bench_env, tmp_path, mon
     assert _strip_run_fields(second["rows"][1:]) == _strip_run_fields(first["rows"])
     with pytest.raises(ConfigError, match="not in this task's plan"):
         run_bench(_cfg(bench_env, out, rows=["lora"]), log=lambda m: None)
+    # an archived results folder: a scored row needs no samples file; a gzipped one is read where the plain one is gone
+    rows_dir = out / "ta" / "rows"
+    (rows_dir / "template.samples.jsonl").unlink()
+    plain = rows_dir / "base.samples.jsonl"
+    (rows_dir / "base.samples.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    base_recs = bench_runner.RowStore(out / "ta").read_samples("base")
+    plain.unlink()
+    assert bench_runner.RowStore(out / "ta").read_samples("base") == base_recs
+    _Spy(monkeypatch, fail=True)
+    third = run_bench(_cfg(bench_env, out), log=lambda m: None)
+    assert _strip_run_fields(third["rows"]) == _strip_run_fields(second["rows"])

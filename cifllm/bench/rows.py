@@ -8,11 +8,12 @@ Files (all written atomically):
   checks read), ``n_tokens`` (None for the template baseline), ``asked`` (conditioned de novo: the asked property
   value); after scoring also the verdict summary (``valid``, ``reason``, ``reduced_formula``, ``n_sites``,
   ``n_elements``, ``unique``, ``novel``; CSP: ``rms``).
+  Read from ``<row>.samples.jsonl.gz`` when the plain file is missing (a results folder archived with gzip).
 * ``<out>/<task>/rows/<row>.json`` - ``status`` ``generated`` (samples saved, not scored yet) or ``scored`` (the whole
   row), the generation ``fingerprint`` (model path + SHA-256 of its config/weights, adapter, constraint engine,
   budgets, sampling parameters, seed, engine, split files) and, once scored, the ``score_fingerprint`` (reference
   corpus, time limit, stability). Same generation fingerprint: the samples are reused; same score fingerprint too:
-  the row is loaded as it is.
+  the row is loaded as it is (its samples file is then not needed).
 * ``<out>/_shared/denovo-<hash>.jsonl`` (+ ``.json``, written last: the completion mark) - the unprompted (BOS-only)
   de novo samples of a model without an adapter, keyed by model, constraint engine, sampling parameters, count and
   seed: identical for every task, so sampled once and reused by every task (scored per task).
@@ -20,6 +21,7 @@ Files (all written atomically):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from collections.abc import Callable
@@ -76,7 +78,10 @@ def _short(v: Any) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Records of ``path``, or of its gzipped copy ``path.gz`` when ``path`` is missing (an archived results folder)."""
+    gz = path.with_name(path.name + ".gz")
+    text = gzip.decompress(gz.read_bytes()).decode() if not path.exists() and gz.exists() else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _jsonl(records: list[dict[str, Any]]) -> str:
@@ -120,7 +125,8 @@ class RowStore:
         atomic_write_json(self.row_path(name), {**row, "status": "scored", "format": ROW_FORMAT})
 
     def lookup(self, name: str, fingerprint: dict[str, Any], score_fingerprint: dict[str, Any] | None, log: Callable[[str], None]) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]] | None]:
-        """What can be reused of row ``name``: ``("scored", row, samples)`` (same generation and scoring settings),
+        """What can be reused of row ``name``: ``("scored", row, samples)`` (same generation and scoring settings;
+        samples None when their file is gone),
         ``("generated", record, samples)`` (same generation settings: score the saved samples) or ``("none", None,
         None)``; a saved row with other settings is reported in one line through ``log``."""
         rec = self.read(name)
@@ -131,11 +137,11 @@ class RowStore:
             log(f"row {name}: saved with other settings ({why}): regenerating")
             return "none", None, None
         samples = self.read_samples(name)
+        if rec.get("status") == "scored" and score_fingerprint is not None and rec.get("score_fingerprint") == score_fingerprint:
+            return "scored", rec, samples  # the record is the whole row: its samples are kept for audit, not needed
         if samples is None:
             log(f"row {name}: {self.samples_path(name)} missing or unreadable: regenerating")
             return "none", None, None
-        if rec.get("status") == "scored" and score_fingerprint is not None and rec.get("score_fingerprint") == score_fingerprint:
-            return "scored", rec, samples
         if rec.get("status") == "scored" and score_fingerprint is not None:
             log(f"row {name}: scoring settings changed ({describe_change(rec.get('score_fingerprint'), score_fingerprint)}): rescoring the saved samples")
         return "generated", rec, samples
