@@ -109,16 +109,21 @@ clean:
 #                     it lacks the scoring packages), then scored here; BENCH_ENGINE=hf samples with transformers instead.
 #                     max_new_tokens=2000: the constraint engine starts a CSP prompt only when its cell fits that token
 #                     budget (at 1024, 30-90% of a task's first 200 test cells do; at 2000, 75-97%).
-# BENCH_ARGS (key=value, see `cifllm bench --help`) are added last and win.
+# BENCH_ARGS (key=value, see `cifllm bench --help`) are added last and win; BENCH_TASKS="id_random time_split" runs
+# only those tasks, BENCH_ARGS='rows=[base,template]' only those rows (finished rows are still reported), so the
+# full budget can be spread over several runs; BENCH_OUT=benchmarks/results/bench keeps the rows in the repository
+# (commit the row records and the gzipped samples; *.jsonl there is ignored, *.jsonl.gz is read in its place).
 DEFAULT_MODEL := cifllm/resources/default-model
 BENCH_MODEL ?= $(DEFAULT_MODEL)
 BENCH_ARGS ?=
+BENCH_TASKS ?=
+BENCH_OUT ?= results
 BENCH_QUICK_ARGS ?= n_prompts=8 n_samples=2 n_denovo=16 max_new_tokens=768
 BENCH_OLD_MODEL ?= runs/default-v1
 BENCH_ENGINE ?= $(if $(wildcard $(VLLM_VENV)/bin/python),vllm,hf)
 BENCH_FULL_ARGS ?= n_prompts=200 n_samples=20 n_denovo=1000 max_new_tokens=2000 constraint_ablation=true engine=$(BENCH_ENGINE) \
 	$(if $(wildcard $(BENCH_OLD_MODEL)/config.json),'compare_models={old-default: $(BENCH_OLD_MODEL)}')
-BENCH_CMD = bench $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS)
+BENCH_CMD = bench $(foreach t,$(BENCH_TASKS),--task $(t)) $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS)
 TASKS := id_random elements_heldout prototypes_heldout tc_top kappa_top bandgap_top time_split
 .PHONY: splits bench bench-quick finetune finetune-all scaling default-model default-eval card
 splits: setup
@@ -131,9 +136,9 @@ bench-quick: setup
 bench: setup
 	test -f data/tasks/id_random/manifest.json || $(MAKE) splits
 ifeq ($(BENCH_ENGINE),vllm)
-	$(VLLM_VENV)/bin/cifllm $(BENCH_CMD) out=results $(BENCH_FULL_ARGS) $(BENCH_ARGS) stage=generate
+	$(VLLM_VENV)/bin/cifllm $(BENCH_CMD) out=$(BENCH_OUT) $(BENCH_FULL_ARGS) $(BENCH_ARGS) stage=generate
 endif
-	$(CIFLLM) $(BENCH_CMD) out=results $(BENCH_FULL_ARGS) $(BENCH_ARGS)
+	$(CIFLLM) $(BENCH_CMD) out=$(BENCH_OUT) $(BENCH_FULL_ARGS) $(BENCH_ARGS)
 
 # LoRA adapter for one task (TASK=tc_top) on BASE (default: the shipped model); FINETUNE_ARGS=key=value ...
 TASK ?= tc_top
@@ -175,4 +180,4 @@ default-eval: setup
 		$(if $(wildcard data/corpus-base/manifest.json),reference=data/corpus-base,novelty=false)
 
 card: setup
-	$(CIFLLM) card $(DEFAULT_MODEL) $(if $(wildcard results/default-eval/eval/metrics.json),--eval results/default-eval/eval/metrics.json) --bench results
+	$(CIFLLM) card $(DEFAULT_MODEL) $(if $(wildcard results/default-eval/eval/metrics.json),--eval results/default-eval/eval/metrics.json) --bench $(BENCH_OUT)
