@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from cifllm.bench.baselines import TemplateBaseline
 from cifllm.bench.oracle import PropertyOracle
 from cifllm.bench.report import render_bench_md, render_per_prompt_md
@@ -331,8 +333,6 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
 def _conditioned_prompts(td: _Task) -> tuple[list[str], list[str], list[float | None]]:
     """Conditioned prompts: each CSP target with its own (test-tail) property values; de novo samples asked for values
     across the test tail (its 10/50/90% quantiles and maximum)."""
-    import numpy as np
-
     task, names = td.spec, td.cond_names
     csp_p = []
     for t, p in zip(td.targets, td.prompts, strict=True):
