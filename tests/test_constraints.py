@@ -12,6 +12,7 @@ import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
 from cifllm.cif import CIFError, parse_canonical, structure_to_text, text_to_structure
+from cifllm.cif.bonds import expected_bond_length
 from cifllm.cif.canonical import SPACE_GROUP_SYMBOLS, _num, cell_volume, format_formula, space_group_number
 from cifllm.cif.wyckoff import coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.sampling.constraints import (
@@ -480,3 +481,31 @@ def test_budget_random_walks_240():
     ]
     for k, (prompt, budget) in enumerate(cases):
         _budget_walks(prompt, budget, 30, 100 + k)
+
+
+def _closest_ratio(text: str) -> float:
+    """Smallest distance / expected bond length over all pairs of atoms (periodic images included)."""
+    s = text_to_structure(text)
+    d = s.distance_matrix
+    syms = [site.specie.symbol for site in s]
+    return min(d[i, j] / expected_bond_length(syms[i], syms[j]) for i in range(len(s)) for j in range(i + 1, len(s)))
+
+
+def test_bond_guard_keeps_crystallm_bond_ratio():
+    """In a small P1 cell, knowing-nothing walks without the bond guard put pairs closer than CrystaLLM's bond rule
+    allows (0.68 x expected); with ``min_bond_ratio`` 0.7 every walk that needed no fallback keeps >= 0.7."""
+    prompt = (
+        "data_Na4Cl4\n_symmetry_space_group_name_H-M P1\n_symmetry_Int_Tables_number 1\n_cell_length_a 6.2000\n"
+        "_cell_length_b 6.2000\n_cell_length_c 6.2000\n_cell_angle_alpha 90.0000\n_cell_angle_beta 90.0000\n_cell_angle_gamma 90.0000\n"
+    )
+    rng = np.random.default_rng(3)
+    off = [_walk(prompt, rng, ConstraintConfig(max_tokens=1400, min_bond_ratio=0.0)) for _ in range(12)]
+    assert min(_closest_ratio(t) for t, _ in off) < 0.68
+    assert all(m.stats.bond_fallbacks == 0 for _, m in off)  # the guard with the ratio off is the old 0.5 A guard
+    on = [_walk(prompt, rng) for _ in range(12)]
+    clean = [t for t, m in on if m.stats.bond_fallbacks == 0 and m.stats.soft_failures == 0]
+    assert len(clean) >= 6
+    for t in clean:
+        _consistent(t)
+        assert _closest_ratio(t) >= 0.7 - 1e-3, t
+    assert ConstraintConfig().min_bond_ratio == 0.7

@@ -71,6 +71,7 @@ from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metri
 from cifllm.evaluation.run import evaluate_texts, summarize
 from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
 from cifllm.modeling import SAMPLING_DEFAULTS
+from cifllm.sampling.constraints import ConstraintConfig
 from cifllm.sampling.engines import EngineError, GenerationParams, check_constrained
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import Prompt, strip_conditions
@@ -250,6 +251,12 @@ class _ModelSampler:
         return out, seconds, sum(n for x in out for _, n, _ in x), len(skipped)
 
 
+def _engine_settings() -> dict[str, Any]:
+    """The constraint engine's settings (geometry guard included) that a constrained row is sampled with."""
+    plain = json.loads(json.dumps(asdict(ConstraintConfig())))  # tuples as lists: compared with the saved JSON
+    return {k: v for k, v in plain.items() if k != "max_tokens"}
+
+
 def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, Any]:
     fp: dict[str, Any] = {
         "row": spec.name, "kind": spec.kind, "split": digest(td.manifest.get("files_sha256")), "n_prompts": len(td.prompts),
@@ -259,7 +266,7 @@ def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, An
         fp.update(
             model=spec.model, model_sha=folder_fingerprint(spec.model), adapter=spec.adapter,
             adapter_sha=folder_fingerprint(spec.adapter) if spec.adapter else None, constrained=spec.constrained,
-            conditioning=list(td.cond_names) if spec.conditioned else None, engine=cfg.engine,
+            constraint_settings=_engine_settings() if spec.constrained else None, conditioning=list(td.cond_names) if spec.conditioned else None, engine=cfg.engine,
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, batch_size=cfg.batch_size,
         )
     return fp
@@ -268,6 +275,7 @@ def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, An
 def _denovo_key(spec: RowSpec, cfg: BenchConfig, n: int) -> dict[str, Any]:
     return {
         "prompt": "", "model": spec.model, "model_sha": folder_fingerprint(spec.model), "constrained": spec.constrained, "engine": cfg.engine,
+        "constraint_settings": _engine_settings() if spec.constrained else None,
         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k, "batch_size": cfg.batch_size, "n": n, "seed": cfg.seed,
     }
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from cifllm.cif import CanonicalCIF, CIFError, expand_sites, format_formula, parse_canonical, text_to_structure
+from cifllm.cif.bonds import expected_bond_length
 
 __all__ = [
     "failure_summary",
@@ -255,27 +256,6 @@ def check_space_group(parsed: CanonicalCIF, structure: Any, settings: CheckSetti
     return _pass("space_group", float(detected))
 
 
-def _expected_bond(el1: Any, el2: Any) -> float | None:
-    """CrystaLLM's expected bond length (Angstrom): ionic radii (average cationic + average anionic) if |dX| >= 1.7,
-    else atomic radii; None if unknown.
-
-    One deviation: where pymatgen has no ionic radius for the pair (e.g. the auride anion in CsAu: its average
-    anionic radius is 0), CrystaLLM's code adds a zero radius and rejects every such bond; here the atomic radii are
-    used instead.
-    """
-    x1, x2 = el1.X, el2.X
-    if x1 == x1 and x2 == x2 and abs(x1 - x2) >= 1.7:
-        cat, an = (el1, el2) if x1 < x2 else (el2, el1)
-        rc, ra = float(cat.average_cationic_radius), float(an.average_anionic_radius)
-        if rc > 0 and ra > 0:
-            return rc + ra
-    r1, r2 = el1.atomic_radius, el2.atomic_radius
-    if r1 is None or r2 is None:
-        return None
-    exp = float(r1) + float(r2)
-    return exp if exp > 0 else None
-
-
 def _nearest(structure: Any, i: int) -> list[tuple[Any, float]]:
     """The nearest neighbour of site ``i`` (periodic images included) as [(element, distance)], or []."""
     for r in (6.0, 12.0, 24.0):
@@ -334,7 +314,7 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
                 for el_j, length in pairs:
                     if length <= 0:
                         continue
-                    exp = _expected_bond(el_i, el_j)
+                    exp = expected_bond_length(el_i.symbol, el_j.symbol)
                     if exp is None:
                         continue
                     ratio = length / exp

@@ -31,8 +31,10 @@ each row              element forced (formula order, until its count is used up)
                       end) - with ``max_tokens``, in rows that fit the tokens left; coordinates: constants and tied
                       coordinates forced, free ones sampled as ``0.dddd``; occupancy ``1`` forced
 geometry guard        the digits of a row's last free coordinate are limited to values whose orbit keeps every
-                      atom >= ``min_distance`` (0.5 Angstrom) from every other (the orbit's own images included);
-                      a fixed point closer than that to an atom already written is blocked
+                      pair of atoms (the orbit's own images included) >= ``min_bond_ratio`` (0.7) x their expected
+                      bond length (CrystaLLM's radii; its bond rule fails below 0.68) and >= ``min_distance``
+                      (0.5 Angstrom); where no value can, >= ``min_distance`` only; a fixed point closer than that
+                      to an atom already written is blocked
 end                   ``<|eos|>`` only after a complete row and when every count is used up
 ====================  ==========================================================================================
 
@@ -65,6 +67,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Element, Lattice
 
+from cifllm.cif.bonds import expected_bond_length
 from cifllm.cif.canonical import (
     LOOP_TAGS,
     SPACE_GROUP_SYMBOLS,
@@ -109,6 +112,10 @@ class ConstraintConfig:
     min_distance: float = 0.5
     #: never closer than this (Angstrom), to any atom or to a fixed point not used yet: nothing can merge on parsing
     hard_distance: float = 0.1
+    #: the guard also aims to keep every pair of atoms (neither of them H) >= this x their expected bond length
+    #: (:func:`cifllm.cif.bonds.expected_bond_length`: CrystaLLM's bond-length rule fails a bond below 0.68 of it); where
+    #: no value of a row can, the row keeps ``min_distance`` instead (counted as ``bond_fallbacks``); 0 = off
+    min_bond_ratio: float = 0.7
     #: every free cell number is limited so that volume / atoms >= this stays reachable (Angstrom^3; the corpus
     #: filter's bound)
     min_volume_per_atom: float = 1.5
@@ -144,6 +151,7 @@ class ConstraintStats:
     guarded_rows: int = 0
     blocked_letters: int = 0
     soft_failures: int = 0
+    bond_fallbacks: int = 0
     dead_end: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -151,6 +159,7 @@ class ConstraintStats:
             "guarded_rows": self.guarded_rows,
             "blocked_letters": self.blocked_letters,
             "soft_failures": self.soft_failures,
+            "bond_fallbacks": self.bond_fallbacks,
             "dead_end": self.dead_end or None,
         }
 
@@ -802,6 +811,7 @@ class CIFConstraint:
         self.lattice = Lattice.from_parameters(*abc, *angles).matrix
         self.rots, self.trans = _symmetry_ops(sg, "cif-v2")
         self.atoms = np.zeros((0, 3))
+        self.atom_syms: list[str] = []
         remaining = dict(counts)
         used_fixed: list[WyckoffPosition] = []
         self.used_fixed = used_fixed
@@ -819,9 +829,9 @@ class CIFConstraint:
                 letters = [w.letter for w in allowed if str(w.multiplicity) == mult_s]
                 letter = yield from self._choose_string(letters, end=" ")
                 wp = next(w for w in positions if w.letter == letter)
-                coords = yield from self._coordinates(sg, wp)
+                coords = yield from self._coordinates(sg, wp, sym=sym)
                 yield from self._force(" 1\n")
-                self._add_orbit(np.asarray(coords))
+                self._add_orbit(np.asarray(coords), sym)
                 remaining[sym] -= wp.multiplicity
                 if wp.dof == 0:
                     used_fixed.append(wp)
@@ -899,7 +909,7 @@ class CIFConstraint:
     ) -> list[WyckoffPosition]:
         """Positions row ``row`` may take: multiplicity fits, fixed points unused, remaining counts still realizable
         and, with ``max_tokens``, in rows that fit the tokens left (exact, so never empty); among them, those the geometry guard prefers (fixed point not within
-        ``min_distance`` of an atom, a one-parameter line with room left) when there are any."""
+        its closest distance of an atom, a one-parameter line with room left) when there are any."""
         others = [c for s, c in remaining.items() if s != sym and c > 0]
         candidates = []
         for w in positions:
@@ -917,20 +927,36 @@ class CIFConstraint:
                 candidates.append(w)
         if not candidates:
             raise _DeadEnd(f"row for {sym}: no Wyckoff position left (composition or token accounting bug)")
-        preferred = [w for w in candidates if not ((w.dof == 0 and self._fixed_blocked(w)) or (w.dof == 1 and not self._line_has_room(sg, w)))]
+        preferred = [w for w in candidates if not ((w.dof == 0 and self._fixed_blocked(w, sym)) or (w.dof == 1 and not self._line_has_room(sg, w, sym)))]
         self.stats.blocked_letters += len(candidates) - len(preferred)
         return preferred or candidates
 
     # -- geometry -------------------------------------------------------------------------------------------
-    def _min_dist(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """Min Cartesian distance (Angstrom, minimum image by fractional rounding) from each of ``pts`` (..., 3) to
-        ``others`` (N, 3); +inf if there are none."""
-        if len(others) == 0:
-            return np.full(pts.shape[:-1], np.inf)
+    def _dists(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Cartesian distances (Angstrom, minimum image by fractional rounding) from each of ``pts`` (..., 3) to each
+        of ``others`` (N, 3): shape (..., N)."""
         d = pts.astype(np.float32)[..., None, :] - others.astype(np.float32)  # float32 throughout: ~1e-6 A, 2.6x faster
         d -= np.rint(d)
         c = d @ self.lattice.astype(np.float32)
-        return np.sqrt(np.einsum("...k,...k->...", c, c).min(axis=-1))
+        return np.sqrt(np.einsum("...k,...k->...", c, c))
+
+    def _min_dist(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Min Cartesian distance from each of ``pts`` (..., 3) to ``others`` (N, 3); +inf if there are none."""
+        if len(others) == 0:
+            return np.full(pts.shape[:-1], np.inf)
+        return self._dists(pts, others).min(axis=-1)
+
+    def _closest(self, sym: str, other: str) -> float:
+        """Closest distance (Angstrom) the guard aims for between an atom of ``sym`` and one of ``other``."""
+        return _closest_pair(sym, other, self.cfg.min_bond_ratio, self.cfg.min_distance)
+
+    def _slack(self, pts: np.ndarray, sym: str) -> np.ndarray:
+        """Per point of ``pts`` (..., 3) for an atom of ``sym``: min over the atoms written of distance minus the
+        closest distance the guard aims for with that atom (Angstrom; >= 0: every pair keeps it); +inf if none."""
+        if len(self.atoms) == 0:
+            return np.full(pts.shape[:-1], np.inf)
+        near = np.asarray([self._closest(sym, o) for o in self.atom_syms], dtype=np.float32)
+        return (self._dists(pts, self.atoms) - near).min(axis=-1)
 
     def _orbit(self, p: np.ndarray) -> np.ndarray:
         """Images of ``p`` under the group's operators, deduplicated in order (an image within 0.02 A of one kept
@@ -946,22 +972,26 @@ class CIFConstraint:
                 kept.append(i)
         return imgs[kept]
 
-    def _add_orbit(self, p: np.ndarray) -> None:
-        self.atoms = np.vstack([self.atoms, self._orbit(p)])
+    def _add_orbit(self, p: np.ndarray, sym: str = "") -> None:
+        orbit = self._orbit(p)
+        self.atoms = np.vstack([self.atoms, orbit])
+        self.atom_syms += [sym] * len(orbit)
 
-    def _fixed_blocked(self, w: WyckoffPosition) -> bool:
+    def _fixed_blocked(self, w: WyckoffPosition, sym: str = "") -> bool:
         p = np.asarray(w.trans, dtype=float)
-        return bool(self._min_dist(p[None, :], self.atoms)[0] < self.cfg.min_distance)
+        return bool(self._slack(p[None, :], sym)[0] < 0)
 
     def _stabilizer_mask(self, sg: int, wp: WyckoffPosition) -> np.ndarray:
         """Operators of the position's site-symmetry group (:func:`_stabilizer`)."""
         return _stabilizer(sg, wp.letter)
 
-    def _valid_values(self, sg: int, wp: WyckoffPosition, written: dict[int, float], coord: int, fallback: bool = True) -> np.ndarray:
+    def _valid_values(self, sg: int, wp: WyckoffPosition, written: dict[int, float], coord: int, sym: str = "", fallback: bool = True) -> np.ndarray:
         """Boolean mask over the 10,000 values 0.0000..0.9999 of free coordinate ``coord`` (all other coordinates of
-        the row known or tied to it): True where the orbit keeps ``min_distance`` to every atom and to its own
-        images. Distances are computed every 0.001 and a value is kept only if its 0.001-block clears the bound by
-        the block's length (conservative: never lets a closer value through)."""
+        the row known or tied to it) for an atom of ``sym``: True where the orbit keeps its closest distance
+        (:meth:`_closest`: ``min_bond_ratio`` x the expected bond length, at least ``min_distance``) to every atom
+        and to its own images. Distances are computed every 0.001 and a value is kept only if its 0.001-block clears
+        the bound by the block's length (conservative: never lets a closer value through). With ``fallback``, where
+        no value keeps it: ``min_distance`` (``bond_fallbacks``), then ``hard_distance`` (``soft_failures``)."""
         grid = np.arange(1000) / 1000.0
 
         def pos(tval: float) -> np.ndarray:
@@ -973,14 +1003,21 @@ class CIFConstraint:
         margin = 0.001 * float(np.linalg.norm(slope @ self.lattice))  # Angstrom an atom moves within one block
         pts = (p0[None, :] + grid[:, None] * slope[None, :]) % 1.0
         dist = self._min_dist(pts, self.atoms) - margin
+        slack = self._slack(pts, sym) - margin
         stab = self._stabilizer_mask(sg, wp)
         rots, trans = self.rots[~stab], self.trans[~stab]
         if len(rots):
-            dist = np.minimum(dist, self._image_distance(pts, rots, trans, slope))
+            img = self._image_distance(pts, rots, trans, slope)
+            dist = np.minimum(dist, img)
+            slack = np.minimum(slack, img - self._closest(sym, sym))
         score = np.minimum(dist, self._min_dist(pts, self._reserved_points()) - margin)
         hard = score >= self.cfg.hard_distance
-        soft = hard & (dist >= self.cfg.min_distance)
+        soft = hard & (slack >= 0)
         if not (soft.any() or not fallback):
+            kept = hard & (dist >= self.cfg.min_distance)
+            if kept.any():
+                self.stats.bond_fallbacks += 1
+                return np.repeat(kept, 10)
             self.stats.soft_failures += 1
             if hard.any():
                 soft = hard
@@ -1029,12 +1066,12 @@ class CIFConstraint:
             ok |= self._image_distance(pts, rots, trans, slope) >= self.cfg.hard_distance
         return np.repeat(ok, 10) if ok.any() else np.ones(10_000, dtype=bool)
 
-    def _line_has_room(self, sg: int, wp: WyckoffPosition) -> bool:
+    def _line_has_room(self, sg: int, wp: WyckoffPosition, sym: str = "") -> bool:
         plan = coordinate_plan(sg, wp.letter)
         coord = next(i for i, step in enumerate(plan) if step[0] == "free")
-        return bool(self._valid_values(sg, wp, {}, coord, fallback=False).any())
+        return bool(self._valid_values(sg, wp, {}, coord, sym, fallback=False).any())
 
-    def _coordinates(self, sg: int, wp: WyckoffPosition, guard: bool = True) -> Iterator[Any]:
+    def _coordinates(self, sg: int, wp: WyckoffPosition, guard: bool = True, sym: str = "") -> Iterator[Any]:
         plan = coordinate_plan(sg, wp.letter)
         free = [i for i, step in enumerate(plan) if step[0] == "free"]
         written: dict[int, float] = {}
@@ -1052,7 +1089,7 @@ class CIFConstraint:
                     if mask.all():
                         mask = None
                 if guard and i == free[-1]:
-                    mask = self._valid_values(sg, wp, written, i)
+                    mask = self._valid_values(sg, wp, written, i, sym)
                     if not mask.all():
                         self.stats.guarded_rows += 1
                     if not mask.any():
@@ -1076,6 +1113,15 @@ class CIFConstraint:
                 yield from self._force(_num(vals[i]))
         final = wyckoff_coords(sg, wp.letter, written)
         return tuple(float(v) for v in final)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=65536)
+def _closest_pair(a: str, b: str, ratio: float, min_distance: float) -> float:
+    """Closest distance (Angstrom) between atoms of elements ``a`` and ``b``: ``ratio`` x their expected bond length,
+    at least ``min_distance``; ``min_distance`` alone for H (CrystaLLM bounds bonds to H only from above), an
+    unknown element or radius, or ``ratio`` 0."""
+    exp = expected_bond_length(a, b) if ratio > 0 and "H" not in (a, b) and a and b else None
+    return max(min_distance, ratio * exp) if exp else min_distance
 
 
 @lru_cache(maxsize=4096)
