@@ -9,6 +9,7 @@ from pymatgen.core import Composition
 
 from cifllm.cif import structure_to_text
 from cifllm.conditioning import BUILTIN
+from cifllm.core.config import load_config
 from cifllm.sampling import (
     GenerationParams,
     Prompt,
@@ -21,6 +22,7 @@ from cifllm.sampling import (
     strip_conditions,
 )
 from cifllm.sampling.engines import Generation, HFEngine
+from cifllm.sampling.run import SampleConfig
 from cifllm.tokenization import build_tokenizer
 
 # ---------------------------------------------------------------- prompts
@@ -296,3 +298,11 @@ def test_space_group_without_z_picks_the_smallest_realizable_cell():
     assert build_prompt(composition="NaCl", z=1, space_group=225).text.startswith("data_Na1Cl1\n")
     q = build_prompt(composition="SrTiO3", space_group="Pm-3m")
     assert q.text.startswith("data_Sr1Ti1O3\n") and "z_auto" not in q.meta
+
+
+def test_constraint_settings_reach_the_engine():
+    """``constraint.*`` keys of ``cifllm sample`` become the generation's ConstraintConfig (the geometry guard's A/B)."""
+    cfg = load_config(SampleConfig, overrides=["model=m", "constraint.min_bond_ratio=0", "constraint.min_distance=0.6"])
+    c = cfg.generation_params().constraint
+    assert (c.min_bond_ratio, c.min_distance) == (0.0, 0.6)
+    assert load_config(SampleConfig, overrides=["model=m"]).generation_params().constraint.min_bond_ratio == 0.7

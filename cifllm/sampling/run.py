@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from cifllm.core.config import save_config
 from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
 from cifllm.data.corpus import load_corpus
 from cifllm.modeling import SAMPLING_DEFAULTS
+from cifllm.sampling.constraints import ConstraintConfig
 from cifllm.sampling.engines import Engine, GenerationParams
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
 from cifllm.sampling.prompts import (
@@ -105,6 +106,8 @@ class SampleConfig:
     #: the constraint engine (only consistent cif-v2 text can be written): true / false, or null = auto (on for
     #: cif-v2 models, off with a note for cif-v1 models)
     constrained: bool | None = None
+    #: the constraint engine's settings when it is on, e.g. constraint.min_bond_ratio=0 (the 0.5 A guard alone)
+    constraint: ConstraintConfig = field(default_factory=ConstraintConfig)
     write_cifs: bool = True
     parse_max_sites: int = 2000
 
@@ -117,6 +120,7 @@ class SampleConfig:
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
             batch_size=self.batch_size,
+            constraint=self.constraint,
         )
 
 
