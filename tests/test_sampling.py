@@ -22,7 +22,6 @@ from cifllm.sampling import (
     strip_conditions,
 )
 from cifllm.sampling.engines import Generation, HFEngine
-from cifllm.sampling.run import SampleConfig
 from cifllm.tokenization import build_tokenizer
 
 # ---------------------------------------------------------------- prompts
