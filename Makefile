@@ -101,23 +101,24 @@ clean:
 # default model is pretrained on), then every task with the default model, its per-task LoRA adapters
 # (runs/finetune-<task>/adapter, from `make finetune-all`) and the template baseline.
 #   make bench-quick  the small CPU budget (8 CSP prompts x 2 samples, 16 de novo) into results/quick (minutes)
-#   make bench        the full budget of issue 13 into results: 200 CSP prompts (capped at a task's test-set size) x 20
+#   make bench        the full budget of issue 13 into $(BENCH_OUT): 200 CSP prompts (capped at a task's test-set size) x 20
 #                     samples and 1,000 de novo samples per row; rows base, base-unconstrained (constraint ablation,
 #                     when base is constrained), old-default = $(BENCH_OLD_MODEL) (when it exists), lora(+cond), template.
-#                     Hours on a CPU; resumable: rerun the same command and finished rows are loaded (results/<task>/rows).
+#                     Hours on a CPU; resumable: rerun the same command and finished rows are loaded ($(BENCH_OUT)/<task>/rows).
 #                     With $(VLLM_VENV) (make vllm-setup) the rows are sampled by vLLM in that venv first (stage=generate:
 #                     it lacks the scoring packages), then scored here; BENCH_ENGINE=hf samples with transformers instead.
 #                     max_new_tokens=2000: the constraint engine starts a CSP prompt only when its cell fits that token
 #                     budget (at 1024, 30-90% of a task's first 200 test cells do; at 2000, 75-97%).
 # BENCH_ARGS (key=value, see `cifllm bench --help`) are added last and win; BENCH_TASKS="id_random time_split" runs
 # only those tasks, BENCH_ARGS='rows=[base,template]' only those rows (finished rows are still reported), so the
-# full budget can be spread over several runs; BENCH_OUT=benchmarks/results/bench keeps the rows in the repository
-# (commit the row records and the gzipped samples; *.jsonl there is ignored, *.jsonl.gz is read in its place).
+# full budget can be spread over several runs. BENCH_OUT (default benchmarks/results/bench) keeps the rows in the
+# repository (commit the row records and the gzipped samples; *.jsonl there is ignored, *.jsonl.gz is read in its
+# place; benchmarks/results/bench/README.md); `make card` reads it.
 DEFAULT_MODEL := cifllm/resources/default-model
 BENCH_MODEL ?= $(DEFAULT_MODEL)
 BENCH_ARGS ?=
 BENCH_TASKS ?=
-BENCH_OUT ?= results
+BENCH_OUT ?= benchmarks/results/bench
 BENCH_QUICK_ARGS ?= n_prompts=8 n_samples=2 n_denovo=16 max_new_tokens=768
 BENCH_OLD_MODEL ?= runs/default-v1
 BENCH_ENGINE ?= $(if $(wildcard $(VLLM_VENV)/bin/python),vllm,hf)
