@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
     ap.add_argument("--prompts", type=int, default=2, help="prompts (alternating composition and de novo)")
+    ap.add_argument("--composition", default="NaCl", help="the composition prompts' composition (a long one makes long prompts)")
     ap.add_argument("--constrained", action="store_true", help="constrained vs unconstrained sampling (see above)")
     ap.add_argument("--temperature", type=float, default=1.0, help="with --constrained")
     ap.add_argument("--v1-model", default=None, help="with --constrained: a cif-v1 model that must be refused")
@@ -51,12 +52,12 @@ def main() -> int:
     load_s = time.perf_counter() - t0
     prompt_file = Path(args.out) / "prompts_in.txt"
     prompt_file.parent.mkdir(parents=True, exist_ok=True)
-    prompt_file.write_text("".join("NaCl\n" if i % 2 == 0 else "*\n" for i in range(args.prompts)))
+    prompt_file.write_text("".join(f"{args.composition}\n" if i % 2 == 0 else "*\n" for i in range(args.prompts)))
     cfg = SampleConfig(model=args.model, engine="vllm", out=args.out, prompt_file=str(prompt_file), num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, lora=args.lora)
     out = sample(cfg, engine=engine, progress=False)
     summary = json.loads((out / "summary.json").read_text())
     recs = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    prompts = [build_prompt(composition="NaCl") if i % 2 == 0 else build_prompt() for i in range(args.prompts)]
+    prompts = [build_prompt(composition=args.composition) if i % 2 == 0 else build_prompt() for i in range(args.prompts)]
     again = list(engine.generate(prompts, GenerationParams(num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, batch_size=32)))
     first = sorted((r["prompt_id"], r["sample_index"], r["generated"]) for r in recs)
     second = sorted((prompts[g.prompt_index].id, g.sample_index, g.text) for g in again)

@@ -140,3 +140,14 @@ def test_vllm_constrained_sampling(vllm_python, tmp_path):
 
     # without the processor the same random model writes text that does not parse: the processor is what was applied
     assert not all(parses(r["prompt"] + r["generated"]) for r in by_mode["unconstrained"])
+
+
+def test_vllm_cpu_many_long_seeded_prompts(vllm_python, tmp_path):
+    """300 seeded requests of a 19-token prompt exceed one step's 4,096 prompt tokens: with chunked prefill vLLM's CPU
+    build split a prefill and died rewinding the request's generator ("CPU Generator does not use offset"); the engine
+    turns chunked prefill off on the CPU."""
+    from cifllm.sampling.toy import save_random_llama
+
+    model = save_random_llama(tmp_path / "model", shape="tiny", max_positions=512)
+    rep = _smoke(vllm_python, model, tmp_path / "run", ["--n", "300", "--prompts", "1", "--max-new-tokens", "4", "--composition", "Li2Na2K2Rb2Cs2Be2Mg2Ca2"])
+    assert rep["n_samples"] == 300 and rep["reproducible"]

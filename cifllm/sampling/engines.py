@@ -377,6 +377,12 @@ class VLLMEngine:
         kv = kv_cache_gib if kv_cache_gib is not None else _cpu_kv_cache_default()
         if kv is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv * 2**30)
+        if not torch.cuda.is_available():
+            # vLLM's CPU build dies ("CPU Generator does not use offset") when it splits the prefill of a seeded request
+            # over two steps: it rewinds the request's torch.Generator, which only CUDA generators allow. A step takes
+            # 4,096 prompt tokens, so 256 new requests of >= 17 tokens (conditioned CSP prompts) split one. Whole
+            # prefills only (a request waits for the next step instead).
+            kwargs["enable_chunked_prefill"] = False
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if max_num_seqs:
