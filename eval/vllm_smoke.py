@@ -16,6 +16,7 @@ both runs in ``vllm_smoke.json``. ``--v1-model`` (a cif-v1 copy of the model) is
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--lora", default=None)
     ap.add_argument("--lora2", default=None, help="a second adapter: both served by one engine, picked per prompt")
+    ap.add_argument("--merge-check", action="store_true", help="with --lora: also sample from the adapter merged into the model (merge_lora) and compare")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
@@ -48,7 +50,8 @@ def main() -> int:
 
     t0 = time.perf_counter()
     loras = {"a": args.lora, "b": args.lora2} if args.lora2 else args.lora
-    engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, lora=loras, max_lora_rank=16, seed=0)
+    # the LoRA kernel path (merge_lora=False): the per-request adapter switch below needs it
+    engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, lora=loras, max_lora_rank=16, seed=0, merge_lora=False)
     load_s = time.perf_counter() - t0
     prompt_file = Path(args.out) / "prompts_in.txt"
     prompt_file.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +76,26 @@ def main() -> int:
         gens = list(engine.generate(pa, GenerationParams(num_samples=args.n, max_new_tokens=args.max_new_tokens, seed=3, batch_size=32)))
         by = {0: sorted(g.text for g in gens if g.prompt_index == 0), 1: sorted(g.text for g in gens if g.prompt_index == 1)}
         adapters_differ = by[0] != by[1]
+    merged = None
+    if args.lora and args.merge_check:  # the adapter merged into a copy of the model: the same log-probabilities
+        text = engine.tokenizer.decode(engine.tokenizer(prompts[0].text)["input_ids"], skip_special_tokens=False) + next(g.text for g in again if g.prompt_index == 0)
+        ids = engine.tokenizer(text)["input_ids"]
+        lp_lora = _prompt_logprobs(engine, ids, engine.lora_request)
+        lp_base = _prompt_logprobs(engine, ids, None)
+        del engine
+        gc.collect()
+        t = time.perf_counter()
+        m_engine = VLLMEngine(args.model, gpu_memory_utilization=args.gpu_memory_utilization, lora=args.lora, seed=0, merge_lora=True)
+        m_load = time.perf_counter() - t
+        lp_merged = _prompt_logprobs(m_engine, ids, None)
+        merged = {
+            "lora_merged": m_engine.lora_merged, "load_s": round(m_load, 2), "n_tokens": len(lp_merged),
+            "max_abs_logprob_diff_vs_lora": max(abs(a - b) for a, b in zip(lp_merged, lp_lora, strict=True)),
+            "max_abs_logprob_diff_vs_base": max(abs(a - b) for a, b in zip(lp_merged, lp_base, strict=True)),
+        }
     report = {
         "vllm_version": vllm.__version__,
+        "merged": merged,
         "adapters_differ": adapters_differ,
         "lora": args.lora,
         "load_s": round(load_s, 2),
@@ -94,9 +115,17 @@ def main() -> int:
     return 0
 
 
+def _prompt_logprobs(engine, ids: list[int], lora_request) -> list[float]:  # noqa: ANN001
+    """The log-probability vLLM gives each token of ``ids`` after its prefix (teacher forcing)."""
+    from vllm import SamplingParams
+
+    out = engine.llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), lora_request=lora_request, use_tqdm=False)[0]
+    return [float(d[t].logprob) for d, t in zip(out.prompt_logprobs[1:], ids[1:], strict=True)]
+
+
 def constrained(args: argparse.Namespace) -> int:
     """``--constrained``: sample with and without the constraint engine on one engine, same prompts and seeds."""
-    import gc
+
 
     import vllm
 

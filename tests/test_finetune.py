@@ -141,6 +141,30 @@ def test_merged_model_equals_base_plus_adapter(toy):
         assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-4)
 
 
+def test_merge_adapter_folder_serves_base_plus_adapter(toy, tmp_path):
+    """merge_adapter (what VLLMEngine serves with merge_lora): a new save_pretrained folder whose logits equal base +
+    adapter, with the base folder's tokenizer and records (the text format the constraint engine checks)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from cifllm.sampling.engines import EngineError, merge_adapter, model_text_format
+    from cifllm.tokenization import as_pretrained, load_tokenizer
+
+    out = merge_adapter(toy["base"], toy["adapter"], tmp_path / "m")
+    ids = as_pretrained()("_property_n_atoms 8\ndata_Na4Cl4\n", return_tensors="pt")["input_ids"]
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(toy["base"]), str(toy["adapter"])).eval()
+    base = AutoModelForCausalLM.from_pretrained(toy["base"]).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-4)
+        assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-3)
+    assert model_text_format(out) == model_text_format(toy["base"])
+    assert load_tokenizer(out).get_vocab() == load_tokenizer(toy["base"]).get_vocab()
+    with pytest.raises(EngineError, match="exists"):
+        merge_adapter(toy["base"], toy["adapter"], out)
+
+
 def test_toy_conditioning_moves_generated_n_atoms(toy):
     """Asked for more atoms per cell, the fine-tuned model writes cells with more atoms (no oracle needed)."""
     from cifllm.evaluation.conditioning import conditioning_response

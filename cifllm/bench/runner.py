@@ -335,6 +335,7 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
         "engine": cfg.engine, "constrained": spec.constrained, "seconds": round(total_s, 3) if total_s is not None else None,
         "csp_seconds": round(seconds, 3), "load_seconds": round(sampler.load_s, 3), "tokens": total_tok, "n_samples": len(recs),
         "csp_prompts_not_started": infeasible, "denovo": dn_info,
+        "lora_merged": getattr(sampler.engine, "lora_merged", None) if spec.adapter else None,
     }
 
 
