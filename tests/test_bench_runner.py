@@ -321,3 +321,53 @@ def test_rows_subset_runs_now_and_reports_finished_rows(bench_env, tmp_path, mon
     _Spy(monkeypatch, fail=True)
     third = run_bench(_cfg(bench_env, out), log=lambda m: None)
     assert _strip_run_fields(third["rows"]) == _strip_run_fields(second["rows"])
+
+
+def test_killed_row_resumes_from_its_journal(bench_env, tmp_path, monkeypatch):
+    """A run killed inside a row keeps the samples already yielded (rows/<row>.partial.jsonl); the rerun takes the
+    prompts whose samples are all there from the journal (count 0 to the engine: the others keep their seeds), samples
+    the rest, and removes the journal once the row is saved. A torn last line is dropped."""
+    out = tmp_path / "res"
+    cfg = _cfg(bench_env, out, template_baseline=False, batch_size=2)  # one CSP prompt (2 samples) per engine batch
+
+    def killing(prompts, *a, **k):
+        for j, g in enumerate(real_generate(prompts, *a, **k)):
+            if j == 2:  # prompt 0's two samples are out, prompt 1's batch is being sampled
+                raise KeyboardInterrupt
+            yield g
+
+    monkeypatch.setattr(bench_runner, "generate", killing)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg, log=lambda m: None)
+    journal = out / "ta" / "rows" / "base.partial.jsonl"
+    lines = journal.read_text().splitlines()
+    assert json.loads(lines[0])["fingerprint"]["row"] == "base"
+    logged = [json.loads(x) for x in lines[1:]]
+    assert [(r["part"], r["prompt_index"], r["sample_index"]) for r in logged] == [("csp", 0, 0), ("csp", 0, 1)]
+    assert not (out / "ta" / "rows" / "base.json").exists()
+    with journal.open("a") as f:
+        f.write('{"part": "csp", "prompt_index": 1, "sampl')  # killed mid-write
+
+    calls: list[tuple[list[str], list[int]]] = []
+
+    def spy(prompts, *a, **k):
+        calls.append(([p.text for p in prompts], list(k["counts"])))
+        return real_generate(prompts, *a, **k)
+
+    monkeypatch.setattr(bench_runner, "generate", spy)
+    logs: list[str] = []
+    res = run_bench(cfg, log=logs.append)
+    assert any("base.partial.jsonl: resuming with 2 samples already sampled" in x for x in logs)
+    assert any("row base: csp: 1 of 2 prompts taken from the journal" in x for x in logs)
+    assert calls[0][1] == [0, 2]  # prompt 0 from the journal, prompt 1 sampled (same position: same seeds on vLLM)
+    samples = [json.loads(x) for x in (out / "ta" / "rows" / "base.samples.jsonl").read_text().splitlines()]
+    csp0 = [s["text"] for s in samples if s["kind"] == "csp" and s["prompt_index"] == 0]
+    assert csp0 == [r["text"] for r in logged]
+    assert len([s for s in samples if s["kind"] == "csp"]) == 4 and len([s for s in samples if s["kind"] == "denovo"]) == 3
+    assert res["rows"][0]["csp"]["n_csp_samples"] == 4
+    assert not journal.exists()
+
+    # a journal of other settings is discarded, said so
+    bench_runner.RowStore(out / "ta").journal("base", {"row": "base", "seed": 99}, logs.append).close()
+    bench_runner.RowStore(out / "ta").journal("base", {"row": "base", "seed": 0}, logs.append).close()
+    assert any("base.partial.jsonl: saved with other settings (seed 99 -> 0): discarded" in x for x in logs)

@@ -14,6 +14,10 @@ Files (all written atomically):
   budgets, sampling parameters, seed, engine, split files) and, once scored, the ``score_fingerprint`` (reference
   corpus, time limit, stability). Same generation fingerprint: the samples are reused; same score fingerprint too:
   the row is loaded as it is (its samples file is then not needed).
+* ``<out>/<task>/rows/<row>.partial.jsonl`` - while a row is being sampled: its generation fingerprint (first line),
+  then one line per sample as the engine yields it (:class:`RowJournal`). A rerun with the same fingerprint samples
+  only the prompts whose samples are not all there (same seeds as an uninterrupted run); deleted once the row's
+  samples are saved.
 * ``<out>/_shared/denovo-<hash>.jsonl`` (+ ``.json``, written last: the completion mark) - the unprompted (BOS-only)
   de novo samples of a model without an adapter, keyed by model, constraint engine, sampling parameters, count and
   seed: identical for every task, so sampled once and reused by every task (scored per task).
@@ -30,7 +34,7 @@ from typing import Any
 
 from cifllm.utils import atomic_write_json, atomic_write_text, sha256_file
 
-__all__ = ["OWN_ROWS", "RESERVED_ROWS", "ROW_FORMAT", "RowStore", "SharedDenovo", "describe_change", "digest", "folder_fingerprint"]
+__all__ = ["OWN_ROWS", "RESERVED_ROWS", "ROW_FORMAT", "RowJournal", "RowStore", "SharedDenovo", "describe_change", "digest", "folder_fingerprint"]
 
 #: rows of a task's benchmark that sample the benchmarked model itself (with or without its adapter / conditioning)
 OWN_ROWS = ("base", "base-unconstrained", "lora", "lora+cond")
@@ -100,6 +104,10 @@ class RowStore:
     def samples_path(self, name: str) -> Path:
         return self.dir / f"{name}.samples.jsonl"
 
+    def journal(self, name: str, fingerprint: dict[str, Any], log: Callable[[str], None]) -> RowJournal:
+        """The journal of row ``name`` while it is sampled (see :class:`RowJournal`)."""
+        return RowJournal(self.dir / f"{name}.partial.jsonl", fingerprint, log)
+
     def read(self, name: str) -> dict[str, Any] | None:
         """The saved row record, or None (missing or unreadable)."""
         try:
@@ -116,9 +124,10 @@ class RowStore:
 
     def save_generated(self, name: str, fingerprint: dict[str, Any], samples: list[dict[str, Any]], sampling: dict[str, Any]) -> None:
         """Samples first, then the record that points at them (a kill in between leaves the old record, which no
-        longer matches or is regenerated)."""
+        longer matches or is regenerated), then the row's journal is removed."""
         atomic_write_text(self.samples_path(name), _jsonl(samples))
         atomic_write_json(self.row_path(name), {"generator": name, "status": "generated", "format": ROW_FORMAT, "fingerprint": fingerprint, "sampling": sampling})
+        (self.dir / f"{name}.partial.jsonl").unlink(missing_ok=True)
 
     def save_scored(self, name: str, row: dict[str, Any], samples: list[dict[str, Any]]) -> None:
         atomic_write_text(self.samples_path(name), _jsonl(samples))
@@ -145,6 +154,60 @@ class RowStore:
         if rec.get("status") == "scored" and score_fingerprint is not None:
             log(f"row {name}: scoring settings changed ({describe_change(rec.get('score_fingerprint'), score_fingerprint)}): rescoring the saved samples")
         return "generated", rec, samples
+
+
+class RowJournal:
+    """Append-only log of one row's samples while it is sampled, so a killed run loses at most the prompt batch in
+    flight. Line 1: ``{"fingerprint": ...}`` (the row's generation fingerprint); then one record per sample: ``part``
+    (``csp`` / ``denovo``), ``prompt_index`` (in that part's prompt list), ``sample_index``, ``text``, ``n_tokens``,
+    ``error``, ``time_s`` (the sample's share of its batch's wall seconds). Each line is flushed as written; a torn last
+    line (killed mid-write) and any line that does not parse are dropped on reading. A journal with another fingerprint
+    is discarded (logged)."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.path, self.fingerprint, self.log = path, fingerprint, log
+        self.records: list[dict[str, Any]] = []
+        fresh = True
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()
+            head = _parse(lines[0]) if lines else None
+            if head is not None and head.get("fingerprint") == fingerprint:
+                self.records = [r for r in map(_parse, lines[1:]) if r is not None and {"part", "prompt_index", "sample_index"} <= set(r)]
+                fresh = False
+                log(f"{path.name}: resuming with {len(self.records)} samples already sampled")
+            else:
+                log(f"{path.name}: saved with other settings ({describe_change((head or {}).get('fingerprint'), fingerprint)}): discarded")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            with path.open("w") as f:
+                f.write(json.dumps({"fingerprint": fingerprint}, default=str) + "\n")
+        elif lines and not path.read_text(errors="replace").endswith("\n"):
+            with path.open("a") as f:  # end a torn last line so the next record starts on its own line
+                f.write("\n")
+        self._f = path.open("a")
+
+    def done(self, part: str, counts: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """Per prompt of ``part`` whose ``counts[i]`` samples (indices 0..counts[i]-1) are all logged: its records."""
+        by: dict[int, dict[int, dict[str, Any]]] = {}
+        for r in self.records:
+            if r["part"] == part and 0 <= int(r["prompt_index"]) < len(counts):
+                by.setdefault(int(r["prompt_index"]), {})[int(r["sample_index"])] = r
+        return {i: [x[k] for k in range(counts[i])] for i, x in by.items() if all(k in x for k in range(counts[i]))}
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        r = json.loads(line)
+    except ValueError:
+        return None
+    return r if isinstance(r, dict) else None
 
 
 class SharedDenovo:

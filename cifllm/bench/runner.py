@@ -51,7 +51,7 @@ import numpy as np
 from cifllm.bench.baselines import TemplateBaseline
 from cifllm.bench.oracle import PropertyOracle
 from cifllm.bench.report import render_bench_md, render_per_prompt_md
-from cifllm.bench.rows import RESERVED_ROWS, ROW_FORMAT, RowStore, SharedDenovo, digest, folder_fingerprint
+from cifllm.bench.rows import RESERVED_ROWS, ROW_FORMAT, RowJournal, RowStore, SharedDenovo, digest, folder_fingerprint
 from cifllm.bench.splits import load_split
 from cifllm.bench.stats import (
     ELEMENT_BUCKETS,
@@ -210,15 +210,30 @@ class _ModelSampler:
         self.engine: Any = None
         self.load_s = 0.0
 
-    def run(self, prompts: list[str], counts: list[int]) -> tuple[list[list[tuple[str, int, str]]], float, int, int]:
+    def run(self, prompts: list[str], counts: list[int], journal: RowJournal | None = None, part: str = "csp") -> tuple[list[list[tuple[str, int, str]]], float, int, int]:
         """Per prompt its samples in order as (full text = prompt + continuation, generated tokens, error); sampling
         wall seconds (engine loading excluded); tokens generated; prompts not sampled. A constrained row samples only
         the prompts the constraint engine can continue within ``max_new_tokens`` (a cell with more atoms than that
         budget allows cannot be started): the others get ``counts[i]`` empty samples with the engine's reason, which
-        the checks count as invalid."""
+        the checks count as invalid. With a ``journal`` every sample is logged as it comes (under ``part``) and the
+        prompts whose samples are all logged already are taken from it, not sampled again (their seconds: the logged
+        shares of their batches' wall time); the other prompts keep the seeds of an uninterrupted run on vLLM (the HF
+        engine seeds per batch, so its resumed draws differ)."""
         cfg = self.cfg
         if not prompts:
             return [], 0.0, 0, 0
+        done = journal.done(part, counts) if journal else {}
+        got: list[list[tuple[int, str, int, str]]] = [[] for _ in prompts]
+        resumed_s = 0.0
+        for i, recs in done.items():
+            got[i] = [(int(r["sample_index"]), r["text"], int(r["n_tokens"] or 0), r.get("error") or "") for r in recs]
+            resumed_s += sum(float(r.get("time_s") or 0.0) for r in recs)
+        if done:
+            self.log(f"row {self.spec.name}: {part}: {len(done)} of {len(prompts)} prompts taken from the journal")
+        pending = [i for i in range(len(prompts)) if i not in done]
+        if not pending:
+            out = [[(txt, n, err) for _, txt, n, err in sorted(x)] for x in got]
+            return out, resumed_s, sum(n for x in out for _, n, _ in x), 0
         if self.engine is None:
             t = time.perf_counter()
             self.engine, _ = load_engine(
@@ -230,23 +245,34 @@ class _ModelSampler:
         ps = [Prompt(text=p, kind="prefix", id=str(i)) for i, p in enumerate(prompts)]
         skipped: dict[int, str] = {}
         if self.spec.constrained:
-            for i, p in enumerate(ps):
+            for i in pending:
                 try:
-                    check_constrained(self.spec.model, self.engine.tokenizer, [p], replace(params, constrained=True))
+                    check_constrained(self.spec.model, self.engine.tokenizer, [ps[i]], replace(params, constrained=True))
                 except EngineError as exc:
                     skipped[i] = str(exc)
         if skipped:
             first = next(iter(skipped.values()))
             self.log(f"row {self.spec.name}: {len(skipped)} of {len(prompts)} prompts cannot be started by the constraint engine at max_new_tokens={cfg.max_new_tokens}; their samples count as invalid (first: {first})")
+        for i, why in skipped.items():
+            got[i] = [(k, "", 0, why) for k in range(counts[i])]
+        # every startable prompt stays in the list (done ones with 0 samples) so each sample keeps its seed
         keep = [i for i in range(len(prompts)) if i not in skipped]
-        got: list[list[tuple[int, str, int, str]]] = [[(k, "", 0, skipped[i]) for k in range(counts[i])] if i in skipped else [] for i in range(len(prompts))]
+        want = [0 if i in done else counts[i] for i in keep]
+        n_want, n_got = sum(want), 0
+        step = max(1, n_want // 10)
         t = time.perf_counter()
-        if keep:
-            gens = generate([ps[i] for i in keep], replace(params, num_samples=max(counts[i] for i in keep)), engine=self.engine, constrained=self.spec.constrained, counts=[counts[i] for i in keep], log=self.log)
+        if any(want):
+            gens = generate([ps[i] for i in keep], replace(params, num_samples=max(want)), engine=self.engine, constrained=self.spec.constrained, counts=want, log=self.log)
             for g in gens:
                 i = keep[g.prompt_index]
-                got[i].append((g.sample_index, prompts[i] + g.text if not g.error else "", int(g.n_tokens), g.error))
-        seconds = time.perf_counter() - t
+                text = prompts[i] + g.text if not g.error else ""
+                got[i].append((g.sample_index, text, int(g.n_tokens), g.error))
+                if journal:
+                    journal.append({"part": part, "prompt_index": i, "sample_index": g.sample_index, "text": text, "n_tokens": int(g.n_tokens), "error": g.error, "time_s": round(g.time_s, 6)})
+                n_got += 1
+                if n_got % step == 0 or n_got == n_want:
+                    self.log(f"row {self.spec.name}: {part}: {n_got} of {n_want} samples ({time.perf_counter() - t:.0f} s)")
+        seconds = time.perf_counter() - t + resumed_s
         out = [[(txt, n, err) for _, txt, n, err in sorted(x)] for x in got]
         return out, seconds, sum(n for x in out for _, n, _ in x), len(skipped)
 
@@ -280,8 +306,9 @@ def _denovo_key(spec: RowSpec, cfg: BenchConfig, n: int) -> dict[str, Any]:
     }
 
 
-def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Sample one row: the sample records (see :mod:`cifllm.bench.rows`) and the sampling record (throughput)."""
+def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str], None], journal: RowJournal | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample one row: the sample records (see :mod:`cifllm.bench.rows`) and the sampling record (throughput). A
+    model row logs its samples to ``journal`` as they come and resumes from it."""
     recs: list[dict[str, Any]] = []
 
     def add(kind: str, i: int | None, k: int, text: str, n_tokens: int | None, asked: float | None = None, error: str = "") -> None:
@@ -308,7 +335,7 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
     if spec.conditioned:
         csp_prompts, dn_prompts, asked = _conditioned_prompts(td)
         per = max(1, td.n_denovo // max(1, len(asked)))
-    csp, seconds, tokens, infeasible = sampler.run(csp_prompts, [td.n_samples] * len(csp_prompts))
+    csp, seconds, tokens, infeasible = sampler.run(csp_prompts, [td.n_samples] * len(csp_prompts), journal, "csp")
     for i, ts in enumerate(csp):
         for k, (x, n, err) in enumerate(ts):
             add("csp", i, k, x, n, error=err)
@@ -321,7 +348,7 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
         dn_info = {"source": "shared cache", "file": str(shared.paths(key)[0]), "seconds": meta.get("seconds"), "tokens": meta.get("tokens")}  # type: ignore[union-attr,arg-type]
         log(f"row {spec.name}: {len(dn_recs)} de novo samples from the shared cache {dn_info['file']}")
     else:
-        dn, dn_s, dn_tok, _ = sampler.run(dn_prompts, [per] * len(dn_prompts))
+        dn, dn_s, dn_tok, _ = sampler.run(dn_prompts, [per] * len(dn_prompts), journal, "denovo")
         dn_recs = [{"prompt_index": j if spec.conditioned else None, "sample_index": k, "text": x, "n_tokens": n, "asked": asked[j], "error": err} for j, ts in enumerate(dn) for k, (x, n, err) in enumerate(ts)]
         dn_info = {"source": "generated", "seconds": round(dn_s, 3), "tokens": dn_tok}
         if shared and key:
@@ -616,7 +643,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             tlog(f"row {spec.name}: scoring the saved samples")
         else:
             tlog(f"generating: {spec.name}")
-            recs, sampling = _sample_row(spec, td, cfg, tlog)
+            journal = store.journal(spec.name, fp, tlog) if spec.kind == "model" else None
+            try:
+                recs, sampling = _sample_row(spec, td, cfg, tlog, journal)
+            finally:
+                if journal:
+                    journal.close()
             store.save_generated(spec.name, fp, recs, sampling)
             if cfg.stage == "generate":
                 rows.append({"generator": spec.name, "status": "generated"})
