@@ -104,7 +104,8 @@ clean:
 #   make bench        the full budget of issue 13 into $(BENCH_OUT): 200 CSP prompts (capped at a task's test-set size) x 20
 #                     samples and 1,000 de novo samples per row; rows base, base-unconstrained (constraint ablation,
 #                     when base is constrained), old-default = $(BENCH_OLD_MODEL) (when it exists), lora(+cond), template.
-#                     Hours on a CPU; resumable: rerun the same command and finished rows are loaded ($(BENCH_OUT)/<task>/rows).
+#                     Hours on a CPU; resumable: rerun the same command and finished rows are loaded ($(BENCH_OUT)/<task>/rows),
+#                     a row killed midway continues from its journal (<row>.partial.jsonl).
 #                     With $(VLLM_VENV) (make vllm-setup) the rows are sampled by vLLM in that venv first (stage=generate:
 #                     it lacks the scoring packages), then scored here; BENCH_ENGINE=hf samples with transformers instead.
 #                     max_new_tokens=2000: the constraint engine starts a CSP prompt only when its cell fits that token
