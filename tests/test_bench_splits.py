@@ -173,3 +173,11 @@ def test_bench_with_adapter_has_lora_and_conditioned_rows(task_corpus, tmp_path)
     assert res["rows"][0]["sampling"]["denovo"]["file"] and all("file" not in r["sampling"]["denovo"] for r in res["rows"][1:])
     md = (tmp_path / "results" / "BENCH.md").read_text()
     assert "| dens | 2 | lora+cond |" in md and "rho [CI] (n)" in md
+    # cond_asked: the conditioned de novo samples ask for the given values instead (in-range asks), a new fingerprint
+    logs: list[str] = []
+    res2 = run_bench(replace(cfg, cond_asked=[3.0, 1.5], rows=["lora+cond"]), log=logs.append)
+    assert any("row lora+cond: saved with other settings (cond_asked null -> [3.0, 1.5])" in x for x in logs)
+    rows_dir = tmp_path / "results" / "dens" / "rows"
+    dn = [json.loads(x) for x in (rows_dir / "lora+cond.samples.jsonl").read_text().splitlines() if json.loads(x)["kind"] == "denovo"]
+    assert sorted(r["asked"] for r in dn) == [1.5] * 4 + [3.0] * 4
+    assert [r["generator"] for r in res2["rows"]] == ["base", "lora", "lora+cond"]  # the other rows loaded

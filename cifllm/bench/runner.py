@@ -127,6 +127,10 @@ class BenchConfig:
     #: lora+cond, template); empty = every row. The other rows of the plan are still reported when they are saved as
     #: scored with the same settings, so a long bench can be split across runs; on the command line: rows=[base,template]
     rows: list[str] = field(default_factory=list)
+    #: property values the lora+cond row's de novo samples ask for (the task's first conditioning property, its
+    #: units), n_denovo / len(cond_asked) samples each; empty = the test tail's 10/50/90% quantiles and maximum.
+    #: In-range values show whether the adapter follows its property line at all; on the command line: cond_asked=[1,5,9]
+    cond_asked: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,8 @@ def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, An
             constraint_settings=_engine_settings() if spec.constrained else None, conditioning=list(td.cond_names) if spec.conditioned else None, engine=cfg.engine,
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, batch_size=cfg.batch_size,
         )
+        if spec.conditioned and cfg.cond_asked:  # only when set: rows saved before this key existed keep their fingerprint
+            fp["cond_asked"] = [float(x) for x in cfg.cond_asked]
     return fp
 
 
@@ -333,7 +339,7 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
     csp_prompts, dn_prompts, asked = list(td.prompts), [""], [None]
     per = td.n_denovo
     if spec.conditioned:
-        csp_prompts, dn_prompts, asked = _conditioned_prompts(td)
+        csp_prompts, dn_prompts, asked = _conditioned_prompts(td, cfg.cond_asked)
         per = max(1, td.n_denovo // max(1, len(asked)))
     csp, seconds, tokens, infeasible = sampler.run(csp_prompts, [td.n_samples] * len(csp_prompts), journal, "csp")
     for i, ts in enumerate(csp):
@@ -366,9 +372,9 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
     }
 
 
-def _conditioned_prompts(td: _Task) -> tuple[list[str], list[str], list[float | None]]:
-    """Conditioned prompts: each CSP target with its own (test-tail) property values; de novo samples asked for values
-    across the test tail (its 10/50/90% quantiles and maximum)."""
+def _conditioned_prompts(td: _Task, cond_asked: list[float] | None = None) -> tuple[list[str], list[str], list[float | None]]:
+    """Conditioned prompts: each CSP target with its own (test-tail) property values; de novo samples asked for
+    ``cond_asked``, or (empty) values across the test tail (its 10/50/90% quantiles and maximum)."""
     task, names = td.spec, td.cond_names
     csp_p = []
     for t, p in zip(td.targets, td.prompts, strict=True):
@@ -376,7 +382,10 @@ def _conditioned_prompts(td: _Task) -> tuple[list[str], list[str], list[float | 
         csp_p.append("".join(ln + "\n" for ln in format_property_lines(vals)) + p)
     main = names[0]
     tail = np.asarray([v for r in td.test for v in [property_values(r, (main,), task.property or None).get(main)] if v is not None])
-    asked = sorted({float(x) for x in np.quantile(tail, [0.1, 0.5, 0.9])} | {float(tail.max())}) if tail.size else []
+    if cond_asked:
+        asked = sorted({float(x) for x in cond_asked})
+    else:
+        asked = sorted({float(x) for x in np.quantile(tail, [0.1, 0.5, 0.9])} | {float(tail.max())}) if tail.size else []
     dn_p = ["".join(ln + "\n" for ln in format_property_lines({main: a})) for a in asked]
     return csp_p, dn_p, list(asked)
 
