@@ -176,6 +176,45 @@ def test_toy_conditioning_moves_generated_n_atoms(toy):
     assert r["spearman"] > 0
 
 
+def test_conditional_nll_sees_the_property_line(toy):
+    """Teacher forcing: the toy adapter (conditioned on n_atoms) finds its training CIFs more likely after their own
+    n_atoms line than after another CIF's; with empty prefixes the sums equal nll_per_token."""
+    import random
+
+    from cifllm.bench.splits import load_split
+    from cifllm.evaluation.nll import conditional_nll, nll_per_token
+
+    rows = load_split(toy["root"] / "tasks" / "toy", "train")[:40]
+    texts = [r["text"] for r in rows]
+    vals = [property_values(r, ("n_atoms",))["n_atoms"] for r in rows]
+    shuffled = vals[:]
+    random.Random(0).shuffle(shuffled)
+    line = lambda v: "".join(x + "\n" for x in format_property_lines({"n_atoms": v}))  # noqa: E731
+    true = conditional_nll(toy["base"], [line(v) for v in vals], texts, adapter=toy["adapter"])
+    other = conditional_nll(toy["base"], [line(v) for v in shuffled], texts, adapter=toy["adapter"])
+    moved = [(a[0] - b[0]) / a[1] for a, b, v, w in zip(other, true, shuffled, vals, strict=True) if v != w]
+    assert len(moved) >= 20 and sum(moved) / len(moved) > 0.01  # nats per CIF token
+    plain = conditional_nll(toy["base"], [""] * len(texts), texts)
+    ref = nll_per_token(toy["base"], texts)
+    assert sum(t for t, _ in plain) / sum(n for _, n in plain) == pytest.approx(ref["nll"], rel=1e-5)
+    assert sum(n for _, n in plain) == ref["n_tokens"]
+    with pytest.raises(ValueError, match="2 prefixes for 1 texts"):
+        conditional_nll(toy["base"], ["", ""], texts[:1])
+
+
+def test_property_line_use_report(toy):
+    """benchmarks/bench_property_use.py's library function on the toy task: the adapter reads its n_atoms line (own
+    value likelier than another CIF's, interval above 0); every group reports the three lines."""
+    from cifllm.bench.property_use import property_line_use
+
+    r = property_line_use(toy["base"], toy["adapter"], toy["task"], toy["root"] / "tasks", max_texts=30, log=lambda m: None)
+    assert r["property"] == "n_atoms" and set(r["groups"]) == {"val", "test"}
+    val = r["groups"]["val"]
+    assert set(val["nll_per_token"]) == {"true", "shuffled", "none"} and val["n_texts"] > 10
+    assert val["diff_shuffled_minus_true"]["ci95"][0] > 0
+    assert set(r["groups"]["test"]["nll_per_token"]) == {"true", "train_median", "none"}
+
+
 def test_adapter_is_refused_on_another_base(toy, tmp_path):
     from cifllm.sampling.engines import EngineError, HFEngine
     from cifllm.sampling.toy import save_random_llama

@@ -13,7 +13,7 @@ from cifllm.core.records import check_adapter_base
 from cifllm.data.corpus import load_corpus
 from cifllm.tokenization import load_tokenizer
 
-__all__ = ["HYPOTHETICAL_SOURCES", "corpus_groups", "nll_by_group", "nll_per_token"]
+__all__ = ["HYPOTHETICAL_SOURCES", "conditional_nll", "corpus_groups", "nll_by_group", "nll_per_token"]
 
 #: corpus sources of hypothetical (never synthesized) structures: perovskite and carbon enumerations
 HYPOTHETICAL_SOURCES: tuple[str, ...] = ("perov_5", "jarvis_atomgen_perov5", "carbon_24", "jarvis_atomgen_carbon24")
@@ -38,36 +38,71 @@ def _load(model_dir: str | Path, adapter: str | Path | None, threads: int):
     return model, tok
 
 
-def _score(model, tok, texts: list[str], batch_size: int) -> dict[str, float]:
+def _token_nll(model, tok, seqs: list[list[int]], starts: list[int], batch_size: int) -> list[tuple[float, int]]:
+    """Per sequence: (sum of -log p over the tokens at positions >= its start, number of those tokens), in nats.
+    Sequences are batched by length with right padding."""
     import torch
 
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, i in enumerate(idx):
+                ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
+                mask[j, : len(seqs[i])] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            lp = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (batch, width-1)
+            for j, i in enumerate(idx):
+                a, e = max(1, starts[i]), len(seqs[i])  # target positions a..e-1 (position 0 is BOS)
+                out[i] = (float(lp[j, a - 1 : e - 1].sum()), e - a)
+    return out
+
+
+def _score(model, tok, texts: list[str], batch_size: int) -> dict[str, float]:
     if not texts:
         raise ValueError("no texts to score")
     mpe = int(model.config.max_position_embeddings)
     enc = tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
     seqs = [[tok.bos_token_id, *e.ids, tok.eos_token_id] for e in enc]
     keep = [s for s in seqs if len(s) <= mpe]
-    order = sorted(range(len(keep)), key=lambda i: len(keep[i]))
-    total, n_tok = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = [keep[i] for i in order[start : start + batch_size]]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, s in enumerate(batch):
-                ids[j, : len(s)] = torch.tensor(s)
-                mask[j, : len(s)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = ids[:, 1:]
-            m = mask[:, 1:].bool()
-            lp = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none")
-            total += float(lp[m.reshape(-1)].sum())
-            n_tok += int(m.sum())
+    per = _token_nll(model, tok, keep, [1] * len(keep), batch_size)
+    total, n_tok = sum(t for t, _ in per), sum(n for _, n in per)
     if n_tok == 0:
         raise ValueError(f"every text is longer than the model's context ({mpe} tokens)")
     nll = total / n_tok
     return {"nll": nll, "perplexity": math.exp(nll), "n_tokens": n_tok, "n_texts": len(keep), "n_skipped": len(seqs) - len(keep)}
+
+
+def conditional_nll(
+    model_dir: str | Path, prefixes: list[str], texts: list[str], adapter: str | Path | None = None, batch_size: int = 16, threads: int = 0
+) -> list[tuple[float, int] | None]:
+    """Per pair: (nats summed over the tokens of ``texts[i]`` and EOS, that token count) after BOS + ``prefixes[i]``
+    (e.g. property lines): how likely the model (+ adapter) finds a CIF given what its prompt asked. None where
+    BOS + prefix + text + EOS exceeds the model's context. Raises ValueError when a prefix does not end on a token
+    boundary of prefix + text (its tokens would not be the ones the model reads)."""
+    if len(prefixes) != len(texts):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts")
+    model, tok = _load(model_dir, adapter, threads)
+    mpe = int(model.config.max_position_embeddings)
+    pre = tok.backend_tokenizer.encode_batch(prefixes, add_special_tokens=False)
+    full = tok.backend_tokenizer.encode_batch([p + t for p, t in zip(prefixes, texts, strict=True)], add_special_tokens=False)
+    seqs, starts, where = [], [], []
+    for i, (p, f) in enumerate(zip(pre, full, strict=True)):
+        if f.ids[: len(p.ids)] != p.ids:
+            raise ValueError(f"prefix {prefixes[i]!r} does not end on a token boundary of its text")
+        s = [tok.bos_token_id, *f.ids, tok.eos_token_id]
+        if len(s) <= mpe:
+            seqs.append(s)
+            starts.append(1 + len(p.ids))
+            where.append(i)
+    res: list[tuple[float, int] | None] = [None] * len(texts)
+    for i, r in zip(where, _token_nll(model, tok, seqs, starts, batch_size), strict=True):
+        res[i] = r
+    return res
 
 
 def nll_per_token(model_dir: str | Path, texts: list[str], adapter: str | Path | None = None, batch_size: int = 16, threads: int = 0) -> dict[str, float]:
