@@ -52,7 +52,7 @@ def main() -> int:
     for group, g in res["groups"].items():
         alt = next(k for k in g["nll_per_token"] if k not in ("true", "none"))
         lab = {"shuffled": "another CIF's", "train_median": f"train median {tr['p50']:g}"}[alt]
-        lines.append(f"| {group} ({'in range' if group == 'val' else 'tail'}, own values {g['asked']['true']['min']:g}-{g['asked']['true']['max']:g}) | {g['n_texts']} | "
+        lines.append(f"| {group} ({'tail' if group == 'test' else 'in range'}, own values {g['asked']['true']['min']:g}-{g['asked']['true']['max']:g}) | {g['n_texts']} | "
                      f"{g['nll_per_token']['true']:.4f} | {g['nll_per_token'][alt]:.4f} ({lab}) | {g['nll_per_token']['none']:.4f} | "
                      f"{_fmt(g['diff_' + alt + '_minus_true'])} | {_fmt(g['diff_none_minus_true'])} |")
     atomic_write_text(out / f"{res['task']}.md", "\n".join(lines) + "\n")

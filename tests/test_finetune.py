@@ -207,10 +207,10 @@ def test_property_line_use_report(toy):
     value likelier than another CIF's, interval above 0); every group reports the three lines."""
     from cifllm.bench.property_use import property_line_use
 
-    r = property_line_use(toy["base"], toy["adapter"], toy["task"], toy["root"] / "tasks", max_texts=30, log=lambda m: None)
-    assert r["property"] == "n_atoms" and set(r["groups"]) == {"val", "test"}
-    val = r["groups"]["val"]
-    assert set(val["nll_per_token"]) == {"true", "shuffled", "none"} and val["n_texts"] > 10
+    r = property_line_use(toy["base"], toy["adapter"], toy["task"], toy["root"] / "tasks", max_texts=30, log=lambda m: None, in_range_split="train")
+    assert r["property"] == "n_atoms" and set(r["groups"]) == {"train", "test"}
+    val = r["groups"]["train"]
+    assert set(val["nll_per_token"]) == {"true", "shuffled", "none"} and val["n_texts"] == 30
     assert val["diff_shuffled_minus_true"]["ci95"][0] > 0
     assert set(r["groups"]["test"]["nll_per_token"]) == {"true", "train_median", "none"}
 

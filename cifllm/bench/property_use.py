@@ -48,10 +48,11 @@ def _mean_ci(d: list[float], seed: int) -> dict[str, Any]:
 
 def property_line_use(
     model: str | Path, adapter: str | Path, task: str | Path, splits: str | Path, max_texts: int = 300, seed: int = 0,
-    batch_size: int = 16, threads: int = 0, log: Callable[[str], None] = print,
+    batch_size: int = 16, threads: int = 0, log: Callable[[str], None] = print, in_range_split: str = "val",
 ) -> dict[str, Any]:
     """The test of the module docstring for ``task``'s first conditioning property; up to ``max_texts`` CIFs per group
-    (seeded sample of the val split and of the test tail). Returns per group the mean NLL per CIF token under each
+    (seeded sample of ``in_range_split`` - ``train`` checks the adapter on what it was fitted on - and of the test
+    tail); groups are named by their split. Returns per group the mean NLL per CIF token under each
     property line, the paired differences with 95% intervals, and the values asked."""
     spec = load_task(task)
     rec = read_adapter_record(adapter)
@@ -63,15 +64,15 @@ def property_line_use(
     median = float(trained[name]["p50"])
     out: dict[str, Any] = {"task": spec.name, "property": name, "unit": trained[name].get("unit"), "train_range": trained[name], "groups": {}}
     rng = random.Random(seed)
-    for group, split in (("val", "val"), ("test", "test")):
-        rows = [r for r in load_split(Path(splits) / spec.name, split) if property_values(r, (name,), spec.property or None).get(name) is not None]
+    for group, in_range in ((in_range_split, True), ("test", False)):
+        rows = [r for r in load_split(Path(splits) / spec.name, group) if property_values(r, (name,), spec.property or None).get(name) is not None]
         rows = rng.sample(rows, min(max_texts, len(rows)))
         if not rows:
             continue
         texts = [r["text"] for r in rows]
         vals = [float(property_values(r, (name,), spec.property or None)[name]) for r in rows]
         other = vals[:]
-        if group == "val":
+        if in_range:
             rng.shuffle(other)
             alt_name = "shuffled"
         else:
@@ -86,10 +87,10 @@ def property_line_use(
         per_tok = {k: {i: r[i][0] / r[i][1] for i in ok} for k, r in res.items()}  # type: ignore[index]
         g: dict[str, Any] = {
             "n_texts": len(ok), "n_skipped_context": len(texts) - len(ok),
-            "asked": {"true": {"min": min(vals), "median": float(np.median(vals)), "max": max(vals)}, alt_name: "shuffled true values" if group == "val" else median},
+            "asked": {"true": {"min": min(vals), "median": float(np.median(vals)), "max": max(vals)}, alt_name: "shuffled true values" if in_range else median},
             "nll_per_token": {k: sum(res[k][i][0] for i in ok) / sum(res[k][i][1] for i in ok) for k in res},  # type: ignore[index]
         }
-        pairs = [j for j in ok if other[j] != vals[j]] if group == "val" else ok
+        pairs = [j for j in ok if other[j] != vals[j]] if in_range else ok
         g["diff_" + alt_name + "_minus_true"] = _mean_ci([per_tok[alt_name][i] - per_tok["true"][i] for i in pairs], seed)
         g["diff_none_minus_true"] = _mean_ci([per_tok["none"][i] - per_tok["true"][i] for i in ok], seed)
         out["groups"][group] = g
