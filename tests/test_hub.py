@@ -206,10 +206,12 @@ def test_card_targets_read_eval_and_bench_records(toy_model, tmp_path):
     write("time_split", [{"generator": "base", "fingerprint": fp, "csp": csp(0.33, 0.29, 0.37)},
                          {"generator": "old-default", "csp": csp(0.50, 0.45, 0.55)},  # another model: never counts
                          {"generator": "template", "csp": csp(0.30, 0.26, 0.34)}])
-    cond = {"generator": "lora+cond", "property": {"response": {"spearman": {"rho": 0.45, "ci95": [0.33, 0.56], "n": 250}}}}
+    cond = {"generator": "lora+cond", "fingerprint": fp, "property": {"response": {"spearman": {"rho": 0.45, "ci95": [0.33, 0.56], "n": 250}}}}
     write("tc_top", [{"generator": "base", "fingerprint": fp}, cond])
-    few = {"generator": "lora+cond", "property": {"response": {"spearman": {"rho": 0.6, "ci95": [0.1, 0.8], "n": 40}}}}
-    write("bandgap_top", [{"generator": "base", "fingerprint": fp}, few])
+    few = {"generator": "lora+cond", "fingerprint": fp, "property": {"response": {"spearman": {"rho": 0.6, "ci95": [0.1, 0.8], "n": 40}}}}
+    write("bandgap_top", [few])  # benchmarked so far only with its adapter: no base row, still this model's
+    stale = {"generator": "lora+cond", "fingerprint": {"model_sha": "0" * 64}, "property": {"response": {"spearman": {"rho": 0.9, "ci95": [0.8, 0.95], "n": 500}}}}
+    write("kappa_top", [stale])  # another model's adapter row: not this card's
     ev = tmp_path / "samples" / "eval"
     ev.mkdir(parents=True)
     (ev / "metrics.json").write_text(json.dumps({"n_samples": 1000, "counts": {"valid": 920, "consistent": 500}, "rates": {}}))
@@ -223,6 +225,7 @@ def test_card_targets_read_eval_and_bench_records(toy_model, tmp_path):
     assert "old-default" not in rows["CSP match@20, `time_split`"]
     assert "0.45 [0.33, 0.56] over 250 valid samples | met |" in rows["Conditioning, `tc_top` (`lora+cond`): Spearman(asked, oracle)"]
     assert rows["Conditioning, `bandgap_top` (`lora+cond`): Spearman(asked, oracle)"].endswith("| not shown (fewer than 200 samples) |")
+    assert "for kappa_top were made with another model" in text
     assert "18.40 valid CIFs/s" in rows["Valid CIFs per second (vLLM, de novo evaluation)"]
     assert rows["Valid CIFs per second (vLLM, de novo evaluation)"].endswith("| met |")
     # nothing recorded: every target says so, none is "missed"

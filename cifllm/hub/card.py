@@ -391,8 +391,10 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
 
 
 def _bench_metrics(bench_dir: str | Path | None, model_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The ``metrics.json`` of every task in ``bench_dir`` whose ``base`` row sampled *this* model (its weights'
-    fingerprint, see :func:`cifllm.bench.rows.folder_fingerprint`), and the names of the tasks left by another model."""
+    """The ``metrics.json`` of every task in ``bench_dir`` whose rows of the benchmarked model (``base``, ``lora``, ...:
+    :data:`~cifllm.bench.rows.OWN_ROWS`; a task benchmarked so far only with its adapter has no ``base`` row) sampled
+    *this* model (its weights' fingerprint, see :func:`cifllm.bench.rows.folder_fingerprint`), and the names of the
+    tasks left by another model."""
     files = sorted(Path(bench_dir).glob("*/metrics.json")) if bench_dir else []
     ms, other = [], []
     fp = folder_fingerprint(model_dir) if files else None
@@ -401,8 +403,8 @@ def _bench_metrics(bench_dir: str | Path | None, model_dir: Path) -> tuple[list[
         if not m or "rows" not in m:
             continue
         m.setdefault("task", {}).setdefault("name", f.parent.name)
-        base = next((r for r in m.get("rows") or [] if r.get("generator") == "base"), None)
-        if base is None or (base.get("fingerprint") or {}).get("model_sha") != fp:
+        own = [r for r in m.get("rows") or [] if r.get("generator") in OWN_ROWS]
+        if not own or any((r.get("fingerprint") or {}).get("model_sha") != fp for r in own):
             other.append(str(m["task"]["name"]))
             continue
         ms.append(m)
