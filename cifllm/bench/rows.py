@@ -169,7 +169,8 @@ class RowJournal:
         self.records: list[dict[str, Any]] = []
         fresh = True
         if path.exists():
-            lines = path.read_text(errors="replace").splitlines()
+            text = path.read_text(errors="replace")
+            lines = text.splitlines()
             head = _parse(lines[0]) if lines else None
             if head is not None and head.get("fingerprint") == fingerprint:
                 self.records = [r for r in map(_parse, lines[1:]) if r is not None and {"part", "prompt_index", "sample_index"} <= set(r)]
@@ -181,7 +182,7 @@ class RowJournal:
         if fresh:
             with path.open("w") as f:
                 f.write(json.dumps({"fingerprint": fingerprint}, default=str) + "\n")
-        elif lines and not path.read_text(errors="replace").endswith("\n"):
+        elif not text.endswith("\n"):
             with path.open("a") as f:  # end a torn last line so the next record starts on its own line
                 f.write("\n")
         self._f = path.open("a")
