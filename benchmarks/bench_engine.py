@@ -10,7 +10,8 @@ Two workloads, each in one process, one thread:
 - *random walks*: ``--walks`` de novo samples choosing uniformly among the allowed tokens (seed 0), ``max_tokens``
   1,024 - the engine's worst case (random cells grow to ~200 atoms and the geometry guard's cost grows with them).
 
-Writes ``engine.json``: per workload samples, tokens, seconds, tokens/s with a 95% bootstrap interval over samples
+Writes ``engine.json``: per workload a SHA-256 of every ``allowed()`` output in order (``allowed_sha256``: two code trees
+that must constrain alike print the same digest), samples, tokens, seconds, tokens/s with a 95% bootstrap interval over samples
 (1,000 resamples of the ratio total tokens / total seconds) and ms per token. The lru caches start cold, as in a
 fresh sampling process. Run it on an otherwise idle machine for absolute figures; two code trees measured back to
 back under the same load compare fairly.
@@ -19,6 +20,7 @@ back under the same load compare fairly.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -47,37 +49,45 @@ def _rate(tokens: list[int], secs: list[float], seed: int = 0) -> dict[str, floa
     }
 
 
+def _digest(h: hashlib._Hash, allowed: object) -> None:
+    """Add one ``allowed()`` output (a forced token id or a boolean mask over the vocabulary) to ``h``."""
+    h.update(np.packbits(allowed).tobytes() if isinstance(allowed, np.ndarray) else str(int(allowed)).encode() + b";")
+
+
 def replay(table: TokenTable, texts: list[str]) -> dict:
     tokens, secs, refused = [], [], 0
+    h = hashlib.sha256()
     for text in texts:
         ids = table.ids(text[text.find("data_") :])
         m = CIFConstraint(table, ConstraintConfig(max_tokens=4096))
         n, t0 = 0, time.perf_counter()
         try:
             for tok in ids:
-                m.allowed()
+                _digest(h, m.allowed())
                 m.advance(tok)
                 n += 1
         except Exception:  # noqa: BLE001 - a real CIF the engine refuses: counted, timed up to the refusal
             refused += 1
         secs.append(time.perf_counter() - t0)
         tokens.append(n)
-    return {**_rate(tokens, secs), "refused": refused}
+    return {**_rate(tokens, secs), "refused": refused, "allowed_sha256": h.hexdigest()}
 
 
 def walks(table: TokenTable, n: int, max_tokens: int = 1024) -> dict:
     rng = np.random.default_rng(0)
     tokens, secs = [], []
+    h = hashlib.sha256()
     for _ in range(n):
         m = CIFConstraint(table, ConstraintConfig(max_tokens=max_tokens))
         k, t0 = 0, time.perf_counter()
         while not m.done and k < max_tokens:
             a = m.allowed()
+            _digest(h, a)
             m.advance(int(rng.choice(np.flatnonzero(a))) if isinstance(a, np.ndarray) else int(a))
             k += 1
         secs.append(time.perf_counter() - t0)
         tokens.append(k)
-    return _rate(tokens, secs)
+    return {**_rate(tokens, secs), "allowed_sha256": h.hexdigest()}
 
 
 if __name__ == "__main__":

@@ -932,31 +932,44 @@ class CIFConstraint:
         return preferred or candidates
 
     # -- geometry -------------------------------------------------------------------------------------------
-    def _dists(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """Cartesian distances (Angstrom, minimum image by fractional rounding) from each of ``pts`` (..., 3) to each
-        of ``others`` (N, 3): shape (..., N)."""
-        d = pts.astype(np.float32)[..., None, :] - others.astype(np.float32)  # float32 throughout: ~1e-6 A, 2.6x faster
+    def _sq_dists(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Squared Cartesian distances (Angstrom^2, minimum image by fractional rounding, float32: ~1e-6 A) from each
+        of ``pts`` (..., 3) to each of ``others`` (N, 3): shape (..., N)."""
+        d = pts.astype(np.float32)[..., None, :] - others.astype(np.float32)
         d -= np.rint(d)
-        c = d @ self.lattice.astype(np.float32)
-        return np.sqrt(np.einsum("...k,...k->...", c, c))
+        # one (M, 3) @ (3, 3) product: a stacked (..., N, 3) @ (3, 3) runs one small product per leading index
+        c = (d.reshape(-1, 3) @ self.lattice.astype(np.float32)).reshape(d.shape)
+        return np.einsum("...k,...k->...", c, c)
+
+    def _dists(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Cartesian distances (Angstrom) from each of ``pts`` (..., 3) to each of ``others`` (N, 3): shape (..., N)."""
+        return np.sqrt(self._sq_dists(pts, others))
 
     def _min_dist(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Min Cartesian distance from each of ``pts`` (..., 3) to ``others`` (N, 3); +inf if there are none."""
         if len(others) == 0:
             return np.full(pts.shape[:-1], np.inf)
-        return self._dists(pts, others).min(axis=-1)
+        return np.sqrt(self._sq_dists(pts, others).min(axis=-1))  # sqrt is monotonic: = min of the distances
 
     def _closest(self, sym: str, other: str) -> float:
         """Closest distance (Angstrom) the guard aims for between an atom of ``sym`` and one of ``other``."""
         return _closest_pair(sym, other, self.cfg.min_bond_ratio, self.cfg.min_distance)
 
-    def _slack(self, pts: np.ndarray, sym: str) -> np.ndarray:
+    def _slack(self, pts: np.ndarray, sym: str, sq: np.ndarray | None = None) -> np.ndarray:
         """Per point of ``pts`` (..., 3) for an atom of ``sym``: min over the atoms written of distance minus the
-        closest distance the guard aims for with that atom (Angstrom; >= 0: every pair keeps it); +inf if none."""
+        closest distance the guard aims for with that atom (Angstrom; >= 0: every pair keeps it); +inf if none.
+        ``sq``: the squared distances to the atoms written (:meth:`_sq_dists`), when already computed."""
         if len(self.atoms) == 0:
             return np.full(pts.shape[:-1], np.inf)
-        near = np.asarray([self._closest(sym, o) for o in self.atom_syms], dtype=np.float32)
-        return (self._dists(pts, self.atoms) - near).min(axis=-1)
+        if sq is None:
+            sq = self._sq_dists(pts, self.atoms)
+        syms = np.asarray(self.atom_syms)
+        out = np.full(sq.shape[:-1], np.inf, dtype=np.float32)
+        # per element written: sqrt(min d^2) - closest = min(d - closest) exactly (sqrt and "- c" are monotonic)
+        for other in dict.fromkeys(self.atom_syms):
+            near = np.float32(self._closest(sym, other))
+            out = np.minimum(out, np.sqrt(sq[..., syms == other].min(axis=-1)) - near)
+        return out
 
     def _orbit(self, p: np.ndarray) -> np.ndarray:
         """Images of ``p`` under the group's operators, deduplicated in order (an image within 0.02 A of one kept
@@ -1002,8 +1015,12 @@ class CIFConstraint:
         slope = _affine_slope(sg, wp, coord)
         margin = 0.001 * float(np.linalg.norm(slope @ self.lattice))  # Angstrom an atom moves within one block
         pts = (p0[None, :] + grid[:, None] * slope[None, :]) % 1.0
-        dist = self._min_dist(pts, self.atoms) - margin
-        slack = self._slack(pts, sym) - margin
+        if len(self.atoms):
+            sq = self._sq_dists(pts, self.atoms)
+            dist = np.sqrt(sq.min(axis=-1)) - margin
+            slack = self._slack(pts, sym, sq) - margin
+        else:
+            dist = slack = np.full(len(pts), np.inf)
         stab = self._stabilizer_mask(sg, wp)
         rots, trans = self.rots[~stab], self.trans[~stab]
         if len(rots):
@@ -1034,9 +1051,10 @@ class CIFConstraint:
         coordinate gets none (a single worst-case margin of twice the atom's motion turned a 0.17 A mirror image on
         a 75 A axis into a dead end)."""
         # image minus atom, (G, ops, 3): (R - 1) p + t, in float32 like _min_dist
-        d = np.einsum("oij,gj->goi", (rots - np.eye(3)).astype(np.float32), pts.astype(np.float32)) + trans.astype(np.float32)
+        a = (rots - np.eye(3)).astype(np.float32).transpose(2, 0, 1).reshape(3, -1)  # [j, o*3 + i] = (R_o - 1)[i, j]
+        d = (pts.astype(np.float32) @ a).reshape(len(pts), len(rots), 3) + trans.astype(np.float32)
         d -= np.rint(d)
-        c = d @ self.lattice.astype(np.float32)
+        c = (d.reshape(-1, 3) @ self.lattice.astype(np.float32)).reshape(d.shape)
         rel = (np.einsum("oij,j->oi", rots, slope) - slope) @ self.lattice  # (ops, 3) Angstrom per unit
         margin = 0.001 * np.linalg.norm(rel, axis=1).astype(np.float32)
         return (np.sqrt(np.einsum("gok,gok->go", c, c)) - margin[None, :]).min(axis=1)
