@@ -941,10 +941,6 @@ class CIFConstraint:
         c = (d.reshape(-1, 3) @ self.lattice.astype(np.float32)).reshape(d.shape)
         return np.einsum("...k,...k->...", c, c)
 
-    def _dists(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """Cartesian distances (Angstrom) from each of ``pts`` (..., 3) to each of ``others`` (N, 3): shape (..., N)."""
-        return np.sqrt(self._sq_dists(pts, others))
-
     def _min_dist(self, pts: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Min Cartesian distance from each of ``pts`` (..., 3) to ``others`` (N, 3); +inf if there are none."""
         if len(others) == 0:
