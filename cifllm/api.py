@@ -3,13 +3,21 @@
     import cifllm
     samples = cifllm.generate(composition="NaCl", space_group="Fm-3m", n=4, seed=0)
     for s in samples:
-        print(s.valid, s.reason, s.structure)          # pymatgen Structure, or None when the text does not parse
-    metrics = cifllm.evaluate(samples)                  # the metrics dict of `cifllm evaluate`
+        print(s.verdicts(), s.structure)   # both verdicts by name, each with its own reason; Structure or None
+    metrics = cifllm.evaluate(samples)     # the metrics dict of `cifllm evaluate`
 
-:func:`generate` goes through the one generation path of every stage (:func:`cifllm.sampling.generation.generate`),
-then parses each sample (:func:`cifllm.sampling.run.parse_generated`) and runs the validity checks on it
+:func:`generate` is the one front-end of "sample a few structures and check them" (``cifllm generate`` calls it too).
+It goes through the one generation path of every stage (:func:`cifllm.sampling.generation.generate`), then parses
+each sample (:func:`cifllm.sampling.run.parse_generated`) and runs the validity checks on it
 (:func:`cifllm.evaluation.run.evaluate_texts`, the checks of ``cifllm evaluate``). :func:`evaluate` takes those
 samples, plain CIF texts, or a ``cifllm sample`` run folder.
+
+The pipeline of :func:`generate`, one function per step::
+
+    prompt (validated before any model loads) -> candidates (_sample_candidates) -> checked (_check)
+        -> selection (_select: today every candidate, in sample order)
+
+A ranking step (by likelihood or energy) belongs in ``_select``, over more candidates than ``n``.
 """
 
 from __future__ import annotations
@@ -22,19 +30,44 @@ from typing import Any
 
 from cifllm.conditioning import load_properties
 from cifllm.core.models import resolve_model
-from cifllm.core.records import ADAPTER_RECORD, check_conditions, read_adapter_record
-from cifllm.evaluation.checks import CheckSettings, failure_summary
+from cifllm.core.records import check_conditions, read_adapter_record
+from cifllm.core.sampling import SAMPLING
+from cifllm.evaluation.checks import CONSISTENCY_CHECKS, VALIDITY_CHECKS, CheckSettings, failure_summary
 from cifllm.evaluation.matching import ReferenceIndex
 from cifllm.evaluation.run import DEFINITIONS, EvalConfig, evaluate_texts, prompt_adherence, summarize
 from cifllm.evaluation.run import evaluate as evaluate_stage
-from cifllm.modeling import SAMPLING_DEFAULTS
-from cifllm.sampling.engines import Engine, GenerationParams
+from cifllm.sampling.engines import Engine, Generation, GenerationParams
 from cifllm.sampling.generation import generate as generate_samples
-from cifllm.sampling.generation import note
-from cifllm.sampling.prompts import PromptError, build_prompt, strip_conditions
+from cifllm.sampling.generation import load_engine, note, resolve_constrained
+from cifllm.sampling.prompts import Prompt, PromptError, build_prompt, strip_conditions
 from cifllm.sampling.run import parse_generated
 
-__all__ = ["Sample", "evaluate", "generate"]
+__all__ = ["VERDICT_NAMES", "Sample", "evaluate", "generate", "verdict_reason"]
+
+#: how a person reads each verdict (CLI output, ``Sample.verdicts()``): the aggregate, whose definition it follows,
+#: and the checks it is made of. ``valid`` and ``consistent`` are different verdicts: a sample can be CDVAE-valid and
+#: fail CrystaLLM's bond-length rule (not self-consistent), so each is printed with the reason *it* failed.
+VERDICT_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "valid": ("CDVAE-valid", VALIDITY_CHECKS),
+    "consistent": ("CrystaLLM-consistent", ("parse", "cell", *CONSISTENCY_CHECKS)),
+}
+
+
+def verdict_reason(checks: Mapping[str, Mapping[str, Any]], verdict: str) -> str:
+    """Why aggregate ``verdict`` (``"valid"`` or ``"consistent"``) failed: ``"<check>: <reason> (<detail>)"`` of its
+    first failing check, or ``"not checked: <check> failed"`` when its checks were skipped after an earlier failure;
+    ``""`` when it passed (or no check ran)."""
+    names = VERDICT_NAMES[verdict][1]
+    for name in names:
+        c = checks.get(name) or {}
+        if c.get("ok") is False:
+            detail = " ".join(str(c.get("detail") or "").split())
+            return f"{name}: {c.get('reason')}" + (f" ({detail[:160]})" if detail else "")
+    for name in names:
+        c = checks.get(name) or {}
+        if c.get("ok") is None and str(c.get("reason") or "").startswith("skipped_"):
+            return f"not checked: {str(c['reason'])[len('skipped_'):]} failed"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -43,11 +76,14 @@ class Sample:
 
     ``text``: the sample as the model wrote it (prompt + continuation, property lines included); ``cif_text``: the same
     without property lines (what the checks read); ``structure``: the pymatgen ``Structure`` of ``cif_text``, or None
-    when it does not parse (``parse_error`` says why). ``valid`` (CDVAE/DiffCSP validity: parse, cell, structural,
-    compositional), ``consistent`` (CrystaLLM self-consistency), ``reason`` ("ok", or the first failing check with its
-    reason) and ``checks`` (every check: ok, reason, detail, value) come from the checks of ``cifllm evaluate`` (None
-    / "not checked" with ``check=False``). ``prompt_adherence``: the structure has the prompt's reduced composition
-    (None for a de novo prompt or unchecked samples).
+    when it does not parse (``parse_error`` says why). Two separate verdicts from the checks of ``cifllm evaluate``:
+    ``valid`` (CDVAE/DiffCSP validity: parse, cell, structural, compositional) and ``consistent`` (CrystaLLM
+    self-consistency: formula, multiplicity, sites, space group, bond lengths); :meth:`verdicts` names both, each
+    with the reason it failed. ``reason``: "ok", or the first failing check of either with its reason; ``checks``:
+    every check (ok, reason, detail, value). With ``check=False`` nothing is measured: ``valid``, ``consistent`` and
+    ``prompt_adherence`` are None (never False), ``reason`` is "not checked". ``prompt_adherence``: the structure has
+    the prompt's reduced composition (None for a de novo prompt). ``constrained``: whether the constraint engine
+    wrote it.
     """
 
     index: int
@@ -67,6 +103,7 @@ class Sample:
     seed: int = 0
     engine: str = ""
     verdict: dict[str, Any] = field(default_factory=dict, repr=False)
+    constrained: bool | None = None
 
     def to_record(self) -> dict[str, Any]:
         """This sample as a ``samples.jsonl`` record (the fields ``cifllm evaluate`` reads)."""
@@ -75,6 +112,86 @@ class Sample:
             "text": self.text, "cif_text": self.cif_text, "n_tokens": self.n_tokens, "finished": self.finished, "engine": self.engine,
             "seed": self.seed, "parse_ok": self.structure is not None, "parse_error": self.parse_error,
         }
+
+    def verdicts(self) -> str:
+        """Both verdicts by name, each with the reason it failed, e.g. ``CDVAE-valid yes; CrystaLLM-consistent no
+        (bond_length: bond_length_unreasonable (...)); composition kept yes`` ("not checked" with ``check=False``)."""
+        if self.valid is None and self.consistent is None:
+            return "not checked" + (f" ({self.reason})" if self.reason.startswith("engine_error") else "")
+        parts = []
+        for key, (label, _) in VERDICT_NAMES.items():
+            ok = getattr(self, key)
+            why = "" if ok else verdict_reason(self.checks, key) or self.reason
+            parts.append(f"{label} {'yes' if ok else 'no'}" + (f" ({why})" if why else ""))
+        if self.prompt_adherence is not None:
+            parts.append(f"composition kept {'yes' if self.prompt_adherence else 'no'}")
+        return "; ".join(parts)
+
+
+def _prompt(
+    composition: str | None, space_group: int | str | None, z: int | None, adapter: str | Path | None,
+    conditions: Mapping[str, float] | None, log: Callable[[str], None],
+) -> Prompt:
+    """The prompt, validated before any model is loaded (:class:`PromptError`, ``AdapterError``)."""
+    meta: dict[str, Any] = {}
+    conds = {k: float(v) for k, v in (conditions or {}).items()}
+    if conds:
+        if adapter is None:
+            raise PromptError("property conditioning needs the LoRA adapter trained on it (adapter=...)")
+        flags = check_conditions(read_adapter_record(adapter), conds).flags  # unknown property: AdapterError
+        if flags:
+            meta["extrapolation"] = flags
+            for f in flags.values():
+                log(f"note: extrapolating beyond the adapter's training range: {f}")
+    return build_prompt(composition=composition, z=z, space_group=space_group, conditions=conds or None, meta=meta, properties=load_properties(adapter))
+
+
+def _sample_candidates(
+    prompt: Prompt, params: GenerationParams, engine: str | Engine, model: str | Path | None, constrained: bool | None,
+    adapter: str | Path | None, device: str, log: Callable[[str], None],
+) -> tuple[list[Generation], str, bool]:
+    """``params.num_samples`` candidates of ``prompt`` through the one generation path, in sample order; also the
+    engine's name and whether the constraint engine ran."""
+    if isinstance(engine, str):
+        loaded, on = load_engine(resolve_model(model), engine, constrained, log=log, device=device, lora=str(adapter) if adapter else None, seed=params.seed)  # type: ignore[arg-type]
+    else:
+        loaded = engine
+        model_dir = getattr(engine, "model_dir", None)
+        on = resolve_constrained(constrained, model_dir, engine, log=log) if model_dir is not None else bool(constrained)
+    gens = generate_samples([prompt], params, loaded, constrained=on, log=log)
+    return sorted(gens, key=lambda g: g.sample_index), str(getattr(loaded, "name", "")), on
+
+
+def _check(
+    prompt: Prompt, gens: list[Generation], engine_name: str, constrained: bool, check: bool, time_limit_s: float,
+) -> list[Sample]:
+    """Parse and (``check``) run the checks of ``cifllm evaluate`` on every candidate. Unchecked: verdicts None."""
+    texts = [prompt.text + g.text for g in gens]
+    cif_texts = [strip_conditions(t) for t in texts]
+    verdicts = evaluate_texts(cif_texts, workers=0, time_limit_s=time_limit_s, uniqueness=False) if check else [{} for _ in gens]
+    out = []
+    for g, text, cif_text, v in zip(gens, texts, cif_texts, verdicts, strict=True):
+        structure, err = (None, f"engine_error: {g.error}") if g.error else parse_generated(cif_text)
+        if check:
+            valid, consistent = bool(v["valid"]), bool(v["consistent"])
+            reason = f"engine_error: {g.error}" if g.error else failure_summary(v)
+            adherent = prompt_adherence({"prompt_meta": prompt.meta}, v)
+        else:
+            valid = consistent = adherent = None
+            reason = f"engine_error: {g.error}" if g.error else "not checked"
+        out.append(
+            Sample(
+                index=g.sample_index, prompt=prompt.text, prompt_meta=dict(prompt.meta), text=text, cif_text=cif_text, structure=structure,
+                parse_error=err, valid=valid, consistent=consistent, reason=reason, checks=v.get("checks") or {}, prompt_adherence=adherent,
+                finished=g.finished, n_tokens=g.n_tokens, seed=g.seed, engine=engine_name, verdict=v, constrained=constrained,
+            )
+        )
+    return out
+
+
+def _select(samples: list[Sample], n: int) -> list[Sample]:
+    """The ``n`` samples returned: today every candidate, in sample order (``n`` candidates are drawn)."""
+    return samples[:n]
 
 
 def generate(
@@ -89,10 +206,10 @@ def generate(
     z: int | None = None,
     adapter: str | Path | None = None,
     conditions: Mapping[str, float] | None = None,
-    temperature: float = SAMPLING_DEFAULTS["temperature"],
-    top_k: int = SAMPLING_DEFAULTS["top_k"],
-    top_p: float = SAMPLING_DEFAULTS["top_p"],
-    max_new_tokens: int = 1024,
+    temperature: float = SAMPLING.temperature,
+    top_k: int = SAMPLING.top_k,
+    top_p: float = SAMPLING.top_p,
+    max_new_tokens: int = SAMPLING.max_new_tokens,
     batch_size: int = 32,
     device: str = "auto",
     check: bool = True,
@@ -105,59 +222,24 @@ def generate(
     ``model``: ``"default"`` (the shipped model, or ``$CIFLLM_MODEL``), a model folder or a Hub id. ``engine``:
     ``"hf"`` or ``"vllm"``, or an engine already loaded (:func:`cifllm.sampling.make_engine`; reuse it across calls,
     then ``model``, ``adapter`` and ``device`` are unused). ``constrained``: the constraint engine on / off, None =
-    auto (on for cif-v2 models). ``adapter`` + ``conditions``: a LoRA adapter and property values it was trained on
-    (``{"band_gap": 3.0}`` or your own property; names map to tags through the adapter's ``properties.json``; a value
-    outside its training range is allowed and flagged in ``prompt_meta["extrapolation"]``). Sampling: ``temperature``
-    (0 = greedy), ``top_k`` (0 = off), ``top_p``, ``max_new_tokens`` (clipped to the model's context), ``seed``.
-    ``check=False`` skips the checks (``valid``/``consistent`` None). Raises :class:`~cifllm.sampling.PromptError`
-    for a bad prompt (before any model is loaded), :class:`~cifllm.core.models.ModelNotFoundError` for a missing
-    model, ``ValueError`` for bad sampling parameters.
+    auto (on for cif-v2 models; off with a note on ``log`` for cif-v1 models). ``adapter`` + ``conditions``: a LoRA
+    adapter and property values it was trained on (``{"band_gap": 3.0}`` or your own property; names map to tags
+    through the adapter's ``properties.json``; a value outside its training range is allowed and flagged in
+    ``prompt_meta["extrapolation"]``). Sampling (defaults: :data:`cifllm.core.sampling.SAMPLING`, the same in every
+    entry point): ``temperature`` (0 = greedy), ``top_k`` (0 = off), ``top_p``, ``max_new_tokens`` (clipped to the
+    model's context), ``seed``. ``check=False`` skips the checks (``valid``/``consistent``/``prompt_adherence``
+    None: not measured). Raises :class:`~cifllm.sampling.PromptError` for a bad prompt (before any model is
+    loaded), :class:`~cifllm.core.models.ModelNotFoundError` for a missing model, ``ValueError`` for bad sampling
+    parameters.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    properties = load_properties(adapter)
-    meta: dict[str, Any] = {}
-    if conditions:
-        if adapter is None:
-            raise PromptError("property conditioning needs the LoRA adapter trained on it (adapter=...)")
-        if not (Path(adapter) / ADAPTER_RECORD).is_file():
-            raise PromptError(f"{adapter} has no {ADAPTER_RECORD}: cannot tell which properties it was trained on")
-        flags = check_conditions(read_adapter_record(adapter), {k: float(v) for k, v in conditions.items()}).flags
-        if flags:
-            meta["extrapolation"] = flags
-            for f in flags.values():
-                log(f"note: extrapolating beyond the adapter's training range: {f}")
-    prompt = build_prompt(composition=composition, z=z, space_group=space_group, conditions=conditions, meta=meta, properties=properties)
+    prompt = _prompt(composition, space_group, z, adapter, conditions, log)
     params = GenerationParams(
         num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=max(1, min(n, batch_size)),
     )
-    if isinstance(engine, str):
-        gens = generate_samples(
-            [prompt], params, None, model=resolve_model(model), engine_name=engine, constrained=constrained, log=log, device=device,
-            lora=str(adapter) if adapter else None, seed=seed,
-        )
-        engine_name = engine
-    else:
-        gens = generate_samples([prompt], params, engine, constrained=constrained, log=log)
-        engine_name = getattr(engine, "name", "")
-    gens = sorted(gens, key=lambda g: g.sample_index)
-    texts = [prompt.text + g.text for g in gens]
-    cif_texts = [strip_conditions(t) for t in texts]
-    verdicts = evaluate_texts(cif_texts, workers=0, time_limit_s=time_limit_s, uniqueness=False) if check else [{} for _ in gens]
-    out = []
-    for g, text, cif_text, v in zip(gens, texts, cif_texts, verdicts, strict=True):
-        structure, err = (None, f"engine_error: {g.error}") if g.error else parse_generated(cif_text)
-        rec = {"prompt_meta": prompt.meta}
-        out.append(
-            Sample(
-                index=g.sample_index, prompt=prompt.text, prompt_meta=dict(prompt.meta), text=text, cif_text=cif_text, structure=structure,
-                parse_error=err, valid=bool(v["valid"]) if check else None, consistent=bool(v["consistent"]) if check else None,
-                reason=(f"engine_error: {g.error}" if g.error else failure_summary(v)) if check else "not checked",
-                checks=v.get("checks") or {}, prompt_adherence=prompt_adherence(rec, v) if check else None,
-                finished=g.finished, n_tokens=g.n_tokens, seed=g.seed, engine=engine_name, verdict=v,
-            )
-        )
-    return out
+    gens, engine_name, on = _sample_candidates(prompt, params, engine, model, constrained, adapter, device, log)
+    return _select(_check(prompt, gens, engine_name, on, check, time_limit_s), n)
 
 
 def _records(samples: Sequence[Any]) -> list[dict[str, Any]]:

@@ -23,8 +23,8 @@ from cifllm.core.config import save_config
 from cifllm.core.models import resolve_model
 from cifllm.core.records import CIFS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PROMPTS_FILE, REPORT_FILE
 from cifllm.core.report import on_off
+from cifllm.core.sampling import SAMPLING
 from cifllm.evaluation.run import EvalConfig, evaluate
-from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.prompts import read_prompt_file
 from cifllm.sampling.run import SampleConfig, sample
 from cifllm.utils import atomic_write_json, atomic_write_text
@@ -42,9 +42,9 @@ class DemoConfig:
     num_samples: int = 6  #: samples per prompt
     n_denovo: int = 24  #: samples of the de novo ("*") prompt
     reference: str = ""  #: corpus folder for novelty; "" = data/corpus when it exists
-    max_new_tokens: int = 1024
-    temperature: float = SAMPLING_DEFAULTS["temperature"]
-    top_k: int = SAMPLING_DEFAULTS["top_k"]  #: 0 = off
+    max_new_tokens: int = SAMPLING.max_new_tokens
+    temperature: float = SAMPLING.temperature
+    top_k: int = SAMPLING.top_k  #: 0 = off
     seed: int = 0
     threads: int = 0
     engine: Literal["hf", "vllm"] = "hf"  #: sampling engine

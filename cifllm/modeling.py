@@ -26,10 +26,13 @@ large      16      2048    32     8          8192          ~0.97 B
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cifllm.core.errors import CifllmError
+from cifllm.core.sampling import SAMPLING
 
 __all__ = [
     "PRESETS",
@@ -46,14 +49,13 @@ __all__ = [
     "sampling_generation_config",
 ]
 
-#: The sampling defaults of every caller (``cifllm sample``/``generate``/``demo``/``bench``, the Python API, and what a
-#: saved model's ``generation_config.json`` makes plain ``model.generate`` do): sample (never greedy) at temperature
-#: 0.7 with top-k 10, no top-p filter, until ``<|eos|>`` or a whole context of new tokens (``max_new_tokens`` =
-#: ``max_position_embeddings``, not transformers' default of 20 tokens in all). T 0.7 / top-k 10 was the best cell of
-#: the T x top-k grid with the constraint engine (BENCHMARKS.md, "Constraint engine": 74.5% CDVAE-valid de novo, 200
-#: samples, 95% CI 68-80%, vs 66.5% at T 1.0 without top-k and 58.5% at T 1.0 / top-k 10; CrystaLLM samples at 0.8 /
-#: 10). A test checks these equal the defaults of every caller.
-SAMPLING_DEFAULTS: dict[str, Any] = {"do_sample": True, "temperature": 0.7, "top_k": 10, "top_p": 1.0}
+#: What a saved model's ``generation_config.json`` makes plain ``model.generate`` do: sample (never greedy) with the
+#: temperature / top-k / top-p of :data:`cifllm.core.sampling.SAMPLING` (the one source of sampling defaults, which
+#: documents the values), until ``<|eos|>`` or a whole context of new tokens (``max_new_tokens`` =
+#: ``max_position_embeddings``, not transformers' default of 20 tokens in all). Read-only; derived, never edited here.
+SAMPLING_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"do_sample": SAMPLING.do_sample, "temperature": SAMPLING.temperature, "top_k": SAMPLING.top_k, "top_p": SAMPLING.top_p}
+)
 
 
 @dataclass(frozen=True)

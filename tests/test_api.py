@@ -3,12 +3,13 @@ carries in generation_config.json."""
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import re
 import subprocess
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,69 @@ def test_generate_on_a_model(toy_model):
     assert all(s.prompt_adherence is None for s in denovo)
 
 
+def _rock_salt_text(a: float) -> str:
+    from pymatgen.core import Lattice, Structure
+
+    from cifllm.cif import structure_to_text
+
+    fcc = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+    return structure_to_text(Structure(Lattice.cubic(a), ["Na"] * 4 + ["Cl"] * 4, fcc + [[(x + 0.5) % 1, y, z] for x, y, z in fcc]))
+
+
+def test_cli_names_both_verdicts_each_with_its_own_reason(toy_model, monkeypatch, capsys):
+    """Rock salt stretched to a = 8 A (Na-Cl 4.0 A, 1.41x the expected bond) is CDVAE-valid but fails CrystaLLM's
+    bond-length rule: the output names both verdicts and gives the reason next to the one that failed, instead of
+    `valid=True ... bond_length_unreasonable` side by side. With --no-check nothing is measured: no verdict at all."""
+    from cifllm.cli import main
+    from cifllm.sampling import generation
+
+    stretched = _rock_salt_text(8.0)
+    monkeypatch.setattr(generation, "make_engine", lambda name, model, **kw: _Located(ScriptedEngine([stretched, "data_Na4Cl4\n_cell_length_a oops\n"]), model))
+    assert main(["generate", "--composition", "NaCl", "--z", "4", "-n", "2", "--model", str(toy_model)]) == 0
+    cap = capsys.readouterr()
+    headers = [ln for ln in cap.out.splitlines() if ln.startswith("# sample ")]
+    assert headers[0].startswith("# sample 1: CDVAE-valid yes; CrystaLLM-consistent no (bond_length: bond_length_unreasonable (score 0.000;")
+    assert headers[0].endswith("; composition kept yes")
+    assert headers[1].startswith("# sample 2: CDVAE-valid no (parse: ") and "CrystaLLM-consistent no (parse: " in headers[1]
+    assert "valid=" not in cap.out and cap.out.count("data_Na4Cl4\n") == 2 and "\n\n# sample 2" in cap.out
+    assert "1 CDVAE-valid, 0 CrystaLLM-consistent, 1/2 keep the prompt's composition" in cap.err
+    assert main(["generate", "--composition", "NaCl", "--z", "4", "-n", "2", "--model", str(toy_model), "--no-check"]) == 0
+    cap = capsys.readouterr()
+    assert [ln for ln in cap.out.splitlines() if ln.startswith("# sample ")] == ["# sample 1: not checked", "# sample 2: not checked"]
+    assert "valid" not in cap.err
+
+
+def test_unchecked_samples_are_not_measured_never_false():
+    """check=False: valid / consistent / prompt_adherence are None (not measured) for every kind of prompt."""
+    import cifllm
+
+    for kw in ({"composition": "NaCl", "z": 4}, {}):
+        samples = cifllm.generate(**kw, n=2, engine=ScriptedEngine(["data_Na4Cl4\n_cell_length_a oops\n"]), constrained=False, check=False)
+        assert [(s.valid, s.consistent, s.prompt_adherence, s.reason) for s in samples] == [(None, None, None, "not checked")] * 2
+        assert all(s.verdicts() == "not checked" and s.constrained is False for s in samples)
+
+
+def test_verdict_reason_skipped_checks_name_the_check_that_stopped_them():
+    from cifllm.api import verdict_reason
+
+    checks = {"parse": {"ok": True}, "cell": {"ok": False, "reason": "cell_flat", "detail": "volume / abc 0.01"}, "structural": {"ok": None, "reason": "skipped_cell"},
+              "formula": {"ok": True}, "space_group": {"ok": None, "reason": "skipped_cell"}}
+    assert verdict_reason(checks, "valid") == "cell: cell_flat (volume / abc 0.01)"
+    assert verdict_reason(checks, "consistent") == "cell: cell_flat (volume / abc 0.01)"
+    assert verdict_reason({"formula": {"ok": True}, "space_group": {"ok": None, "reason": "skipped_parse"}}, "consistent") == "not checked: parse failed"
+    assert verdict_reason({"parse": {"ok": True}, "structural": {"ok": True}}, "valid") == ""
+
+
+class _Located:
+    """An engine with a ``model_dir`` (what a loaded engine has), wrapping a scripted one."""
+
+    def __init__(self, inner, model_dir):
+        self.inner, self.model_dir, self.name = inner, str(model_dir), inner.name
+
+    def generate(self, *a, **k):
+        return self.inner.generate(*a, **k)
+
+
 def test_generate_and_evaluate_refuse_bad_input(toy_model, tmp_path):
     import cifllm
     from cifllm.core.models import ModelNotFoundError
@@ -138,31 +202,77 @@ def test_readme_python_api_example_runs():
 # ------------------------------------------------------------------------------------------ generation_config.json
 
 
-def test_sampling_defaults_are_the_sample_stage_defaults():
-    import inspect
+class RecordingEngine:
+    """Stands in for the engine every entry point loads (``make_engine`` of the one generation path): records the
+    ``GenerationParams`` it is asked to sample with and writes a short text per sample (no model)."""
 
+    name = "recording"
+
+    def __init__(self, model_dir, calls):
+        self.model_dir, self.calls = str(model_dir), calls
+
+    def generate(self, prompts, params, counts=None, progress=None):
+        from cifllm.sampling.engines import Generation
+
+        self.calls.append(params)
+        for i, _ in enumerate(prompts):
+            for k in range((counts or [params.num_samples] * len(prompts))[i]):
+                if progress:
+                    progress(1)
+                yield Generation(i, k, "_cell_length_a oops\n", 3, True, params.seed + k, 0.01, 0)
+
+
+def test_every_entry_point_samples_with_the_one_set_of_defaults(toy_model, tmp_path, monkeypatch, capsys):
+    """The values each entry point *passes to the generation path* when the user sets none: ``cifllm generate``,
+    ``cifllm.generate``, ``cifllm sample``, ``cifllm demo`` (bench: tests/test_bench_runner.py) all sample with
+    :data:`cifllm.core.sampling.SAMPLING`; so do ``GenerationParams``, every shipped sample YAML and the model's
+    ``generation_config`` (written from it)."""
     import yaml
 
     import cifllm
-    from cifllm.bench.runner import BenchConfig
-    from cifllm.demo import DemoConfig
-    from cifllm.hub.generate import generate_cifs
+    from cifllm.api import generate as api_generate
+    from cifllm.cli import generate as cli_generate
+    from cifllm.cli import main
+    from cifllm.core.sampling import SAMPLING
     from cifllm.modeling import SAMPLING_DEFAULTS
+    from cifllm.sampling import generation
     from cifllm.sampling.engines import GenerationParams
-    from cifllm.sampling.run import SampleConfig
     from cifllm.utils.resources import resource_path
 
-    gp = GenerationParams()
-    sc = {f.name: f.default for f in fields(SampleConfig)}
-    for key in ("temperature", "top_k", "top_p"):
-        assert SAMPLING_DEFAULTS[key] == getattr(gp, key) == sc[key], key
-    for key in ("temperature", "top_k"):  # every caller: bench, demo, cifllm generate, the Python API, shipped YAMLs
-        assert getattr(BenchConfig(), key) == getattr(DemoConfig(), key) == SAMPLING_DEFAULTS[key], key
-        for fn in (generate_cifs, cifllm.generate):
-            assert inspect.signature(fn).parameters[key].default == SAMPLING_DEFAULTS[key], (fn, key)
-        for name in ("sample.yaml", "sample_csp.yaml"):
-            assert yaml.safe_load(resource_path("configs", "eval", name).read_text())[key] == SAMPLING_DEFAULTS[key], (name, key)
-    assert SAMPLING_DEFAULTS["do_sample"] is True and gp.temperature > 0
+    calls: list = []
+    monkeypatch.setattr(generation, "make_engine", lambda name, model, **kw: RecordingEngine(model, calls))
+    want = {k: getattr(SAMPLING, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens")}
+
+    def effective():
+        assert len(calls) == 1, calls
+        gp = calls.pop()
+        return {k: getattr(gp, k) for k in want}
+
+    assert main(["generate", "--composition", "NaCl", "--model", str(toy_model)]) == 0
+    assert effective() == want, "cifllm generate"
+    out = capsys.readouterr().out
+    assert out.count("# sample ") == inspect.signature(api_generate).parameters["n"].default  # -n: the API's default
+    cifllm.generate(composition="NaCl", model=toy_model)
+    assert effective() == want, "cifllm.generate"
+    assert main(["sample", f"model={toy_model}", f"out={tmp_path / 's'}", "composition=NaCl"]) == 0
+    assert effective() == want, "cifllm sample"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("NaCl\n")
+    assert main(["demo", f"model={toy_model}", f"out={tmp_path / 'demo'}", f"prompt_file={prompts}", "num_samples=1"]) == 0
+    assert effective() == want, "cifllm demo"
+    capsys.readouterr()
+    # defaults a user reads or that other callers build on
+    assert {k: getattr(GenerationParams(), k) for k in want} == want
+    parser = argparse.ArgumentParser()
+    cli_generate.add_arguments(parser)
+    ns = parser.parse_args([])
+    assert (ns.temperature, ns.top_k, ns.top_p, ns.max_new_tokens) == tuple(want.values())
+    for name in ("sample.yaml", "sample_csp.yaml"):
+        shipped = yaml.safe_load(resource_path("configs", "eval", name).read_text())
+        assert {k: shipped[k] for k in want if k in shipped} == {k: want[k] for k in want if k in shipped}, name
+    assert dict(SAMPLING_DEFAULTS) == {"do_sample": SAMPLING.do_sample, "temperature": SAMPLING.temperature, "top_k": SAMPLING.top_k, "top_p": SAMPLING.top_p}
+    with pytest.raises(TypeError):
+        SAMPLING_DEFAULTS["temperature"] = 1.0  # read-only: one source, not a second one to edit
 
 
 def test_saved_models_sample_whole_cifs_with_plain_generate(toy_model, tmp_path):

@@ -371,3 +371,21 @@ def test_killed_row_resumes_from_its_journal(bench_env, tmp_path, monkeypatch):
     bench_runner.RowStore(out / "ta").journal("base", {"row": "base", "seed": 99}, logs.append).close()
     bench_runner.RowStore(out / "ta").journal("base", {"row": "base", "seed": 0}, logs.append).close()
     assert any("base.partial.jsonl: saved with other settings (seed 99 -> 0): discarded" in x for x in logs)
+
+
+def test_bench_rows_sample_with_the_one_set_of_defaults(bench_env, tmp_path, monkeypatch):
+    """What a model row passes to the generation path when the bench config sets no sampling key: the temperature,
+    top-k and top-p of :data:`cifllm.core.sampling.SAMPLING` (the other entry points: tests/test_api.py)."""
+    from cifllm.core.sampling import SAMPLING
+
+    seen = []
+
+    def spy(prompts, params, *a, **k):
+        seen.append((params.temperature, params.top_k, params.top_p))
+        return real_generate(prompts, params, *a, **k)
+
+    monkeypatch.setattr(bench_runner, "generate", spy)
+    cfg = _cfg(bench_env, tmp_path, rows=["base"], n_denovo=1, template_baseline=False)
+    assert BenchConfig().max_new_tokens == SAMPLING.max_new_tokens  # _cfg shortens it to keep the test fast
+    run_bench(cfg, log=lambda m: None)
+    assert seen and set(seen) == {(SAMPLING.temperature, SAMPLING.top_k, SAMPLING.top_p)}

@@ -16,10 +16,8 @@ from cifllm.core import models as resolve_mod
 from cifllm.hub import card as card_mod
 from cifllm.hub.card import CardError, choose_license, render_model_card, training_command, write_model_card
 from cifllm.hub.export import LOGIT_TOLERANCE, ExportError, export_model
-from cifllm.hub.generate import generate_cifs
 from cifllm.hub.push import PushError, plan_upload, push_to_hub
 from cifllm.hub.resolve import DOWNLOAD_PATTERNS, ModelNotFoundError, resolve_model
-from cifllm.sampling import PromptError
 
 LICENCES = {
     "mp_20": "CC BY 4.0 (Materials Project data); MIT (CDVAE packaging)",
@@ -349,21 +347,6 @@ def test_resolve_model(toy_model, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- generate
-
-
-def test_generate_cifs_and_cli(toy_model, capsys):
-    out = generate_cifs("Na2Cl2", space_group="Fm-3m", model=str(toy_model), n=3, max_new_tokens=12, seed=1, constrained=False)
-    assert len(out) == 3 and [s.index for s in out] == [0, 1, 2]
-    for s in out:
-        assert s.text.startswith("data_Na4Cl4\n_symmetry_space_group_name_H-M Fm-3m\n")  # Na2Cl2 cannot fill Fm-3m: Z doubled
-        assert isinstance(s.valid, bool) and s.reason and 0 < s.n_tokens <= 12
-    assert main(["generate", "--model", str(toy_model), "--composition", "Na2Cl2", "-n", "2", "--max-new-tokens", "8", "--no-constrained"]) == 0
-    text = capsys.readouterr().out
-    headers = [ln for ln in text.splitlines() if ln.startswith("# sample ")]
-    assert len(headers) == 2 and headers[0].startswith("# sample 1: valid=")
-    assert text.count("data_Na2Cl2\n") == 2 and "\n\n# sample 2" in text
-    with pytest.raises(PromptError):
-        generate_cifs("Xx2", model=str(toy_model))
 
 
 def test_generate_cli_errors(capsys, tmp_path):

@@ -66,11 +66,11 @@ from cifllm.bench.tasks import TaskSpec, load_task
 from cifllm.conditioning import format_property_lines, property_values
 from cifllm.core.config import ConfigError, save_config
 from cifllm.core.records import BENCH_SUMMARY, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_adapter_record
+from cifllm.core.sampling import SAMPLING
 from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task
 from cifllm.evaluation.run import evaluate_texts, summarize
 from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability, summarize_stability
-from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.constraints import ConstraintConfig
 from cifllm.sampling.engines import EngineError, GenerationParams, check_constrained
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
@@ -100,9 +100,9 @@ class BenchConfig:
     n_samples: int = 0
     #: unconditioned de novo samples per model row; 0 = the task's default
     n_denovo: int = 0
-    max_new_tokens: int = 1024
-    temperature: float = SAMPLING_DEFAULTS["temperature"]
-    top_k: int = SAMPLING_DEFAULTS["top_k"]
+    max_new_tokens: int = SAMPLING.max_new_tokens
+    temperature: float = SAMPLING.temperature
+    top_k: int = SAMPLING.top_k
     batch_size: int = 32
     seed: int = 0
     threads: int = 1

@@ -1,4 +1,6 @@
-"""``cifllm generate``: print sampled CIFs for a composition (or de novo), each after a ``# sample i: valid=...`` line.
+"""``cifllm generate``: print sampled CIFs for a composition (or de novo), each after a ``# sample i: ...`` line that
+names both verdicts (CDVAE-valid, CrystaLLM-consistent), each with the reason it failed. Parses the flags and calls
+:func:`cifllm.api.generate`, the one front-end (sampling defaults: :data:`cifllm.core.sampling.SAMPLING`).
 
 Examples::
 
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cifllm.api import generate
 from cifllm.core.errors import CifllmError
 from cifllm.core.report import on_off
-from cifllm.hub.generate import generate_cifs
+from cifllm.core.sampling import SAMPLING
+from cifllm.sampling.prompts import PromptError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,12 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z", type=int, default=None, help="formula units per cell (multiplies --composition)")
     p.add_argument("--de-novo", action="store_true", help="no composition: the model writes the whole CIF")
     p.add_argument("--model", "-m", default="default", help="'default', a model folder or a Hub id org/name (default: %(default)s)")
-    p.add_argument("-n", "--num-samples", type=int, default=3, help="samples to print (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off (default: %(default)s)")
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples to print (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=SAMPLING.temperature, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=SAMPLING.top_k, help="0 = off (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=SAMPLING.top_p, help="1.0 = off (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="(default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=SAMPLING.max_new_tokens, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="sampling engine (default: %(default)s)")
     p.add_argument(
@@ -52,20 +56,21 @@ def run(args: argparse.Namespace) -> int:
             conditions[k.strip()] = float(v)
         except ValueError:
             raise CifllmError(f"--property {item!r}: {v!r} is not a number") from None
-    samples = generate_cifs(
-        composition=args.composition, space_group=args.space_group, model=args.model, n=args.num_samples,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, de_novo=args.de_novo, z=args.z, device=args.device, check=not args.no_check,
-        adapter=args.adapter, conditions=conditions or None, constrained=args.constrained, engine_name=args.engine,
+    if args.de_novo and (args.composition or args.space_group is not None or args.z is not None):
+        raise PromptError("--de-novo excludes --composition, --space-group and --z")
+    if not args.de_novo and not args.composition:
+        raise PromptError("give --composition (e.g. Na4Cl4) or --de-novo")
+    samples = generate(
+        composition=args.composition, space_group=args.space_group, n=args.num_samples, model=args.model, engine=args.engine,
+        constrained=args.constrained, seed=args.seed, z=args.z, adapter=args.adapter, conditions=conditions or None,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, device=args.device,
+        check=not args.no_check,
     )
-    blocks = []
-    for s in samples:
-        adh = "" if s.prompt_adherence is None else f", prompt_adherence={s.prompt_adherence}"
-        blocks.append(f"# sample {s.index + 1}: valid={s.valid}, consistent={s.consistent}{adh}, {s.reason}\n{s.text.rstrip()}\n")
-    sys.stdout.write("\n".join(blocks))
-    engine = on_off(samples[0].constrained if samples else None)
+    sys.stdout.write("\n".join(f"# sample {s.index + 1}: {s.verdicts()}\n{s.cif_text.rstrip()}\n" for s in samples))
+    summary = f"{len(samples)} samples, constraint engine {on_off(samples[0].constrained if samples else None)}"
+    if not args.no_check:
+        summary += f", {sum(bool(s.valid) for s in samples)} CDVAE-valid, {sum(bool(s.consistent) for s in samples)} CrystaLLM-consistent"
     adh = [s.prompt_adherence for s in samples if s.prompt_adherence is not None]
-    summary = f"{len(samples)} samples, constraint engine {engine}, {sum(s.valid for s in samples)} valid"
     if adh:
         summary += f", {sum(adh)}/{len(adh)} keep the prompt's composition"
     print(f"cifllm generate: {summary}", file=sys.stderr)

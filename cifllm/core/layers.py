@@ -15,10 +15,10 @@ sampling       prompts, constraint engine, generation engines, ``cifllm sample``
 evaluation     checks, matching, stability, NLL, ``cifllm evaluate``
 bench          discovery tasks, splits, oracle, baselines, the benchmark runner
 training       pretraining, LoRA fine-tuning, checkpoints, cluster jobs
-hub            export, model card, push, ``generate_cifs``
+hub            export, model card, push
 scaling        the transfer scaling-law sweep and fit
 demo           the main job on built-in defaults
-api            the documented Python API
+api            the documented Python API; ``generate``, the one sample-and-check front-end (CLI too)
 cli            ``cifllm <stage>``: one module per stage, one error handler
 fuzz           fuzzers of the pipeline and of the CLI's error contract (drive ``cifllm.cli``)
 =============  ========================================================================================================

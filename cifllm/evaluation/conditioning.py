@@ -16,7 +16,7 @@ from typing import Any
 
 from cifllm.cif import text_to_structure
 from cifllm.conditioning import format_property_lines, load_properties, strip_property_lines
-from cifllm.modeling import SAMPLING_DEFAULTS
+from cifllm.core.sampling import SAMPLING
 from cifllm.sampling.engines import GenerationParams
 from cifllm.sampling.generation import generate
 from cifllm.sampling.prompts import Prompt
@@ -56,8 +56,8 @@ def conditioning_response(
     asked: Sequence[float],
     n_per_value: int = 16,
     max_new_tokens: int = 512,
-    temperature: float = SAMPLING_DEFAULTS["temperature"],
-    top_k: int = SAMPLING_DEFAULTS["top_k"],
+    temperature: float = SAMPLING.temperature,
+    top_k: int = SAMPLING.top_k,
     seed: int = 0,
     batch_size: int = 32,
     threads: int = 0,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import ADAPTER_CONFIG, ADAPTER_RECORD, AdapterError, check_adapter_base
-from cifllm.modeling import SAMPLING_DEFAULTS
+from cifllm.core.sampling import SAMPLING
 from cifllm.sampling.constraints import CIFConstraint, ConstraintConfig, ConstraintError, TokenTable
 from cifllm.sampling.hf_constraint import ConstrainedLogitsProcessor, cif_part
 from cifllm.sampling.prompts import Prompt
@@ -54,10 +54,10 @@ class GenerationParams:
     """
 
     num_samples: int = 1
-    temperature: float = SAMPLING_DEFAULTS["temperature"]
-    top_k: int = SAMPLING_DEFAULTS["top_k"]
-    top_p: float = SAMPLING_DEFAULTS["top_p"]
-    max_new_tokens: int = 1024
+    temperature: float = SAMPLING.temperature
+    top_k: int = SAMPLING.top_k
+    top_p: float = SAMPLING.top_p
+    max_new_tokens: int = SAMPLING.max_new_tokens
     seed: int = 0
     batch_size: int = 32
     #: the constraint engine (:mod:`cifllm.sampling.constraints`): only consistent cif-v2 text can be written

@@ -25,8 +25,8 @@ from cifllm.cif.io import write_cif_file
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_conditions, load_properties
 from cifllm.core.config import save_config
 from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
+from cifllm.core.sampling import SAMPLING
 from cifllm.data.corpus import load_corpus
-from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.sampling.constraints import ConstraintConfig
 from cifllm.sampling.engines import Engine, GenerationParams
 from cifllm.sampling.generation import generate, load_engine, resolve_constrained
@@ -90,10 +90,10 @@ class SampleConfig:
     space_group: str | None = None
     num_samples: int = 1
     batch_size: int = 32
-    temperature: float = SAMPLING_DEFAULTS["temperature"]
-    top_k: int = SAMPLING_DEFAULTS["top_k"]  #: 0 = off
-    top_p: float = SAMPLING_DEFAULTS["top_p"]
-    max_new_tokens: int = 1024
+    temperature: float = SAMPLING.temperature
+    top_k: int = SAMPLING.top_k  #: 0 = off
+    top_p: float = SAMPLING.top_p
+    max_new_tokens: int = SAMPLING.max_new_tokens
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
