@@ -1,4 +1,5 @@
-"""CIF logic: the only subpackage that talks to pymatgen for CIF I/O."""
+"""CIF logic: the only subpackage that talks to pymatgen for CIF I/O. Importing it silences pymatgen's "No Pauling
+electronegativity" warning, by its message only (:mod:`cifllm.cif.pymatgen_warnings`)."""
 
 from cifllm.cif.canonical import (
     LOOP_TAGS,
@@ -20,6 +21,9 @@ from cifllm.cif.canonical import (
     text_format_of,
     text_to_structure,
 )
+from cifllm.cif.pymatgen_warnings import silence_missing_electronegativity
+
+silence_missing_electronegativity()
 
 __all__ = [
     "SPACE_GROUP_SYMBOLS",

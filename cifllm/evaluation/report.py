@@ -1,5 +1,10 @@
 """Markdown and HTML reports with plots (matplotlib, Agg backend): validity funnel, density, number of elements and
-space-group distributions of the valid samples against the reference corpus."""
+space-group distributions of the valid samples against the reference corpus.
+
+The distribution plots show shares: each bar is the count in its bin over the series' total, so each series' bars
+sum to 1 (a sample outside the plotted range, e.g. density > 30 g/cm^3, is left out of the bars but counted in the
+total). The failure table names the verdict each check belongs to (CDVAE validity or CrystaLLM self-consistency), so
+a valid sample that fails the bond-length rule does not read as a contradiction."""
 
 from __future__ import annotations
 
@@ -10,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from cifllm.core.records import REPORT_FILE
+from cifllm.evaluation.checks import CONSISTENCY_CHECKS, VALIDITY_CHECKS
 from cifllm.utils import atomic_write_text
 
-__all__ = ["write_report", "FUNNEL"]
+__all__ = ["FUNNEL", "SHARE_LABEL", "sampling_seconds", "verdict_of_check", "write_report"]
+
+#: y label of the distribution plots: the plotted quantity is count / total per series
+SHARE_LABEL = "share of the series (bars sum to 1)"
 
 #: (label, key in metrics["counts"]) from all samples down to unique and novel ones.
 FUNNEL: tuple[tuple[str, str], ...] = (
@@ -76,17 +85,44 @@ def _plots(out: Path, metrics: dict[str, Any], verdicts: Sequence[dict[str, Any]
             hi_ = min(hi_, 30.0)
             bins = [lo_ + (hi_ - lo_) * k / 50 for k in range(51)]
         if ref_vals:
-            ax.hist(ref_vals, bins=bins, density=True, alpha=0.5, label=f"reference (n={len(ref_vals)})", color="#999999")
+            ax.hist(ref_vals, bins=bins, weights=_shares(ref_vals), alpha=0.5, label=f"reference (n={len(ref_vals)})", color="#999999")
         if vals:
-            ax.hist(vals, bins=bins, density=True, alpha=0.6, label=f"valid samples (n={len(vals)})", color="#ee6677")
+            ax.hist(vals, bins=bins, weights=_shares(vals), alpha=0.6, label=f"valid samples (n={len(vals)})", color="#ee6677")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("share")
+        ax.set_ylabel(SHARE_LABEL)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(pdir / f"{key}.png", dpi=100)
         plt.close(fig)
         made.append((xlabel.replace("$^3$", "^3").capitalize(), f"plots/{key}.png"))
     return made
+
+
+def _shares(vals: Sequence[float]) -> list[float]:
+    """Histogram weights that make each bar the share count / total of its series (bars sum to 1)."""
+    return [1.0 / len(vals)] * len(vals)
+
+
+def verdict_of_check(check: str) -> str:
+    """The aggregate verdict a failing ``check`` makes a sample fail: CDVAE validity (parse and cell also stop the
+    CrystaLLM checks), CrystaLLM self-consistency, or none (an informational check such as ``volume``)."""
+    if check in ("parse", "cell"):
+        return "CDVAE-valid and CrystaLLM-consistent"
+    if check in VALIDITY_CHECKS:
+        return "CDVAE-valid"
+    if check in CONSISTENCY_CHECKS:
+        return "CrystaLLM-consistent"
+    return "none (informational)"
+
+
+def sampling_seconds(samples: Sequence[dict[str, Any]]) -> float | None:
+    """Seconds the sampling stage spent generating ``samples``: the sum of their records' ``time_s`` (each sample's
+    share of its batch's wall time, written by ``cifllm sample``); None (not measured) when any record lacks it, e.g.
+    plain CIF texts or samples from elsewhere."""
+    times = [s.get("time_s") for s in samples]
+    if not times or not all(isinstance(t, int | float) and not isinstance(t, bool) and t >= 0 for t in times):
+        return None
+    return round(float(sum(times)), 3)  # type: ignore[arg-type]
 
 
 def _fmt(x: Any) -> str:
@@ -107,14 +143,16 @@ def _tables(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     fr = []
     for check, reasons in metrics.get("failure_reasons", {}).items():
         for reason, c in reasons.items():
-            fr.append([check, reason, str(c)])
-    tables.append(("Failures by check and reason", ["check", "reason", "samples"], fr))
+            fr.append([check, verdict_of_check(check), reason, str(c)])
+    tables.append(("Failures by check and reason", ["check", "verdict it fails", "reason", "samples"], fr))
     if "csp" in metrics:
         tables.append(("Crystal structure prediction", ["metric", "value"], [[k, _fmt(v)] for k, v in metrics["csp"].items()]))
     if "stability" in metrics:
         tables += _stability_tables(metrics["stability"])
     t = metrics.get("timing", {})
-    tables.append(("Timing", ["stage", "seconds"], [[k, _fmt(v)] for k, v in t.get("stages_s", {}).items()] + [["total", _fmt(t.get("wall_s"))]]))
+    rows_t = [["sampling (cifllm sample, generation)", _fmt(t.get("sampling_s"))]]  # absent (older metrics.json): n/a
+    rows_t += [[f"evaluate: {k}", _fmt(v)] for k, v in t.get("stages_s", {}).items()] + [["evaluate (total)", _fmt(t.get("wall_s"))]]
+    tables.append(("Timing", ["stage", "seconds"], rows_t))
     return tables
 
 

@@ -36,7 +36,7 @@ from cifllm.evaluation.checks import (
     text_density,
 )
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task, uniqueness_task
-from cifllm.evaluation.report import write_report
+from cifllm.evaluation.report import sampling_seconds, write_report
 from cifllm.evaluation.stability import potential_key, stability_stage
 from cifllm.sampling.run import read_samples
 from cifllm.utils import atomic_write_json, atomic_write_text
@@ -403,7 +403,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         for b in bars:
             b.close()
     wall = time.perf_counter() - t0
-    metrics["timing"] = {"wall_s": round(wall, 3), "stages_s": stage_s, "samples_per_s": round(len(samples) / wall, 2) if wall > 0 else None}
+    metrics["timing"] = {"wall_s": round(wall, 3), "stages_s": stage_s, "samples_per_s": round(len(samples) / wall, 2) if wall > 0 else None, "sampling_s": sampling_seconds(samples)}
     lines = []
     for s, v in zip(samples, verdicts, strict=True):
         rec = {"sample_id": s.get("sample_id"), "prompt_id": s.get("prompt_id"), **v}
