@@ -14,10 +14,10 @@ samples, plain CIF texts, or a ``cifllm sample`` run folder.
 
 The pipeline of :func:`generate`, one function per step::
 
-    prompt (validated before any model loads) -> candidates (_sample_candidates) -> checked (_check)
-        -> selection (_select: today every candidate, in sample order)
+    prompt (_prompt: validated before any model loads) -> candidates (_sample_candidates) -> checked (_check)
 
-A ranking step (by likelihood or energy) belongs in ``_select``, over more candidates than ``n``.
+Today ``n`` candidates are drawn and all are returned in sample order; a ranking step (by likelihood or energy) would
+draw more candidates and keep its best ``n`` after ``_check``.
 """
 
 from __future__ import annotations
@@ -189,11 +189,6 @@ def _check(
     return out
 
 
-def _select(samples: list[Sample], n: int) -> list[Sample]:
-    """The ``n`` samples returned: today every candidate, in sample order (``n`` candidates are drawn)."""
-    return samples[:n]
-
-
 def generate(
     composition: str | None = None,
     space_group: int | str | None = None,
@@ -239,7 +234,8 @@ def generate(
         num_samples=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=max(1, min(n, batch_size)),
     )
     gens, engine_name, on = _sample_candidates(prompt, params, engine, model, constrained, adapter, device, log)
-    return _select(_check(prompt, gens, engine_name, on, check, time_limit_s), n)
+    # n candidates, all returned in sample order; a ranking step would draw more candidates and keep its best n here
+    return _check(prompt, gens, engine_name, on, check, time_limit_s)
 
 
 def _records(samples: Sequence[Any]) -> list[dict[str, Any]]:
