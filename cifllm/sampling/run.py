@@ -24,6 +24,7 @@ from cifllm.cif import CIFError, text_to_structure
 from cifllm.cif.io import write_cif_file
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_conditions, load_properties
 from cifllm.core.config import save_config
+from cifllm.core.inputs import InputError, iter_jsonl, parse_json
 from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
 from cifllm.data.corpus import load_corpus
 from cifllm.modeling import SAMPLING_DEFAULTS
@@ -351,19 +352,17 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if p.is_dir():
         p = p / "samples.jsonl"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no samples.jsonl (run `cifllm sample` first)")
+        if not p.exists():
+            raise FileNotFoundError(f"{path}: no samples.jsonl in this folder (run `cifllm sample` first)")
     out: list[dict[str, Any]] = []
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
+    for i, line in iter_jsonl(p, "samples file"):
         try:
-            rec = json.loads(line)
+            rec = parse_json(line, f"{p}:{i}")
             if not isinstance(rec, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            rec = {"sample_id": f"line{i + 1}", "cif_text": "", "parse_error": f"bad_jsonl: {exc}"}
-        rec.setdefault("sample_id", f"line{i + 1}")
+                raise InputError("not a JSON object")
+        except InputError as exc:
+            rec = {"sample_id": f"line{i}", "cif_text": "", "parse_error": f"bad_jsonl: {exc}"}
+        rec.setdefault("sample_id", f"line{i}")
         if "cif_text" not in rec:
             rec["cif_text"] = strip_conditions(str(rec.get("text", "")))
         out.append(rec)
