@@ -96,30 +96,30 @@ class EvalConfig(BlockAccess):
     of a bucket gets ``time_limit_s`` per sample in it). ``checks``: the :class:`CheckSettings` block.
     """
 
-    samples: str = ""
-    out: str | None = None
-    reference: str | None = None
-    reference_split: str | None = None
-    ground_truth: str | None = None
-    csp_k: int = 0
-    workers: int = -1
-    time_limit_s: float = 60.0
-    uniqueness: bool = True
-    novelty: bool = True
-    max_samples: int = 0
-    report: bool = True
-    reference_plot_rows: int = 20000
+    samples: str = ""  #: a `cifllm sample` run folder or its samples.jsonl (required)
+    out: str | None = None  #: output folder; null = <samples run>/eval
+    reference: str | None = None  #: reference structures for novelty and the report's reference plots: a corpus folder (`cifllm data`), a folder of .cif files or one structure file; null = novelty not measured
+    reference_split: str | None = None  #: split of a corpus reference to use (train / val / test); null = all rows
+    ground_truth: str | None = None  #: corpus folder whose `id` column the samples' prompt_meta.target_id refers to (CSP match@k); null = no CSP scores
+    csp_k: int = 0  #: k of match@k and rmse@k; 0 = all samples of a target
+    workers: int = -1  #: processes for the checks and matching; 0 = in this process, -1 = every CPU this process may use
+    time_limit_s: float = 60.0  #: seconds per sample and check stage (uniqueness of a formula bucket: this x the samples in it); a sample over it fails with reason timeout
+    uniqueness: bool = True  #: compute uniqueness among the valid samples (StructureMatcher within each reduced-formula bucket)
+    novelty: bool = True  #: compute novelty against `reference` (needs reference)
+    max_samples: int = 0  #: evaluate only the first N samples; 0 = all
+    report: bool = True  #: write report.md / report.html with plots
+    reference_plot_rows: int = 20000  #: most reference structures drawn (seeded) for the report's reference distributions
     #: tolerances of the checks (:class:`~cifllm.evaluation.checks.CheckSettings`; YAML ``checks:``, CLI ``checks.symprec=0.05``)
     checks: CheckSettings = field(default_factory=CheckSettings)
     # stability (cifllm.evaluation.stability, needs the mlip extra); null = StabilitySettings default
-    stability: bool = False
-    stability_cache: str | None = None  # folder of relaxation + hull caches; null = <out>/stability_cache
-    stability_model: str | None = None
-    stability_fmax: float | None = None
-    stability_max_steps: int | None = None
-    stability_time_limit_s: float | None = None
-    stability_workers: int | None = None  # null/-1 = workers
-    stability_max_refs_per_system: int | None = None
+    stability: bool = False  #: relax valid samples with CHGNet and report E_hull (needs the mlip extra)
+    stability_cache: str | None = None  #: folder of relaxation + hull caches; null = <out>/stability_cache
+    stability_model: str | None = None  #: CHGNet checkpoint version; null = the StabilitySettings default
+    stability_fmax: float | None = None  #: relaxation force threshold, eV/A; null = the StabilitySettings default
+    stability_max_steps: int | None = None  #: most relaxation steps per structure; null = the StabilitySettings default
+    stability_time_limit_s: float | None = None  #: seconds per relaxation; null = the StabilitySettings default
+    stability_workers: int | None = None  #: processes for the relaxations; null or -1 = `workers`
+    stability_max_refs_per_system: int | None = None  #: most reference entries relaxed per chemical system for the hull; null = the StabilitySettings default
 
     def check_settings(self) -> CheckSettings:
         return self.checks
