@@ -16,9 +16,9 @@ from cifllm.data.corpus import load_manifest
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=None, help="task name or YAML path (repeatable; default: all in eval/tasks)")
-    p.add_argument("--corpus", default="data/corpus")
+    p.add_argument("--corpus", default="data/corpus", help="corpus folder the splits are drawn from (default: %(default)s)")
     p.add_argument("--out", default="data/tasks", help="folder for <task>/{train,val,test}.jsonl + manifest.json")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes for the leakage check's structure matching (default: %(default)s)")
     p.add_argument("--pretrain-corpus", action="store_true", help="also write <out>/<task>/pretrain_corpus/")
     p.add_argument(
         "--base-corpus", default=None, metavar="DIR",
