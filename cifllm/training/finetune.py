@@ -58,6 +58,7 @@ from cifllm.core.config import (
     merge_for_resume,
     save_config,
 )
+from cifllm.core.inputs import load_json
 from cifllm.core.models import resolve_model
 from cifllm.core.records import ADAPTER_RECORD, model_fingerprint
 from cifllm.data.corpus import load_corpus
@@ -207,7 +208,8 @@ def _attach_corpus_properties(
     if not need or not rows:
         return
 
-    corpus = json.loads((split_dir / "manifest.json").read_text()).get("corpus")
+    manifest = load_json(split_dir / "manifest.json", "split manifest")
+    corpus = manifest.get("corpus") if isinstance(manifest, dict) else None
     if not corpus or not Path(corpus).is_dir():
         raise FileNotFoundError(f"{split_dir}: conditioning on {need} needs the split's corpus ({corpus!r}), which is missing")
     ds = load_corpus(corpus).select_columns(["id", "properties"])
