@@ -156,6 +156,32 @@ def test_tokenizer_checks_inputs_before_writing(tmp_path, tiny_corpus, capsys):
     assert json.loads((tmp_path / "rt.json").read_text())["exact_fraction"] == 1.0
 
 
+def _assert_fuzz_clean(rep) -> None:
+    assert not rep.crashes, rep.crashes[:5]
+    assert not rep.hangs, rep.hangs[:5]
+    assert not rep.no_reason, rep.no_reason[:5]
+    assert set(rep.outcomes) <= {"ok", "user_error"}, rep.outcomes
+
+
+def test_fuzz_every_reader_on_damaged_files():
+    """A seeded sample of (CLI reader, damaged file) pairs: deep JSON/YAML, a folder, binary, non-UTF-8, bad syntax,
+    a YAML alias loop, empty. The full grid (72 pairs, ~35 s) is the slow test below."""
+    from cifllm import fuzz
+
+    rep = fuzz.fuzz_input_files(10, seed=0)
+    _assert_fuzz_clean(rep)
+    assert rep.tried == 10 and rep.outcomes["user_error"] >= 5
+
+
+@pytest.mark.slow
+def test_fuzz_every_reader_on_every_damaged_file():
+    from cifllm import fuzz
+
+    rep = fuzz.fuzz_input_files()
+    _assert_fuzz_clean(rep)
+    assert rep.tried == len(fuzz.INPUT_FILE_READERS) * len(fuzz.INPUT_FILE_KINDS)
+
+
 # -- item 13: a failed stage leaves earlier outputs untouched --------------------------------------------------------
 
 

@@ -65,7 +65,7 @@ from cifllm.bench.stats import (
 from cifllm.bench.tasks import TaskSpec, load_task
 from cifllm.conditioning import format_property_lines, property_values
 from cifllm.core.config import ConfigError, save_config
-from cifllm.core.models import resolve_model
+from cifllm.core.models import ModelNotFoundError, resolve_model
 from cifllm.core.records import BENCH_SUMMARY, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_adapter_record
 from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task
@@ -109,7 +109,7 @@ class BenchConfig:
     threads: int = 1  #: torch CPU threads of the sampling engine
     workers: int = 1  #: processes for checks and matching; 0 = in this process
     time_limit_s: float = 30.0  #: seconds per sample and scoring step (over it: a timeout verdict)
-    template_baseline: bool = True  #: add the template baseline row (known prototypes with the prompt's elements)
+    template_baseline: bool = True  #: add the template baseline row (element substitution into training structures of the same anonymized formula)
     stability: bool = False  #: relax de novo samples with CHGNet, E_hull vs the task's reference (needs the mlip extra)
     stability_cache: str | None = None  #: folder of relaxation + hull caches; null = <out>/<task>/stability_cache
     engine: Literal["hf", "vllm"] = "hf"  #: sampling engine of the model rows: hf or vllm
@@ -174,6 +174,14 @@ def _check_model(path: str, what: str) -> None:
         raise ValueError(f"{path}: its tokenizer does not match this cifllm's tokenizer ({what})")
 
 
+def _resolve(name: str, what: str) -> str:
+    """The model folder of ``name`` (:func:`cifllm.core.models.resolve_model`), its error naming the config key."""
+    try:
+        return str(resolve_model(name))
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{what}: {exc}") from None
+
+
 def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str], None]) -> list[RowSpec]:
     """The rows of a task in report order: base, base-unconstrained, compare models, lora, lora+cond, template."""
     rows: list[RowSpec] = []
@@ -182,7 +190,7 @@ def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str]
             raise ConfigError(f"compare_models.{name}: expected a model folder path, got {path!r}")
         if name in RESERVED_ROWS or not _ROW_NAME.match(name):
             raise ConfigError(f"compare_models: row name {name!r} must be 1-40 of [A-Za-z0-9_.-] and none of {list(RESERVED_ROWS)}")
-    model = str(resolve_model(cfg.model)) if cfg.model else ""  # 'default', a folder or a Hub id, as in every stage
+    model = _resolve(cfg.model, "model") if cfg.model else ""  # 'default', a folder or a Hub id, as in every stage
     if model:
         _check_model(model, "model")
         on = resolve_constrained(cfg.constrained, model, log=log)
@@ -193,7 +201,7 @@ def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str]
             else:
                 log("constraint_ablation: base is already unconstrained, so there is no base-unconstrained row")
     for name, given in cfg.compare_models.items():
-        path = str(resolve_model(given))
+        path = _resolve(given, f"compare_models.{name}")
         _check_model(path, f"compare_models.{name}")
         rows.append(RowSpec(name, "model", path, constrained=resolve_constrained(None, path, log=lambda m, n=name: log(f"{n}: {m}"))))
     if model and cfg.adapter:

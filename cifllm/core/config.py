@@ -6,7 +6,9 @@
 * Unknown keys are errors naming the close matches; values are coerced to the field's declared type.
 * ``cifllm <stage> --help`` lists every key (:func:`config_help`) with its default and its ``#:`` comment.
 * The resolved config is written into every run folder (``config.yaml``, :func:`save_config`) so a run can be repeated
-  exactly; :func:`merge_for_resume` is the one resume policy of every stage that resumes.
+  exactly; :func:`merge_for_resume` is the one resume policy of every stage that resumes. A stage writes it (and any
+  other output) only after its inputs are read and checked - ``evaluate`` only once the run has succeeded - so a run
+  that fails leaves an earlier run's folder as it was (``tests/test_cli_contract.py``).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def _too_deep(where: str) -> str:
 
 def parse_json(text: str, where: str, error: type[Exception] = InputError) -> Any:
     """``json.loads(text)``; invalid or too deeply nested JSON raises ``error`` naming ``where`` (``file:line``)."""
-    if ("[" in text or "{" in text) and nesting_depth(text) > MAX_NESTING:
+    if text.count("[") + text.count("{") > MAX_NESTING and nesting_depth(text) > MAX_NESTING:  # cheap count first
         raise error(_too_deep(where))
     try:
         return json.loads(text)

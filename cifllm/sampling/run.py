@@ -98,7 +98,7 @@ class SampleConfig:
     max_new_tokens: int = 1024  #: most tokens generated per sample (clipped to the model's context)
     seed: int = 0  #: sampling seed (batch b uses seed + b)
     device: str = "auto"  #: auto, cpu or cuda (hf engine)
-    dtype: str = "auto"  #: weights dtype: auto, float32, bfloat16 or float16
+    dtype: str = "auto"  #: weights dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16 or float16
     threads: int = 0  #: torch CPU threads; 0 = torch default
     lora: str | None = None  #: LoRA adapter folder (cifllm finetune) trained on `model`
     #: property conditioning, ``name=value`` items separated by ``;``; a value may be a list ``a,b,c`` or a grid
