@@ -300,7 +300,9 @@ def test_evaluate_reference_from_structures_texts_and_folders(tmp_path, structur
         cifllm.evaluate(samples, reference=tmp_path)  # a folder with no structures
     # the CLI takes the folder too
     run = _samples(tmp_path, [known, other])
-    assert main(["evaluate", f"samples={run}", f"reference={folder}", "workers=0", "report=false", "--no-progress"]) == 0
+    argv = ["evaluate", "--config", "builtin:eval", f"samples={run}", f"reference={folder}", "workers=0", "report=false", "--no-progress"]
+    assert main(argv) == 0  # eval.yaml's reference_split (for a corpus) does not stop a folder of CIFs
+    assert "applies to a corpus folder only" in capsys.readouterr().out
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["rates"]["novel"] == 0.5 and metrics["reference"]["source"] == "files"
     assert "cifllm data" in REFERENCE_HINT and "reference=" in REFERENCE_HINT
