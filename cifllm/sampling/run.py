@@ -24,6 +24,7 @@ from cifllm.cif import CIFError, text_to_structure
 from cifllm.cif.io import write_cif_file
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_conditions, load_properties
 from cifllm.core.config import save_config
+from cifllm.core.errors import CifllmError
 from cifllm.core.inputs import InputError, iter_jsonl, parse_json
 from cifllm.core.models import resolve_model
 from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
@@ -256,7 +257,7 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
     params = cfg.generation_params()
     out = Path(cfg.out)
     if out.is_file():
-        raise PromptError(f"out={out}: is a file, expected a folder for the samples")
+        raise CifllmError(f"out={out}: is a file, expected a folder for the samples")
     if engine is None:
         if not cfg.model:
             raise ValueError("model= is required ('default', a save_pretrained folder or a Hub id)")
