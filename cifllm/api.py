@@ -33,8 +33,8 @@ from cifllm.core.models import resolve_model
 from cifllm.core.records import check_conditions, read_adapter_record
 from cifllm.core.sampling import SAMPLING
 from cifllm.evaluation.checks import CONSISTENCY_CHECKS, VALIDITY_CHECKS, CheckSettings, failure_summary
-from cifllm.evaluation.matching import ReferenceIndex
-from cifllm.evaluation.run import DEFINITIONS, EvalConfig, evaluate_texts, prompt_adherence, summarize
+from cifllm.evaluation.reference import load_reference
+from cifllm.evaluation.run import DEFINITIONS, EvalConfig, evaluate_texts, prompt_adherence, reference_record, summarize
 from cifllm.evaluation.run import evaluate as evaluate_stage
 from cifllm.sampling.engines import Engine, Generation, GenerationParams
 from cifllm.sampling.generation import generate as generate_samples
@@ -257,7 +257,7 @@ def _records(samples: Sequence[Any]) -> list[dict[str, Any]]:
 
 def evaluate(
     samples_or_path: Sequence[Any] | str | Path,
-    reference: str | Path | None = None,
+    reference: str | Path | Sequence[Any] | Any | None = None,
     *,
     reference_split: str | None = None,
     uniqueness: bool = True,
@@ -269,21 +269,25 @@ def evaluate(
 
     ``samples_or_path``: samples from :func:`generate`, CIF texts, ``samples.jsonl`` records, or a ``cifllm sample``
     run folder / ``samples.jsonl`` (then the evaluate stage runs and also writes its folder, ``out`` or
-    ``<run>/eval``). ``reference``: a corpus folder for novelty (None: novelty "not measured", reported as None,
-    never 0). ``workers`` processes (0 = this process), ``time_limit_s`` per sample and stage.
+    ``<run>/eval``). ``reference`` for novelty: a corpus folder (``cifllm data``), a folder of CIF files, or pymatgen
+    ``Structure`` objects / CIF texts (:func:`cifllm.evaluation.reference.load_reference`: they go through the corpus
+    filters, and ``metrics["reference"]["dropped"]`` counts those rejected); None: novelty "not measured", reported
+    as None, never 0. ``workers`` processes (0 = this process), ``time_limit_s`` per sample (or reference record) and
+    stage.
     """
+    ref = load_reference(reference, reference_split, workers, time_limit_s, log=note)
     if isinstance(samples_or_path, str | Path):
         cfg = EvalConfig(
-            samples=str(samples_or_path), out=str(out) if out else None, reference=str(reference) if reference else None,
+            samples=str(samples_or_path), out=str(out) if out else None,
+            reference=str(reference) if isinstance(reference, str | Path) and ref is not None else None,
             reference_split=reference_split, workers=workers, time_limit_s=time_limit_s, uniqueness=uniqueness,
         )
-        folder = evaluate_stage(cfg, progress=False, log=note)
+        folder = evaluate_stage(cfg, progress=False, log=note, reference=ref)
         return json.loads((folder / "metrics.json").read_text())
     records = _records(list(samples_or_path))
-    ref = ReferenceIndex.from_corpus(str(reference), split=reference_split) if reference else None
     texts = [str(r.get("cif_text") or "") for r in records]
-    verdicts = evaluate_texts(texts, CheckSettings(), workers, time_limit_s, ref, uniqueness)
+    verdicts = evaluate_texts(texts, CheckSettings(), workers, time_limit_s, ref.index if ref else None, uniqueness)
     metrics = summarize(verdicts, records, novelty_measured=ref is not None)
     metrics["definitions"] = DEFINITIONS
-    metrics["reference"] = {"corpus": str(reference) if reference else None, "split": reference_split, "n": len(ref) if ref else 0}
+    metrics["reference"] = reference_record(ref, reference, reference_split)
     return metrics

@@ -39,6 +39,7 @@ from pymatgen.core import Composition
 
 from cifllm.cif import parse_canonical, text_to_structure
 from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import load_json
 from cifllm.tokenization import PROPERTY_TAGS
 from cifllm.utils import atomic_write_json
 
@@ -240,7 +241,7 @@ def load_properties(folder: str | Path | None) -> PropertySet:
     if not f.is_file():
         return BUILTIN
     try:
-        return PropertySet.from_json(json.loads(f.read_text()))
+        return PropertySet.from_json(load_json(f, "property set", ConditioningError))
     except (ValueError, ConditioningError) as exc:
         raise ConditioningError(f"{f}: {exc}") from None
 

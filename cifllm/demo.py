@@ -1,8 +1,9 @@
 """``cifllm demo``: the main job on built-in defaults - sample crystals with the shipped default model (a handful of
 compositions + de novo), check them, and write CIFs, ``metrics.json`` and a report. Offline, CPU, a few minutes.
 
-Novelty needs a reference corpus: ``reference`` if given, else ``data/corpus`` if it was built (``make data``), else
-none - the report then says that novelty was not measured and how to get it.
+Novelty needs a reference: ``reference`` if given (a corpus folder, or a folder of CIF files), else ``data/corpus`` if
+it was built (``cifllm data``, see :data:`REFERENCE_HINT`), else none - the report then says that novelty was not
+measured and how to get it.
 
 Output (``out``)::
 
@@ -36,17 +37,17 @@ __all__ = ["DemoConfig", "run_demo"]
 @dataclass(frozen=True)
 class DemoConfig:
     model: str = "default"  #: "default" (the shipped model), a model folder or a Hub id
-    out: str = "runs/demo"
+    out: str = "runs/demo"  #: output folder: samples/, samples/eval/, demo.json
     #: one composition per line, "*" = de novo; builtin:demo_prompts = the packaged file (checkout: eval/demo_prompts.txt)
     prompt_file: str = "builtin:demo_prompts"
     num_samples: int = 6  #: samples per prompt
     n_denovo: int = 24  #: samples of the de novo ("*") prompt
-    reference: str = ""  #: corpus folder for novelty; "" = data/corpus when it exists
-    max_new_tokens: int = SAMPLING.max_new_tokens
-    temperature: float = SAMPLING.temperature
+    reference: str = ""  #: corpus folder or folder of .cif files for novelty; "" = data/corpus when it exists
+    max_new_tokens: int = SAMPLING.max_new_tokens  #: most tokens generated per sample
+    temperature: float = SAMPLING.temperature  #: sampling temperature; 0 = greedy
     top_k: int = SAMPLING.top_k  #: 0 = off
-    seed: int = 0
-    threads: int = 0
+    seed: int = 0  #: sampling seed (same seed, prompts and batch size: same samples on the same device)
+    threads: int = 0  #: torch CPU threads; 0 = torch default
     engine: Literal["hf", "vllm"] = "hf"  #: sampling engine
     #: the constraint engine: true / false, null = auto (on for cif-v2 models, off with a note for cif-v1 models)
     constrained: bool | None = None
@@ -56,11 +57,13 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     """Sample -> evaluate -> report; returns the headline numbers (also in ``<out>/demo.json``)."""
     t0 = time.time()
     model = resolve_model(cfg.model)
+    # inputs first (prompts, reference), so a failed demo writes nothing
+    items = read_prompt_file(resolve_path(cfg.prompt_file, folders=("prompts",)))
+    ref, note = _reference(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG_FILE)
     # one prompt file with per-prompt counts: the de novo prompt gets n_denovo samples
-    items = read_prompt_file(resolve_path(cfg.prompt_file, folders=("prompts",)))
     lines = []
     for p, n in items:
         rec: dict[str, Any] = {"prefix": p.text} if p.kind == "prefix" else {}
@@ -77,7 +80,6 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     )
     log(f"demo: sampling with {model}")
     sample_dir = sample(scfg, log=log)
-    ref, note = _reference(cfg)
     if note:
         log(f"demo: {note}")
     ecfg = EvalConfig(samples=str(out / "samples"), reference=ref, novelty=ref is not None, reference_split=None)
@@ -111,14 +113,20 @@ def run_demo(cfg: DemoConfig, log=print) -> dict[str, Any]:
     return summary
 
 
+#: how to get a reference for novelty, for a checkout and for an installed package (README "Novelty reference")
+REFERENCE_HINT = (
+    "pass reference=<a folder of your .cif files, or a corpus folder>; or build a corpus from the registry's public "
+    "datasets: `cifllm data --download perov_5 data_dir=data/raw` then `cifllm data --config builtin:pooled "
+    "data_dir=data/raw datasets=perov_5 out=data/corpus` (in a checkout with CIFLLM_DATA_DIR set: `make data`)"
+)
+
+
 def _reference(cfg: DemoConfig) -> tuple[str | None, str]:
     if cfg.reference:
-        if not (Path(cfg.reference) / MANIFEST_FILE).is_file():
-            raise FileNotFoundError(f"reference={cfg.reference}: not a corpus folder (no manifest.json)")
+        p = Path(cfg.reference)
+        if not p.exists():
+            raise FileNotFoundError(f"reference={cfg.reference}: no such folder or file ({REFERENCE_HINT})")
         return cfg.reference, ""
     if (Path("data/corpus") / MANIFEST_FILE).is_file():
         return "data/corpus", ""
-    return None, (
-        "novelty not measured: no reference corpus (build one with `make data`, which reads CIFLLM_DATA_DIR, or pass "
-        "reference=<corpus folder>)"
-    )
+    return None, f"novelty not measured: no reference corpus ({REFERENCE_HINT})"

@@ -1,5 +1,6 @@
 """Seeded, deterministic fuzzing of every path that reads untrusted input: data preparation (one record),
-``check_sample``, ``cifllm evaluate`` on a garbage ``samples.jsonl``, and the tokenizer.
+``check_sample``, ``cifllm evaluate`` on a garbage ``samples.jsonl``, every CLI reader of a user's JSON / YAML / text
+file on damaged files (deep nesting, a folder, binary, bad syntax: :func:`fuzz_input_files`), and the tokenizer.
 
 A mutation generator (:data:`MUTATORS`) damages real-looking CIFs: truncation, byte flips, line deletions, duplicated
 tags, huge / NaN / negative / zero numbers, degenerate angles, unknown elements, absurd row counts, binary, empty,
@@ -36,7 +37,7 @@ from cifllm.evaluation.checks import check_sample
 from cifllm.tokenization import build_tokenizer
 from cifllm.utils.limits import map_with_time_limit
 
-__all__ = ["FuzzReport", "MUTATORS", "seed_structures", "seed_cifs", "mutate", "fuzz_prep", "fuzz_checks", "fuzz_evaluate", "fuzz_tokenizer", "peak_rss_mb"]
+__all__ = ["FuzzReport", "MUTATORS", "seed_structures", "seed_cifs", "mutate", "fuzz_prep", "fuzz_checks", "fuzz_evaluate", "fuzz_input_files", "fuzz_tokenizer", "peak_rss_mb"]
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+\.?\d*(?:[eE][-+]?\d+)?")
 
@@ -440,7 +441,7 @@ def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: 
     return rep
 
 
-GARBAGE_KINDS = ("mutated_texts", "bad_json_lines", "wrong_types", "binary", "empty", "not_objects", "huge_text", "mixed")
+GARBAGE_KINDS = ("mutated_texts", "bad_json_lines", "wrong_types", "binary", "empty", "not_objects", "huge_text", "deep_json", "mixed")
 
 
 def _garbage_samples(rng: random.Random, texts: list[str], kind: str) -> tuple[str, str]:
@@ -471,6 +472,9 @@ def _garbage_samples(rng: random.Random, texts: list[str], kind: str) -> tuple[s
         r = good()
         r["cif_text"] = r["cif_text"] * 200
         recs = [json.dumps(r)]
+    elif kind == "deep_json":  # nested past the parsers' recursion limit, as a whole line or inside a field
+        depth = rng.randint(1_000, 20_000)
+        recs = [json.dumps(good()), "[" * depth + "]" * depth, '{"cif_text": "x", "prompt_meta": ' + "{\"a\": " * depth + "1" + "}" * depth + "}"]
     else:
         recs = [json.dumps(good()), "garbage", json.dumps({"cif_text": None}), json.dumps({})]
     return kind, "\n".join(recs) + "\n"
@@ -515,6 +519,95 @@ def fuzz_evaluate(n: int = 6, seed: int = 0, hang_s: float = 10.0) -> FuzzReport
                 if rc != -1:
                     rep.crashes.append([kind, f"file {i}", err.getvalue()[-200:]])
             rep.note(kind, f"file {i}", outcome, dt, hang_s)
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+#: damaged input files a stage reads (issue 31 item 8): JSON/YAML nested past the parsers' recursion limit, a folder
+#: where a file is expected, binary and non-UTF-8 content, invalid syntax, an empty file
+INPUT_FILE_KINDS = ("deep_yaml", "deep_flow_yaml", "deep_json", "folder", "binary", "non_utf8", "bad_syntax", "empty", "alias_loop")
+#: (stage argv with {file}, suffix of the file): every place the CLI reads a JSON / YAML / text file a user names
+INPUT_FILE_READERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("data", "--config", "{file}"), ".yaml"),
+    (("evaluate", "--config", "{file}"), ".yaml"),
+    (("sample", "--config", "{file}"), ".yaml"),
+    (("bench", "--config", "{file}"), ".yaml"),
+    (("data", "registry={dir}", "--list"), ".yaml"),
+    (("sample", "model=default", "prompt_file={file}", "out={out}"), ".jsonl"),
+    (("sample", "model=default", "prompt_file={file}", "out={out}"), ".txt"),
+    (("evaluate", "samples={file}", "out={out}", "workers=0", "report=false", "--no-progress"), ".jsonl"),
+)
+
+
+def _damaged_file(path: Path, kind: str, rng: random.Random) -> None:
+    """Write a damaged input file of ``kind`` (:data:`INPUT_FILE_KINDS`) at ``path`` (a folder for ``folder``)."""
+    depth = rng.randint(1_000, 20_000)
+    if kind == "folder":
+        path.mkdir()
+        return
+    data: bytes
+    if kind == "deep_yaml":
+        data = ("seed:\n  " + "- " * depth + "1\n").encode()  # block sequences nested on one line
+    elif kind == "deep_flow_yaml":
+        data = ("seed: " + "[" * depth + "]" * depth + "\n").encode()
+    elif kind == "deep_json":
+        data = ("[" * depth + "]" * depth + "\n").encode()
+    elif kind == "binary":
+        data = bytes(rng.randrange(256) for _ in range(200)) + b"\x00"
+    elif kind == "non_utf8":
+        data = "composition: caf\xe9\n".encode("latin-1")
+    elif kind == "bad_syntax":
+        data = rng.choice([b"seed: [1, 2\n", b"{not json\n", b"a: b: c\n  - x\n"])
+    elif kind == "alias_loop":
+        data = b"seed: &a [*a]\n"
+    else:
+        data = b""
+    path.write_bytes(data)
+
+
+def fuzz_input_files(n: int = 0, seed: int = 0, hang_s: float = 10.0) -> FuzzReport:
+    """(e) Every CLI reader of a user's file (:data:`INPUT_FILE_READERS`) on damaged files (:data:`INPUT_FILE_KINDS`),
+    in process. Outcome ``ok`` (exit 0) or ``user_error`` (exit 2, one line on stderr naming the file); an escaped
+    exception, another exit code, a traceback or an error line that does not name the file is a crash / no_reason.
+    ``n`` = 0: every (reader, kind) pair once; else ``n`` distinct seeded pairs."""
+    rep = FuzzReport("cifllm input files")
+    rng = random.Random(seed)
+    pairs = [(r, k) for r in INPUT_FILE_READERS for k in INPUT_FILE_KINDS]
+    if n:
+        pairs = rng.sample(pairs, min(n, len(pairs)))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, ((argv, suffix), kind) in enumerate(pairs):
+            case = Path(tmp) / f"case{i}"
+            case.mkdir()
+            reg = case / "registry"
+            reg.mkdir()
+            target = reg / f"entry{suffix}" if any("{dir}" in a for a in argv) else case / f"input{suffix}"
+            _damaged_file(target, kind, rng)
+            args = [a.format(file=target, dir=reg, out=case / "out") for a in argv]
+            label = f"{argv[0]} {argv[1].split('=')[0]}"
+            err = io.StringIO()
+            t = time.perf_counter()
+            try:
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    rc = main(args)
+            except BaseException as exc:  # noqa: BLE001 - the point is to see anything escape
+                rc = -1
+                rep.crashes.append([kind, label, f"{type(exc).__name__}: {str(exc)[:200]}"])
+            dt = time.perf_counter() - t
+            text = err.getvalue()
+            errors = [ln for ln in text.splitlines() if ln.startswith(f"cifllm {argv[0]}: error: ")]
+            if rc == 0:
+                outcome = "ok"
+            elif rc == 2 and len(errors) == 1 and "Traceback" not in text:
+                outcome = "user_error"
+                if kind != "empty" and str(target) not in errors[0]:  # an empty config is valid: a later error is about something else
+                    rep.no_reason.append([kind, label, f"error does not name {target.name}: {errors[0][-200:]}"])
+            else:
+                outcome = f"exit_{rc}"
+                if rc != -1:
+                    rep.crashes.append([kind, label, text[-300:]])
+            rep.note(kind, label, outcome, dt, hang_s)
     rep.seconds = time.perf_counter() - t0
     return rep
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from cifllm.cif.canonical import HEADER_TAGS, LOOP_TAGS_V1, SPACE_GROUP_SYMBOLS
+from cifllm.core.inputs import InputError, load_json
 from cifllm.utils import atomic_write_json
 
 __all__ = [
@@ -159,7 +160,9 @@ def load_tokenizer(path: str | Path):
         raise FileNotFoundError(f"{p}: no tokenizer.json (build one with `cifllm tokenizer`)")
     tok = AutoTokenizer.from_pretrained(str(p))
     if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
+        meta = load_json(meta_file, "tokenizer record")
+        if not isinstance(meta, dict):
+            raise InputError(f"tokenizer record {meta_file}: expected a JSON object")
         if meta.get("fingerprint") != tokenizer_fingerprint(tok.backend_tokenizer):
             raise ValueError(f"{p}: tokenizer vocabulary does not match its recorded fingerprint {meta.get('fingerprint')}")
     return tok

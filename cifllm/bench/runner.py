@@ -65,6 +65,7 @@ from cifllm.bench.stats import (
 from cifllm.bench.tasks import TaskSpec, load_task
 from cifllm.conditioning import format_property_lines, property_values
 from cifllm.core.config import ConfigError, save_config
+from cifllm.core.models import ModelNotFoundError, resolve_model
 from cifllm.core.records import BENCH_SUMMARY, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_adapter_record
 from cifllm.core.sampling import SAMPLING
 from cifllm.data.corpus import load_corpus
@@ -88,31 +89,31 @@ _ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 class BenchConfig:
     """Budgets: 0 means the task file's default."""
 
-    task: str = "id_random"
-    model: str = ""  # save_pretrained folder; empty = template baseline only
-    adapter: str | None = None
-    splits: str = "data/tasks"
-    corpus: str = "data/corpus"
-    out: str = "results"
+    task: str = "id_random"  #: task name (eval/tasks/<task>.yaml) or task YAML path
+    model: str = ""  #: model of the model rows: 'default', a save_pretrained folder or a Hub id; empty = template baseline only
+    adapter: str | None = None  #: LoRA adapter folder for the lora rows (trained on `model`); null = no lora rows
+    splits: str = "data/tasks"  #: folder of task splits (`cifllm split` output)
+    corpus: str = "data/corpus"  #: corpus folder the splits were built from
+    out: str = "results"  #: results folder: <task>/rows/, <task>/metrics.json, BENCH.md
     #: CSP prompts (test compositions); 0 = the task's default; capped at the task's test-set size
     n_prompts: int = 0
     #: samples per CSP prompt (k of match@k); 0 = the task's default
     n_samples: int = 0
     #: unconditioned de novo samples per model row; 0 = the task's default
     n_denovo: int = 0
-    max_new_tokens: int = SAMPLING.max_new_tokens
-    temperature: float = SAMPLING.temperature
-    top_k: int = SAMPLING.top_k
-    batch_size: int = 32
-    seed: int = 0
-    threads: int = 1
-    workers: int = 1
-    time_limit_s: float = 30.0
-    template_baseline: bool = True
-    stability: bool = False  # relax de novo samples with CHGNet, E_hull vs the task's reference (mlip extra)
-    stability_cache: str | None = None  # null = <out>/<task>/stability_cache
-    engine: Literal["hf", "vllm"] = "hf"  # sampling engine of the model rows
-    gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory for weights + KV cache
+    max_new_tokens: int = SAMPLING.max_new_tokens  #: most tokens generated per sample
+    temperature: float = SAMPLING.temperature  #: sampling temperature; 0 = greedy
+    top_k: int = SAMPLING.top_k  #: top-k sampling; 0 = off
+    batch_size: int = 32  #: sequences per generate call
+    seed: int = 0  #: sampling seed
+    threads: int = 1  #: torch CPU threads of the sampling engine
+    workers: int = 1  #: processes for checks and matching; 0 = in this process
+    time_limit_s: float = 30.0  #: seconds per sample and scoring step (over it: a timeout verdict)
+    template_baseline: bool = True  #: add the template baseline row (element substitution into training structures of the same anonymized formula)
+    stability: bool = False  #: relax de novo samples with CHGNet, E_hull vs the task's reference (needs the mlip extra)
+    stability_cache: str | None = None  #: folder of relaxation + hull caches; null = <out>/<task>/stability_cache
+    engine: Literal["hf", "vllm"] = "hf"  #: sampling engine of the model rows: hf or vllm
+    gpu_memory_utilization: float = 0.5  #: engine=vllm: share of GPU memory for weights + KV cache
     #: the constraint engine for the model rows: true / false, null = auto (on for cif-v2 models, off for cif-v1)
     constrained: bool | None = None
     #: extra model rows, row name -> save_pretrained folder, each sampled with its own auto constraint setting
@@ -173,6 +174,14 @@ def _check_model(path: str, what: str) -> None:
         raise ValueError(f"{path}: its tokenizer does not match this cifllm's tokenizer ({what})")
 
 
+def _resolve(name: str, what: str) -> str:
+    """The model folder of ``name`` (:func:`cifllm.core.models.resolve_model`), its error naming the config key."""
+    try:
+        return str(resolve_model(name))
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{what}: {exc}") from None
+
+
 def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str], None]) -> list[RowSpec]:
     """The rows of a task in report order: base, base-unconstrained, compare models, lora, lora+cond, template."""
     rows: list[RowSpec] = []
@@ -181,23 +190,25 @@ def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str]
             raise ConfigError(f"compare_models.{name}: expected a model folder path, got {path!r}")
         if name in RESERVED_ROWS or not _ROW_NAME.match(name):
             raise ConfigError(f"compare_models: row name {name!r} must be 1-40 of [A-Za-z0-9_.-] and none of {list(RESERVED_ROWS)}")
-    if cfg.model:
-        _check_model(cfg.model, "model")
-        on = resolve_constrained(cfg.constrained, cfg.model, log=log)
-        rows.append(RowSpec("base", "model", cfg.model, constrained=on))
+    model = _resolve(cfg.model, "model") if cfg.model else ""  # 'default', a folder or a Hub id, as in every stage
+    if model:
+        _check_model(model, "model")
+        on = resolve_constrained(cfg.constrained, model, log=log)
+        rows.append(RowSpec("base", "model", model, constrained=on))
         if cfg.constraint_ablation:
             if on:
-                rows.append(RowSpec("base-unconstrained", "model", cfg.model, constrained=False))
+                rows.append(RowSpec("base-unconstrained", "model", model, constrained=False))
             else:
                 log("constraint_ablation: base is already unconstrained, so there is no base-unconstrained row")
-    for name, path in cfg.compare_models.items():
+    for name, given in cfg.compare_models.items():
+        path = _resolve(given, f"compare_models.{name}")
         _check_model(path, f"compare_models.{name}")
         rows.append(RowSpec(name, "model", path, constrained=resolve_constrained(None, path, log=lambda m, n=name: log(f"{n}: {m}"))))
-    if cfg.model and cfg.adapter:
+    if model and cfg.adapter:
         on = rows[0].constrained
-        rows.append(RowSpec("lora", "model", cfg.model, adapter=cfg.adapter, constrained=on))
+        rows.append(RowSpec("lora", "model", model, adapter=cfg.adapter, constrained=on))
         if cond_names:
-            rows.append(RowSpec("lora+cond", "model", cfg.model, adapter=cfg.adapter, constrained=on, conditioned=True))
+            rows.append(RowSpec("lora+cond", "model", model, adapter=cfg.adapter, constrained=on, conditioned=True))
     if cfg.template_baseline:
         rows.append(RowSpec("template", "template"))
     return rows

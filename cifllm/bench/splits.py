@@ -30,6 +30,7 @@ from cifllm.cif import SPACE_GROUP_SYMBOLS, CIFError, text_to_structure
 from cifllm.cif.matching import fit_reduced, make_matcher, reduce_for_matching
 from cifllm.cif.prototype import prototype_key_from_text
 from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import check_file, iter_jsonl, load_json, parse_json
 from cifllm.core.records import MANIFEST_FILE
 from cifllm.data.corpus import load_corpus, load_manifest, write_corpus
 from cifllm.data.filters import CENTERING_FACTOR
@@ -224,11 +225,12 @@ def build_split(task: TaskSpec, corpus_dir: str | Path, out_dir: str | Path, wor
 def load_split(task_dir: str | Path, part: str) -> list[dict[str, Any]]:
     """Rows of ``train``/``val``/``test`` from a split folder, checking the manifest's SHA-256."""
     d = Path(task_dir)
-    man = json.loads((d / MANIFEST_FILE).read_text())
+    man = load_json(d / MANIFEST_FILE, "split manifest", SplitError)
     f = d / f"{part}.jsonl"
-    if sha256_file(f) != man["files_sha256"][f.name]:
+    check_file(f, "split file", SplitError)
+    if not isinstance(man, dict) or sha256_file(f) != (man.get("files_sha256") or {}).get(f.name):
         raise SplitError(f"{f}: content does not match its manifest checksum (modified after the split was made)")
-    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    return [parse_json(x, f"{f}:{i}", SplitError) for i, x in iter_jsonl(f, "split file", SplitError)]
 
 
 def task_pretrain_corpus(corpus_dir: str | Path, task_dir: str | Path | list[str | Path], out_dir: str | Path) -> Path:

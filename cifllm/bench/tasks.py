@@ -69,6 +69,8 @@ class TaskSpec:
 def list_tasks(tasks_dir: str | Path = TASKS_DIR) -> list[str]:
     """Task names (file stems) in ``tasks_dir``; a missing folder or one without ``*.yaml`` is a ``ConfigError``."""
     d = Path(tasks_dir)
+    if d.is_file():
+        raise ConfigError(f"tasks folder {d}: is a file, expected a folder of <task>.yaml files")
     if not d.is_dir():
         raise ConfigError(f"tasks folder {d} does not exist")
     names = sorted(p.stem for p in d.glob("*.yaml"))
@@ -84,6 +86,8 @@ def load_task(name_or_path: str | Path, tasks_dir: str | Path = TASKS_DIR, overr
     p = resolve_path(name_or_path, folders=("tasks",))
     if not p.suffix:
         p = Path(tasks_dir) / f"{name_or_path}.yaml"
+    if p.is_dir():
+        raise ConfigError(f"task file {p}: is a directory, expected a <task>.yaml file")
     if not p.is_file():
         raise FileNotFoundError(f"no task file {p}; known tasks: {list_tasks(tasks_dir)}")
     return load_config(TaskSpec, p, overrides)

@@ -68,6 +68,8 @@ def structure_from_dict(d: dict, where: str = "<dict>") -> Structure:
 def read_structure_file(path: str | Path) -> list[Structure]:
     """Read every structure in a file: ``.cif``, pymatgen ``.json``, or anything ASE reads (extxyz, POSCAR, ...)."""
     p = Path(path)
+    if p.is_dir():
+        raise CIFError("missing_file", f"{p}: is a directory, expected a file")
     if not p.is_file():
         raise CIFError("missing_file", f"{p}: no such file")
     if p.stat().st_size == 0:
@@ -83,6 +85,8 @@ def read_structure_file(path: str | Path) -> list[Structure]:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CIFError("unparsable", f"{p}: invalid JSON ({exc})") from None
+        except RecursionError:
+            raise CIFError("unparsable", f"{p}: JSON nested too deeply") from None
         items = data if isinstance(data, list) else [data]
         return [structure_from_dict(d, f"{p}[{i}]") for i, d in enumerate(items)]
     try:

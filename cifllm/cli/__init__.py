@@ -10,7 +10,8 @@ unknown task, an empty data folder, a corrupt model file, bad input records - en
 ``cifllm <stage>: error: <what>: <why>``, and exit code 2; no traceback unless ``--debug`` (anywhere on the command
 line) or ``CIFLLM_DEBUG=1``. User errors are :class:`cifllm.core.errors.CifllmError` (and the error classes still outside
 that hierarchy, listed in :data:`USER_ERRORS`), plus ``OSError`` (a path), ``ValueError`` and the safetensors loader's error (reported
-with the file it was reading). Anything else is a bug and keeps its traceback.
+with the file it was reading), and a JSON/YAML parser's ``RecursionError`` (an input nested too deeply, reported with
+the file it was reading). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -53,11 +54,32 @@ def _file_in_traceback(exc: BaseException, suffixes: tuple[str, ...]) -> str | N
     return found
 
 
+#: files a parser may be reading when it runs out of stack (see :func:`_parser_recursion`)
+INPUT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".txt", ".cif")
+
+
+def _parser_recursion(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``RecursionError`` raised inside the JSON or YAML parser: an input nested too deeply (the
+    readers of :mod:`cifllm.core.inputs` report it themselves; this is the net for any other reader)."""
+    if not isinstance(exc, RecursionError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        parts = Path(tb.tb_frame.f_code.co_filename).parts
+        if "json" in parts or "yaml" in parts:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def user_error_message(exc: BaseException) -> str | None:
     """One line naming the thing and the reason when ``exc`` is a user error; None for anything else (a bug)."""
     if type(exc).__name__ == "SafetensorError":  # the Rust loader's error never names the file
         path = _file_in_traceback(exc, (".safetensors",))
         msg = f"{path or 'a .safetensors file'}: not a readable safetensors file ({exc})"
+    elif _parser_recursion(exc):
+        path = _file_in_traceback(exc, INPUT_SUFFIXES)
+        msg = f"{path or 'an input file'}: JSON/YAML nested too deeply to parse"
     elif isinstance(exc, CifllmError) or _is_listed(exc):
         msg = str(exc) or type(exc).__name__
     elif isinstance(exc, OSError) and getattr(exc, "filename", None) and getattr(exc, "strerror", None):

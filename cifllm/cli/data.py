@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list registry entries and exit")
     p.add_argument("--verify", action="store_true", help="check local files against registry SHA-256 and exit")
     p.add_argument("--download", metavar="DATASET", default=None, help="download a dataset's files (with checksum) into data_dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@
 * Unknown keys are errors naming the close matches; values are coerced to the field's declared type.
 * ``cifllm <stage> --help`` lists every key (:func:`config_help`) with its default and its ``#:`` comment.
 * The resolved config is written into every run folder (``config.yaml``, :func:`save_config`) so a run can be repeated
-  exactly; :func:`merge_for_resume` is the one resume policy of every stage that resumes.
+  exactly; :func:`merge_for_resume` is the one resume policy of every stage that resumes. A stage writes it (and any
+  other output) only after its inputs are read and checked - ``evaluate`` only once the run has succeeded - so a run
+  that fails leaves an earlier run's folder as it was (``tests/test_cli_contract.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 import yaml
 
 from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import MAX_NESTING, data_depth, load_yaml
 from cifllm.core.records import RunFiles
 from cifllm.utils import atomic_write_text
 from cifllm.utils.resources import resolve_path
@@ -131,23 +134,24 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         k = k.strip().replace("-", "_")
         if not k:
             raise ConfigError(f"override {item!r} has no key")
+        deep = ConfigError(f"override {k}: nested more than {MAX_NESTING} levels deep")
         try:
-            out[k] = yaml.safe_load(v) if v != "" else ""
+            value = yaml.safe_load(v) if v != "" else ""
         except yaml.YAMLError:
-            out[k] = v
+            value = v  # not YAML: the plain string
+        except RecursionError:
+            raise deep from None
+        if data_depth(value) > MAX_NESTING:
+            raise deep
+        out[k] = value
     return out
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     p = resolve_path(path)  # a checkout path (train/configs/tiny.yaml) or builtin:<name> -> the packaged copy
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        loaded = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML ({' '.join(str(exc).split())})") from None
+    loaded = load_yaml(p, "config file", ConfigError) or {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
+        raise ConfigError(f"config file {p}: top level must be a mapping")
     return loaded
 
 

@@ -4,8 +4,9 @@
 layer          what it holds
 =============  ========================================================================================================
 utils          atomic writes, hashing, time limits, packaged resources (imports nothing of cifllm)
-core           shared contracts: errors, config loader, run/split/adapter records and file names, model resolution,
-               report formatting (``cifllm.errors`` and ``cifllm.config`` are its compatibility names)
+core           shared contracts: errors, config loader, the reader of users' JSON/YAML/text files, run/split/adapter
+               records and file names, model resolution, report formatting (``cifllm.errors`` and ``cifllm.config`` are
+               its compatibility names)
 cif            canonical CIF text, parsing, symmetry, matching
 tokenization   the CIF tokenizer
 conditioning   property lines written before a CIF (pure functions)

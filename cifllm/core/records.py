@@ -16,13 +16,13 @@ on the other; any other model (different weights, shapes or names) is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import load_json
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -184,7 +184,10 @@ def read_adapter_record(adapter_dir: str | Path) -> dict[str, Any]:
     rec = d / ADAPTER_RECORD
     if not rec.is_file():
         raise AdapterError(f"{d}: no {ADAPTER_RECORD}; cannot tell which base model this adapter belongs to")
-    return json.loads(rec.read_text())
+    loaded = load_json(rec, "adapter record", AdapterError)
+    if not isinstance(loaded, dict):
+        raise AdapterError(f"adapter record {rec}: expected a JSON object")
+    return loaded
 
 
 def check_adapter_base(adapter_dir: str | Path, model_dir: str | Path) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cifllm.cif.canonical import TEXT_FORMAT
+from cifllm.core.inputs import InputError, load_json
 from cifllm.core.records import MANIFEST_FILE
 from cifllm.tokenization import TOKENIZER_VERSION, tokenizer_fingerprint
 from cifllm.utils import atomic_write_json
@@ -168,10 +169,16 @@ def write_corpus(rows: list[CorpusRow] | list[dict[str, Any]], out_dir: str | Pa
 
 
 def load_manifest(corpus_dir: str | Path) -> dict[str, Any]:
-    p = Path(corpus_dir) / MANIFEST_FILE
+    d = Path(corpus_dir)
+    if d.is_file():
+        raise FileNotFoundError(f"{corpus_dir}: is a file, expected a cifllm corpus folder; build one with `cifllm data`")
+    p = d / MANIFEST_FILE
     if not p.is_file():
         raise FileNotFoundError(f"{corpus_dir}: not a cifllm corpus (no manifest.json); build one with `cifllm data`")
-    return json.loads(p.read_text())
+    man = load_json(p, "corpus manifest")
+    if not isinstance(man, dict):
+        raise InputError(f"corpus manifest {p}: expected a JSON object")
+    return man
 
 
 def load_corpus(corpus_dir: str | Path, split: str | None = None, check_tokenizer: bool = True):

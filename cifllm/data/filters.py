@@ -65,15 +65,15 @@ CENTERING_FACTOR = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
 class FilterSettings:
     """Thresholds: distances in Angstrom, volumes in Angstrom^3 per atom, atoms counted in the input cell."""
 
-    symprec: float = 0.1
-    mode: str = "symmetrized"
-    keep_partial: bool = False
-    max_atoms: int = 200
-    max_z: int = 94
-    min_distance: float = 0.5
-    min_volume_per_atom: float = 1.5
-    max_volume_per_atom: float = 250.0
-    verify_round_trip: bool = False
+    symprec: float = 0.1  #: spglib distance tolerance (Angstrom) for the symmetry of the canonical text
+    mode: str = "symmetrized"  #: canonical text form: symmetrized (conventional cell, asymmetric unit with Wyckoff letters) or p1 (every atom)
+    keep_partial: bool = False  #: keep partially occupied / disordered sites (false: dropped as partial_occupancy)
+    max_atoms: int = 200  #: most sites in the input cell (more: dropped as too_many_atoms)
+    max_z: int = 94  #: heaviest element (atomic number) kept; beyond it: unsupported_element
+    min_distance: float = 0.5  #: smallest interatomic distance (Angstrom) kept; below it: min_distance
+    min_volume_per_atom: float = 1.5  #: smallest volume per atom (Angstrom^3) kept; below it: volume_per_atom
+    max_volume_per_atom: float = 250.0  #: largest volume per atom (Angstrom^3) kept; above it: volume_per_atom
+    verify_round_trip: bool = False  #: also re-parse each canonical text and compare it with the input structure (slower)
     #: pre-scan bound: atom-site rows in one data block (a row generates >= 1 site; 2 x max_atoms leaves room for
     #: rows that share a disordered site). Larger files are dropped (``too_many_atoms``) before pymatgen parses them.
     max_atom_rows: int = 400
@@ -81,7 +81,7 @@ class FilterSettings:
     #: under n operators gives n / |site symmetry| sites, so a 200-atom cell stays below 3,200 unless its rows' mean
     #: site-symmetry order exceeds 16. Files with no operator loop count 1 operator.
     max_atom_images: int = 3200
-    check_formula: bool = True  # formula_disagrees cross-check against _chemical_formula_sum / _moiety
+    check_formula: bool = True  #: cross-check the parsed composition against _chemical_formula_sum / _moiety (formula_disagrees)
 
 
 @dataclass

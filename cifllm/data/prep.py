@@ -44,21 +44,21 @@ __all__ = ["PrepConfig", "prepare_corpus", "PrepResult"]
 class PrepConfig(BlockAccess):
     """Settings of ``cifllm data``. Distances in Angstrom, volumes in Angstrom^3/atom."""
 
-    data_dir: str = ""  # empty: $CIFLLM_DATA_DIR
-    registry: str = ""  # empty: the packaged data_prep/datasets
-    datasets: tuple[str, ...] = ()  # empty: every 'structures' entry
-    out: str = "data/corpus"
+    data_dir: str = ""  #: folder holding the registry's files (raw datasets); empty = $CIFLLM_DATA_DIR
+    registry: str = ""  #: folder of dataset registry YAML files; empty = the packaged registry (checkout: data_prep/datasets)
+    datasets: tuple[str, ...] = ()  #: registry entries to build from; empty = every 'structures' entry
+    out: str = "data/corpus"  #: corpus folder to write (manifest.json, dataset/, report.md, rejects.jsonl)
     #: per-record filters and canonicalization (:class:`~cifllm.data.filters.FilterSettings`; YAML ``filters:``)
     filters: FilterSettings = field(default_factory=FilterSettings)
-    max_tokens: int = 2048
-    dedup: bool = True
-    dedup_max_bucket: int = 100
-    val_fraction: float = 0.05
-    seed: int = 0
-    workers: int = 0  # 0: all CPU cores
-    limit_per_file: int = 0  # 0: all rows (a positive number makes a quick smoke corpus)
-    allow_missing: bool = False
-    time_limit_s: float = 60.0  # per record (parse + filters + canonicalization); <= 0: none
+    max_tokens: int = 2048  #: canonical-text tokens (without BOS/EOS) above which a record is dropped (too_many_tokens)
+    dedup: bool = True  #: merge duplicate structures: identical canonical texts, then StructureMatcher within formula buckets
+    dedup_max_bucket: int = 100  #: (formula, primitive size) buckets larger than this are split by space group before matching
+    val_fraction: float = 0.05  #: share of reduced formulas (hashed) in the validation split, in [0, 1)
+    seed: int = 0  #: seed of the split hash and of any sampling
+    workers: int = 0  #: processes for parsing and canonicalization; 0 = every CPU core
+    limit_per_file: int = 0  #: read at most N records per input file (a quick smoke corpus); 0 = all
+    allow_missing: bool = False  #: skip registry files missing from data_dir instead of failing
+    time_limit_s: float = 60.0  #: seconds per record for parse + filters + canonicalization (over it: dropped as timeout); <= 0 = none
 
     def __post_init__(self) -> None:
         if self.filters.mode not in ("symmetrized", "p1"):

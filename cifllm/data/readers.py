@@ -14,6 +14,7 @@ from typing import Any
 
 from cifllm.cif import CIFError
 from cifllm.cif.io import read_structure_file
+from cifllm.core.inputs import check_file
 from cifllm.data.registry import DataError, DatasetSpec, FileSpec
 
 __all__ = ["RawRecord", "iter_dataset", "read_table", "load_join_table", "records_from_paths"]
@@ -43,8 +44,7 @@ def read_table(path: Path, fmt: str, columns: list[str] | None = None):
     """Read a CSV/Parquet file with pandas; raises :class:`DataError` naming the file and missing columns."""
     import pandas as pd
 
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    check_file(path, "data file", DataError)
     try:
         df = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, low_memory=False)
     except Exception as exc:

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cifllm.core.inputs import load_yaml
 from cifllm.utils.resources import resolve_path, resources_root
 
 __all__ = ["DataError", "DatasetSpec", "FileSpec", "load_registry", "resolve_data_dir", "DEFAULT_REGISTRY"]
@@ -66,10 +65,7 @@ _KEYS = {f for f in DatasetSpec.__dataclass_fields__ if f != "source_file"}
 
 
 def _spec_from_yaml(path: Path) -> DatasetSpec:
-    try:
-        raw: dict[str, Any] = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: invalid YAML ({exc})") from None
+    raw: dict[str, Any] = load_yaml(path, "registry entry", DataError)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: a registry entry must be a mapping")
     unknown = set(raw) - _KEYS
@@ -102,6 +98,8 @@ def load_registry(registry_dir: str | Path = DEFAULT_REGISTRY) -> dict[str, Data
     the first source's record becomes the representative). The checkout's ``data_prep/datasets`` resolves to the
     packaged registry where the checkout is absent."""
     d = resolve_path(registry_dir)
+    if d.is_file():
+        raise DataError(f"registry folder {d}: is a file, expected a folder of <dataset>.yaml entries")
     if not d.is_dir():
         raise DataError(f"registry folder {d} does not exist")
     specs: dict[str, DatasetSpec] = {}

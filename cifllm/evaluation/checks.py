@@ -86,23 +86,23 @@ VALIDITY_CHECKS = ("parse", "cell", "structural", "compositional")
 class CheckSettings:
     """Tolerances of the checks (defaults: CrystaLLM for consistency, CDVAE/DiffCSP for validity)."""
 
-    symprec: float = 0.1  # Angstrom, SpacegroupAnalyzer
-    angle_tolerance: float = 5.0  # degrees, SpacegroupAnalyzer
-    min_length: float = 0.5  # Angstrom
-    max_length: float = 1000.0  # Angstrom
-    min_angle: float = 10.0  # degrees
-    max_angle: float = 170.0  # degrees
-    min_cell_flatness: float = 0.1  # volume / (a b c) = sqrt(1 - cos^2 al - cos^2 be - cos^2 ga + 2 cos al cos be cos ga)
-    min_volume_per_site: float = 1.0  # Angstrom^3; below this the cell fails before any neighbour search
-    volume_rtol: float = 0.01  # stated vs computed cell volume
-    formula_atol: float = 0.02  # atoms per element, stated vs sum of multiplicity x occupancy
-    bond_tolerance: float = 0.32  # bond length / expected within 1 +- this
-    bond_h_factor: float = 2.5  # bonds to H pass below this ratio
-    bond_cutoff: float = 1.0  # minimum bond-length score to pass
-    min_distance: float = 0.5  # Angstrom
-    min_volume: float = 0.1  # Angstrom^3
-    smact_oxidation_states: str = "smact14"  # smact oxidation-state set ("smact14" = CDVAE's; "icsd24" = smact 4 default)
-    max_sites: int = 1000  # parsed cells with more sites fail parse (too_many_sites)
+    symprec: float = 0.1  #: SpacegroupAnalyzer distance tolerance (Angstrom) of the space_group check
+    angle_tolerance: float = 5.0  #: SpacegroupAnalyzer angle tolerance (degrees) of the space_group check
+    min_length: float = 0.5  #: shortest cell length (Angstrom) the cell check accepts
+    max_length: float = 1000.0  #: longest cell length (Angstrom) the cell check accepts
+    min_angle: float = 10.0  #: smallest cell angle (degrees) the cell check accepts
+    max_angle: float = 170.0  #: largest cell angle (degrees) the cell check accepts
+    min_cell_flatness: float = 0.1  #: smallest volume / (a b c) the cell check accepts (a flat cell fails before any neighbour search)
+    min_volume_per_site: float = 1.0  #: smallest cell volume per site (Angstrom^3) the cell check accepts, before any neighbour search
+    volume_rtol: float = 0.01  #: relative tolerance of the stated _cell_volume vs the volume of the stated cell (volume check)
+    formula_atol: float = 0.02  #: atoms per element by which the sum of multiplicity x occupancy may differ from the data_ formula (sites_formula check)
+    bond_tolerance: float = 0.32  #: a bond passes when length / expected length lies within 1 +- this (CrystaLLM bond-length score)
+    bond_h_factor: float = 2.5  #: a bond to H passes below this ratio of its expected length
+    bond_cutoff: float = 1.0  #: smallest bond-length score (share of bonds that pass) for the bond_length check to pass
+    min_distance: float = 0.5  #: smallest interatomic distance (Angstrom) the structural check accepts (CDVAE/DiffCSP)
+    min_volume: float = 0.1  #: smallest cell volume (Angstrom^3) the structural check accepts
+    smact_oxidation_states: str = "smact14"  #: smact oxidation-state set of the compositional check: smact14 (CDVAE's) or icsd24 (smact 4 default)
+    max_sites: int = 1000  #: a parsed cell with more sites fails parse (too_many_sites)
 
 
 @dataclass(frozen=True)

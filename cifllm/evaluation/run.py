@@ -11,6 +11,7 @@ Output folder (default ``<samples run>/eval``)::
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from cifllm.core.config import BlockAccess, config_to_dict, save_config
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, EVAL_DIR, METRICS_FILE, SAMPLES_FILE
 from cifllm.core.report import NOT_MEASURED, pct
-from cifllm.data.corpus import load_corpus
+from cifllm.data.corpus import load_corpus, load_manifest
 from cifllm.evaluation.checks import (
     CHECK_NAMES,
     CONSISTENCY_CHECKS,
@@ -36,6 +37,7 @@ from cifllm.evaluation.checks import (
     text_density,
 )
 from cifllm.evaluation.matching import ReferenceIndex, csp_match_task, csp_metrics, novelty_task, uniqueness_task
+from cifllm.evaluation.reference import Reference, load_reference
 from cifllm.evaluation.report import sampling_seconds, write_report
 from cifllm.evaluation.stability import potential_key, stability_stage
 from cifllm.sampling.run import read_samples
@@ -94,30 +96,30 @@ class EvalConfig(BlockAccess):
     of a bucket gets ``time_limit_s`` per sample in it). ``checks``: the :class:`CheckSettings` block.
     """
 
-    samples: str = ""
-    out: str | None = None
-    reference: str | None = None
-    reference_split: str | None = None
-    ground_truth: str | None = None
-    csp_k: int = 0
-    workers: int = -1
-    time_limit_s: float = 60.0
-    uniqueness: bool = True
-    novelty: bool = True
-    max_samples: int = 0
-    report: bool = True
-    reference_plot_rows: int = 20000
+    samples: str = ""  #: a `cifllm sample` run folder or its samples.jsonl (required)
+    out: str | None = None  #: output folder; null = <samples run>/eval
+    reference: str | None = None  #: reference structures for novelty and the report's reference plots: a corpus folder (`cifllm data`), a folder of .cif files or one structure file; null = novelty not measured
+    reference_split: str | None = None  #: split of a corpus reference to use (train / val / test); null = all rows
+    ground_truth: str | None = None  #: corpus folder whose `id` column the samples' prompt_meta.target_id refers to (CSP match@k); null = no CSP scores
+    csp_k: int = 0  #: k of match@k and rmse@k; 0 = all samples of a target
+    workers: int = -1  #: processes for the checks and matching; 0 = in this process, -1 = every CPU this process may use
+    time_limit_s: float = 60.0  #: seconds per sample and check stage (uniqueness of a formula bucket: this x the samples in it); a sample over it fails with reason timeout
+    uniqueness: bool = True  #: compute uniqueness among the valid samples (StructureMatcher within each reduced-formula bucket)
+    novelty: bool = True  #: compute novelty against `reference` (needs reference)
+    max_samples: int = 0  #: evaluate only the first N samples; 0 = all
+    report: bool = True  #: write report.md / report.html with plots
+    reference_plot_rows: int = 20000  #: most reference structures drawn (seeded) for the report's reference distributions
     #: tolerances of the checks (:class:`~cifllm.evaluation.checks.CheckSettings`; YAML ``checks:``, CLI ``checks.symprec=0.05``)
     checks: CheckSettings = field(default_factory=CheckSettings)
     # stability (cifllm.evaluation.stability, needs the mlip extra); null = StabilitySettings default
-    stability: bool = False
-    stability_cache: str | None = None  # folder of relaxation + hull caches; null = <out>/stability_cache
-    stability_model: str | None = None
-    stability_fmax: float | None = None
-    stability_max_steps: int | None = None
-    stability_time_limit_s: float | None = None
-    stability_workers: int | None = None  # null/-1 = workers
-    stability_max_refs_per_system: int | None = None
+    stability: bool = False  #: relax valid samples with CHGNet and report E_hull (needs the mlip extra)
+    stability_cache: str | None = None  #: folder of relaxation + hull caches; null = <out>/stability_cache
+    stability_model: str | None = None  #: CHGNet checkpoint version; null = the StabilitySettings default
+    stability_fmax: float | None = None  #: relaxation force threshold, eV/A; null = the StabilitySettings default
+    stability_max_steps: int | None = None  #: most relaxation steps per structure; null = the StabilitySettings default
+    stability_time_limit_s: float | None = None  #: seconds per relaxation; null = the StabilitySettings default
+    stability_workers: int | None = None  #: processes for the relaxations; null or -1 = `workers`
+    stability_max_refs_per_system: int | None = None  #: most reference entries relaxed per chemical system for the hull; null = the StabilitySettings default
 
     def check_settings(self) -> CheckSettings:
         return self.checks
@@ -341,8 +343,13 @@ def summarize(
     return out
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run the evaluate stage; returns the output folder."""
+def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] = print, reference: Reference | None = None) -> Path:
+    """Run the evaluate stage; returns the output folder. ``reference``: a loaded :class:`Reference` (e.g. from
+    Structures given to :func:`cifllm.evaluate`) used instead of ``cfg.reference``.
+
+    Every input (samples, reference, ground truth, the stability extra) is read and checked before anything is
+    written, and the outputs (``config.yaml``, ``checks.jsonl``, ``metrics.json``, the report) are written only when
+    the run has succeeded, so a failed run leaves an earlier run's folder as it was."""
     from tqdm.auto import tqdm
 
 
@@ -354,20 +361,23 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
     src = Path(cfg.samples)
     run_dir = src if src.is_dir() else src.parent
     out = Path(cfg.out) if cfg.out else run_dir / EVAL_DIR
+    if out.is_file():
+        raise CifllmError(f"out={out}: is a file, expected a folder for the evaluation")
     samples = read_samples(src)
     if cfg.max_samples > 0:
         samples = samples[: cfg.max_samples]
     validate_samples(samples, str(src / SAMPLES_FILE if src.is_dir() else src))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
+    if cfg.ground_truth:
+        load_manifest(cfg.ground_truth)  # a missing ground-truth corpus fails now, not after the checks
     texts = [str(s.get("cif_text") or "") for s in samples]
     settings = cfg.check_settings()
     workers = cfg.n_workers()
     t0 = time.perf_counter()
-    reference = None
-    if cfg.reference and cfg.novelty:
-        reference = ReferenceIndex.from_corpus(cfg.reference, split=cfg.reference_split)
-        log(f"reference: {len(reference)} structures in {len(reference.buckets)} formula buckets ({time.perf_counter() - t0:.1f} s)")
+    if reference is None and cfg.reference and (cfg.novelty or cfg.report):
+        reference = load_reference(cfg.reference, cfg.reference_split, workers, cfg.time_limit_s, log=log)
+    if reference is not None:
+        log(f"reference: {len(reference)} structures in {len(reference.index.buckets)} formula buckets ({time.perf_counter() - t0:.1f} s)")
+    novelty_ref = reference.index if reference is not None and cfg.novelty else None
     timings: dict[str, float] = {}
     bars: list[Any] = []
 
@@ -377,7 +387,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         bars.append(bar)
         return bar.update
 
-    verdicts = evaluate_texts(texts, settings, workers, cfg.time_limit_s, reference, cfg.uniqueness, progress=make_bar)
+    verdicts = evaluate_texts(texts, settings, workers, cfg.time_limit_s, novelty_ref, cfg.uniqueness, progress=make_bar)
     for b in bars:
         b.close()
     stages = list(timings)
@@ -389,10 +399,10 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         t1 = time.perf_counter()
         csp, csp_rms = _csp(cfg, samples, texts, verdicts, workers)
         stage_s["csp"] = round(time.perf_counter() - t1, 3)
-    metrics = summarize(verdicts, samples, novelty_measured=bool(cfg.reference and cfg.novelty))
+    metrics = summarize(verdicts, samples, novelty_measured=novelty_ref is not None)
     metrics["definitions"] = DEFINITIONS
     metrics["settings"] = {**config_to_dict(settings), "matchers": _matcher_settings(), "workers": workers, "time_limit_s": cfg.time_limit_s}
-    metrics["reference"] = {"corpus": cfg.reference, "split": cfg.reference_split, "n": len(reference) if reference else 0}
+    metrics["reference"] = reference_record(reference, cfg.reference, cfg.reference_split)
     if csp is not None:
         metrics["csp"] = csp
     if cfg.stability:
@@ -411,11 +421,12 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         if tid is not None and tid in csp_rms:
             rec["target_id"] = tid
         lines.append(json.dumps(rec))
+    ref_stats = _reference_stats(cfg, reference) if cfg.report and reference is not None else None
+    out.mkdir(parents=True, exist_ok=True)  # the run succeeded: now its outputs replace an earlier run's
+    save_config(cfg, out / CONFIG_FILE)
     atomic_write_text(out / "checks.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     atomic_write_json(out / METRICS_FILE, metrics)
     if cfg.report:
-
-        ref_stats = _reference_stats(cfg) if cfg.reference else None
         write_report(out, metrics, verdicts, ref_stats)
     r = metrics["rates"]
     log(
@@ -460,24 +471,36 @@ def _csp(cfg: EvalConfig, samples: list[dict[str, Any]], texts: list[str], verdi
     return out, rms
 
 
-def _reference_stats(cfg: EvalConfig) -> dict[str, list[float]] | None:
+def reference_record(reference: Reference | None, given: Any = None, split: str | None = None) -> dict[str, Any]:
+    """The ``metrics.json`` record of the reference: ``corpus`` (the folder given, or None), ``split``, ``n`` (0 when
+    there is none), plus :meth:`Reference.summary` (source, structures given, dropped by reason)."""
+    rec: dict[str, Any] = {"corpus": str(given) if isinstance(given, (str, Path)) and given else None, "split": split, "n": len(reference) if reference else 0}
+    if reference is not None:
+        rec.update(reference.summary())
+    return rec
+
+
+def _reference_stats(cfg: EvalConfig, reference: Reference) -> dict[str, list[float]] | None:
     """Density (g/cm^3, from text), number of elements and space-group numbers of up to ``reference_plot_rows``
-    reference rows (seeded random subset)."""
-    try:
-        ds = load_corpus(cfg.reference, split=cfg.reference_split)  # type: ignore[arg-type]
-    except Exception:
-        return None
-    if len(ds) > cfg.reference_plot_rows:
-        ds = ds.shuffle(seed=0).select(range(cfg.reference_plot_rows))
+    reference structures (seeded random subset)."""
+    texts = list(reference.index.texts)
+    if len(texts) > cfg.reference_plot_rows:
+        texts = random.Random(0).sample(texts, cfg.reference_plot_rows)
     dens: list[float] = []
-    for t in ds["text"]:
+    n_el: list[float] = []
+    sgs: list[float] = []
+    for t in texts:
         try:
-            d = text_density(parse_canonical(t))
-        except Exception:
-            d = None
+            parsed = parse_canonical(t)
+            n_elements = len(Composition(parsed.formula).elements)
+        except Exception:  # a reference text this version cannot read: left out of the plots
+            continue
+        d = text_density(parsed)
         if d is not None:
             dens.append(d)
-    return {"density": dens, "n_elements": [float(x) for x in ds["n_elements"]], "sg_number": [float(x) for x in ds["sg_number"]]}
+        n_el.append(float(n_elements))
+        sgs.append(float(parsed.sg_number))
+    return {"density": dens, "n_elements": n_el, "sg_number": sgs}
 
 
 __all__ += ["DEFINITIONS", "summarize", "CONSISTENCY_CHECKS", "VALIDITY_CHECKS"]

@@ -121,10 +121,10 @@ class ConstraintConfig:
     min_volume_per_atom: float = 1.5
     #: allowed cell lengths (Angstrom) and angles (degrees)
     length_range: tuple[float, float] = (1.0, 100.0)
-    angle_range: tuple[float, float] = (30.0, 150.0)
+    angle_range: tuple[float, float] = (30.0, 150.0)  #: allowed cell angles (degrees)
     #: most atoms in the conventional cell / distinct elements
     max_atoms: int = 200
-    max_elements: int = 8
+    max_elements: int = 8  #: most distinct elements in the formula
     #: heaviest element (atomic number) the formula may use: the corpus drops everything beyond Pu
     max_z: int = 94
     #: ``full``: everything below; ``grammar``: only the grammar and the computed fields (formula order, Int_Tables,

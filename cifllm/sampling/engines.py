@@ -152,7 +152,7 @@ def _check_model_dir(model_dir: str | Path) -> Path:
 def model_text_format(model_dir: str | Path) -> str:
     """The canonical-text format a model folder writes (its tokenizer record's version; ``cif-v1`` if unrecorded)."""
     meta = Path(model_dir) / "cifllm_tokenizer.json"
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):  # unreadable record: as unrecorded
         return str(json.loads(meta.read_text()).get("version") or "cif-v1")
     return "cif-v1"
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from cifllm.core.models import resolve_model
 from cifllm.sampling.engines import Engine, EngineError, Generation, GenerationParams, make_engine, model_text_format
 from cifllm.sampling.prompts import Prompt
 
@@ -52,6 +53,7 @@ def load_engine(
     :class:`~cifllm.sampling.engines.EngineError` before loading for ``constrained=True`` on a model not in cif-v2."""
     if not model:
         raise ValueError("model is required (a save_pretrained folder)")
+    model = resolve_model(model)  # 'default', a folder or a Hub id: the one resolver of every stage
     on = resolve_constrained(constrained, model, log=log)
     fmt = model_text_format(model)
     if on and fmt != "cif-v2":  # refuse before loading any weights (the engines refuse it too, after loading)

@@ -30,8 +30,10 @@ from pymatgen.core import Composition
 from cifllm.cif import CIFError, format_formula, parse_canonical, space_group_number, space_group_symbol
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_values, strip_property_lines
 from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import parse_json, read_text
 from cifllm.sampling.constraints import realizable
 from cifllm.tokenization import ELEMENTS
+from cifllm.utils.resources import resolve_path
 
 __all__ = [
     "Prompt",
@@ -282,21 +284,16 @@ def read_prompt_file(path: str | Path, properties: PropertySet = BUILTIN) -> lis
 
     Every line is validated before sampling; the first bad line raises :class:`PromptError` naming file and line.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise PromptError(f"prompt file {p} does not exist")
+    p = resolve_path(path, folders=("prompts",))  # builtin:<name> / the checkout's eval/<name>.txt: the packaged file
     out: list[tuple[Prompt, int | None]] = []
     jsonl = p.name.endswith(".jsonl")
-    for i, line in enumerate(p.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(p, "prompt file", PromptError).splitlines(), 1):
         s = line.strip()
         if not s or (not jsonl and s.startswith("#")):
             continue
         where = f"{p}:{i}"
         if jsonl:
-            try:
-                rec = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{where}: invalid JSON ({exc.msg})") from None
+            rec = parse_json(s, where, PromptError)
             out.append(_prompt_from_record(rec, where, properties))
             continue
         parts = s.split()

@@ -24,6 +24,9 @@ from cifllm.cif import CIFError, text_to_structure
 from cifllm.cif.io import write_cif_file
 from cifllm.conditioning import BUILTIN, ConditioningError, PropertySet, expand_conditions, load_properties
 from cifllm.core.config import save_config
+from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import InputError, iter_jsonl, parse_json
+from cifllm.core.models import resolve_model
 from cifllm.core.records import ADAPTER_RECORD, AdapterError, check_conditions, read_adapter_record
 from cifllm.core.sampling import SAMPLING
 from cifllm.data.corpus import load_corpus
@@ -75,41 +78,41 @@ class SampleConfig:
     (+ ``z``, ``space_group``); else de novo. ``num_samples`` per prompt (a prompt file's ``n`` overrides).
     """
 
-    model: str = ""
-    tokenizer: str | None = None
-    out: str = "runs/samples"
-    engine: Literal["hf", "vllm"] = "hf"
-    prompt_file: str | None = None
-    csp_corpus: str | None = None
-    csp_split: str = "val"
-    csp_limit: int = 0
-    csp_space_group: bool = False
-    prefix: str | None = None
-    composition: str | None = None
-    z: int | None = None
-    space_group: str | None = None
-    num_samples: int = 1
-    batch_size: int = 32
-    temperature: float = SAMPLING.temperature
+    model: str = ""  #: model to sample: 'default' (the shipped model, or $CIFLLM_MODEL), a save_pretrained folder or a Hub id org/name
+    tokenizer: str | None = None  #: saved tokenizer folder; null = the model folder's tokenizer
+    out: str = "runs/samples"  #: run folder: config.yaml, prompts.jsonl, samples.jsonl, cifs/, summary.json
+    engine: Literal["hf", "vllm"] = "hf"  #: sampling engine: hf (transformers generate, CPU or GPU) or vllm (optional extra)
+    prompt_file: str | None = None  #: prompts, one per line ('<formula> [<space group>]', '*' = de novo) or .jsonl records; builtin:demo_prompts = the packaged file
+    csp_corpus: str | None = None  #: corpus folder: one composition prompt per structure of csp_split, with target_id for CSP evaluation
+    csp_split: str = "val"  #: split of csp_corpus to prompt from
+    csp_limit: int = 0  #: most csp_corpus structures to prompt from; 0 = all
+    csp_space_group: bool = False  #: csp_corpus prompts also state the target's space group
+    prefix: str | None = None  #: free prompt text continued as is (end it at a line break)
+    composition: str | None = None  #: composition prompt, e.g. NaCl or Na4Cl4
+    z: int | None = None  #: formula units per cell (multiplies composition)
+    space_group: str | None = None  #: space-group symbol or number added to the composition prompt, e.g. Fm-3m or 225
+    num_samples: int = 1  #: samples per prompt (a prompt file's n overrides)
+    batch_size: int = 32  #: sequences per generate call
+    temperature: float = SAMPLING.temperature  #: sampling temperature; 0 = greedy
     top_k: int = SAMPLING.top_k  #: 0 = off
-    top_p: float = SAMPLING.top_p
-    max_new_tokens: int = SAMPLING.max_new_tokens
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int = 0
-    lora: str | None = None
+    top_p: float = SAMPLING.top_p  #: nucleus sampling threshold; 1.0 = off
+    max_new_tokens: int = SAMPLING.max_new_tokens  #: most tokens generated per sample (clipped to the model's context)
+    seed: int = 0  #: sampling seed (batch b uses seed + b)
+    device: str = "auto"  #: auto, cpu or cuda (hf engine)
+    dtype: str = "auto"  #: weights dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16 or float16
+    threads: int = 0  #: torch CPU threads; 0 = torch default
+    lora: str | None = None  #: LoRA adapter folder (cifllm finetune) trained on `model`
     #: property conditioning, ``name=value`` items separated by ``;``; a value may be a list ``a,b,c`` or a grid
     #: ``lo:hi:n`` (every combination becomes a prompt), e.g. ``tc=80:160:5`` or ``band_gap=3.0;density=2.5``
     conditions: str | None = None
-    gpu_memory_utilization: float = 0.5
+    gpu_memory_utilization: float = 0.5  #: vllm only: share of GPU memory (CPU build: of RAM) for weights + KV cache
     #: the constraint engine (only consistent cif-v2 text can be written): true / false, or null = auto (on for
     #: cif-v2 models, off with a note for cif-v1 models)
     constrained: bool | None = None
     #: the constraint engine's settings when it is on, e.g. constraint.min_bond_ratio=0 (the 0.5 A guard alone)
     constraint: ConstraintConfig = field(default_factory=ConstraintConfig)
-    write_cifs: bool = True
-    parse_max_sites: int = 2000
+    write_cifs: bool = True  #: write cifs/<sample_id>.cif (full CIF with symmetry operators) for every sample that parses
+    parse_max_sites: int = 2000  #: samples whose parsed cell has more sites are recorded as not parsed
 
     def generation_params(self) -> GenerationParams:
         return GenerationParams(
@@ -240,7 +243,10 @@ def parse_generated(cif_text: str, max_sites: int = 2000) -> tuple[Any, str]:
 
 
 def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run the sample stage; returns the run folder. Pass ``engine`` to reuse a loaded model."""
+    """Run the sample stage; returns the run folder. Pass ``engine`` to reuse a loaded model.
+
+    The prompts, the model (``default``, a folder or a Hub id) and the adapter are checked and the engine is loaded
+    before anything is written, so a run that fails on its inputs leaves an earlier run in ``out`` as it was."""
     from tqdm.auto import tqdm
 
 
@@ -250,12 +256,11 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
         log(f"note: extrapolating beyond the adapter's training range: {f}")
     params = cfg.generation_params()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(p.to_json()) + "\n" for p in prompts))
+    if out.is_file():
+        raise CifllmError(f"out={out}: is a file, expected a folder for the samples")
     if engine is None:
         if not cfg.model:
-            raise ValueError("model= is required (a save_pretrained folder)")
+            raise ValueError("model= is required ('default', a save_pretrained folder or a Hub id)")
         engine, constrained = load_engine(
             cfg.model,
             cfg.engine,
@@ -270,8 +275,11 @@ def sample(cfg: SampleConfig, engine: Engine | None = None, progress: bool = Tru
             seed=cfg.seed,
         )
     else:
-        constrained = resolve_constrained(cfg.constrained, getattr(engine, "model_dir", None) or cfg.model, engine, log=log)
+        constrained = resolve_constrained(cfg.constrained, getattr(engine, "model_dir", None) or (resolve_model(cfg.model) if cfg.model else ""), engine, log=log)
     params = replace(params, constrained=constrained)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    atomic_write_text(out / "prompts.jsonl", "".join(json.dumps(p.to_json()) + "\n" for p in prompts))
     cif_dir = out / "cifs"
     if cfg.write_cifs:
         cif_dir.mkdir(exist_ok=True)
@@ -351,19 +359,17 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if p.is_dir():
         p = p / "samples.jsonl"
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"{p}: no samples.jsonl (run `cifllm sample` first)")
     out: list[dict[str, Any]] = []
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
+    for i, line in iter_jsonl(p, "samples file"):
         try:
-            rec = json.loads(line)
+            rec = parse_json(line, f"{p}:{i}")
             if not isinstance(rec, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            rec = {"sample_id": f"line{i + 1}", "cif_text": "", "parse_error": f"bad_jsonl: {exc}"}
-        rec.setdefault("sample_id", f"line{i + 1}")
+                raise InputError("not a JSON object")
+        except InputError as exc:
+            rec = {"sample_id": f"line{i}", "cif_text": "", "parse_error": f"bad_jsonl: {exc}"}
+        rec.setdefault("sample_id", f"line{i}")
         if "cif_text" not in rec:
             rec["cif_text"] = strip_conditions(str(rec.get("text", "")))
         out.append(rec)

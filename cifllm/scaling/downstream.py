@@ -73,11 +73,11 @@ class DownstreamConfig:
     head_hidden: int = 64  #: width of the head's hidden layer
     epochs: int = 15  #: most passes over the train split
     patience: int = 4  #: epochs without a better val MAE before stopping
-    batch_size: int = 16
-    lr_backbone: float = 3e-4
-    lr_head: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
+    batch_size: int = 16  #: CIFs per batch of the regression
+    lr_backbone: float = 3e-4  #: learning rate of the pretrained backbone (0 = frozen)
+    lr_head: float = 2e-3  #: learning rate of the regression head
+    weight_decay: float = 0.01  #: AdamW weight decay of the regression
+    warmup_fraction: float = 0.05  #: share of the steps with a linear learning-rate warm-up
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -82,15 +82,15 @@ __all__ = ["ScalingConfig", "run_sweep", "fit_sweep", "render_sweep_pbs", "load_
 class ScalingConfig:
     """A sweep (see module docstring). Sizes count training CIFs of the pretraining corpus."""
 
-    task: str = "tc_top"
+    task: str = "tc_top"  #: task name (eval/tasks/<task>.yaml) whose property is fine-tuned and scored
     #: ``early_stop``: pretrain each size until its validation loss stops improving, on computed structures only, and
     #: score a measured property (issue 17); ``fixed_steps``: the same optimizer steps for every size (the old sweep)
     protocol: Literal["early_stop", "fixed_steps"] = "early_stop"
     #: training CIFs per run; the default spans 1.5 decades (early_stop; for fixed_steps keep sizes <= steps x batch)
     sizes: tuple[int, ...] = (625, 1250, 2500, 5000, 10000, 20000)
-    repeats: int = 2
-    splits: str = "data/tasks"
-    corpus: str = "data/corpus"
+    repeats: int = 2  #: runs per size (different data draw and initialisation seed)
+    splits: str = "data/tasks"  #: folder of task splits (`cifllm split` output)
+    corpus: str = "data/corpus"  #: pretraining corpus folder the sizes are drawn from
     out: str = ""  #: "" = results/scaling/<task>
     pretrain_config: str = "train/configs/tiny.yaml"  #: a path, or builtin:<preset>; the checkout path falls back to the packaged preset
     #: PretrainConfig keys over ``pretrain_config`` for every run (nested or dotted; checked when the sweep starts);
@@ -99,19 +99,19 @@ class ScalingConfig:
         "max_position_embeddings": 2048,
         "train": {"max_steps": 150, "batch_size": 16, "warmup_steps": 15, "eval_steps": 0, "save_steps": 50, "logging_steps": 50},
     })
-    finetune_config: str = "train/configs/lora.yaml"
+    finetune_config: str = "train/configs/lora.yaml"  #: FinetuneConfig YAML for every run (a path, or builtin:<preset>)
     #: FinetuneConfig keys over ``finetune_config`` for every run
     finetune_overrides: dict[str, Any] = field(default_factory=lambda: {
         "train": {"max_steps": 60, "warmup_steps": 6, "eval_steps": 0, "save_steps": 1000, "logging_steps": 20},
     })
     val_rows: int = 256  #: fixed pretraining validation rows (from the corpus' val split)
     test_rows: int = 0  #: test CIFs scored (0 = all)
-    seed: int = 0
+    seed: int = 0  #: base seed of the draws and runs
     target: float | None = None  #: a downstream error to reach: the report gives the size needed
-    keep_models: bool = False
-    threads: int = 0
+    keep_models: bool = False  #: keep each run's pretrain/ and finetune/ folders (default: deleted once its row is written)
+    threads: int = 0  #: torch CPU threads; 0 = torch default
     only: str = ""  #: run one (size, repeat) only, "SIZE:REPEAT" (cluster jobs); the fit is skipped
-    progress: bool = False
+    progress: bool = False  #: progress bars
     # -- protocol early_stop (cifllm.scaling.transfer) ----------------------------------------------------------------
     #: corpus sources whose structures may be pretrained on (DFT-computed); rows of other sources only are excluded
     include_sources: tuple[str, ...] = COMPUTED_SOURCES

@@ -35,11 +35,11 @@ class TrainArgs:
     #: ``decay_steps`` (a run can be extended, and a cooldown branch made from any checkpoint: ``init_from``)
     lr_schedule: Literal["cosine", "wsd"] = "cosine"
     decay_steps: int = 0  #: wsd only: steps of the final decay (0 = the last 20% of max_steps)
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.1  #: AdamW weight decay
+    max_grad_norm: float = 1.0  #: gradient-norm clipping threshold
     precision: Literal["auto", "bf16", "fp32"] = "auto"  #: auto = bf16 autocast where the hardware supports it
-    seed: int = 0
-    logging_steps: int = 10
+    seed: int = 0  #: seed of the model initialisation and the data order
+    logging_steps: int = 10  #: optimizer steps between log lines (log.jsonl)
     eval_steps: int = 100  #: 0 = evaluate only at the end
     save_steps: int = 100  #: checkpoint interval (a killed run loses at most this many steps)
     save_total_limit: int = 3  #: checkpoints kept (oldest removed)
@@ -93,17 +93,17 @@ class PretrainConfig(BlockAccess):
     # -- model --------------------------------------------------------------------------------------------------
     preset: str = "tiny"  #: model preset (cifllm.modeling.PRESETS)
     max_position_embeddings: int = 0  #: 0 = longest CIF in the corpus + BOS/EOS, rounded up to a multiple of 64
-    attn_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"  #: attention kernel passed to transformers: sdpa, eager or flash_attention_2
+    gradient_checkpointing: bool = False  #: recompute activations in the backward pass (less memory, slower)
     # -- training loop (shared with fine-tuning) ----------------------------------------------------------------
     train: TrainArgs = field(default_factory=TrainArgs)
-    adam_beta1: float = 0.9  #: AdamW betas and epsilon of pretraining (fine-tuning keeps the transformers defaults)
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
+    adam_beta1: float = 0.9  #: AdamW beta1 of pretraining (fine-tuning keeps the transformers defaults)
+    adam_beta2: float = 0.95  #: AdamW beta2 of pretraining
+    adam_eps: float = 1e-8  #: AdamW epsilon of pretraining
     # -- system -------------------------------------------------------------------------------------------------
     num_workers: int = 0  #: DataLoader workers
     deepspeed: str | None = None  #: DeepSpeed JSON (train/deepspeed/*.json); None = plain Trainer / DDP
-    tensorboard: bool = False
+    tensorboard: bool = False  #: also log to TensorBoard (<out>/runs)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

@@ -7,11 +7,11 @@ file can; the checks below turn such contradictions into one clear ``DeepSpeedCo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cifllm.core.errors import CifllmError
+from cifllm.core.inputs import load_json
 from cifllm.utils.resources import resolve_path
 
 __all__ = ["DeepSpeedConfigError", "load_deepspeed_config", "check_deepspeed_config"]
@@ -109,12 +109,7 @@ def check_deepspeed_config(
 def load_deepspeed_config(path: str | Path, **run: Any) -> dict[str, Any]:
     """Read a DeepSpeed JSON and check it against the run (keyword args of :func:`check_deepspeed_config`)."""
     p = resolve_path(path, folders=("configs/deepspeed",))  # train/deepspeed/<x>.json or builtin:<x>: the packaged file
-    if not p.is_file():
-        raise DeepSpeedConfigError(f"DeepSpeed config {p} does not exist (see train/deepspeed/)")
-    try:
-        ds = json.loads(p.read_text())
-    except ValueError as exc:
-        raise DeepSpeedConfigError(f"DeepSpeed config {p} is not valid JSON: {exc}") from None
+    ds = load_json(p, "DeepSpeed config", DeepSpeedConfigError)  # names the file: missing, a folder, binary, bad JSON
     if not isinstance(ds, dict):
         raise DeepSpeedConfigError(f"DeepSpeed config {p}: top level must be an object")
     problems = check_deepspeed_config(ds, name=str(p), **run)

@@ -58,6 +58,7 @@ from cifllm.core.config import (
     merge_for_resume,
     save_config,
 )
+from cifllm.core.inputs import load_json
 from cifllm.core.models import resolve_model
 from cifllm.core.records import ADAPTER_RECORD, model_fingerprint
 from cifllm.data.corpus import load_corpus
@@ -93,17 +94,17 @@ class FinetuneConfig(BlockAccess):
 
     task: str = "id_random"  #: task name (eval/tasks/<task>.yaml) whose split is read from ``splits``
     base: str = "default"  #: base model: a save_pretrained folder, "default" (the shipped model) or a Hub id
-    splits: str = "data/tasks"
+    splits: str = "data/tasks"  #: folder of task splits (`cifllm split` output)
     out: str = ""  #: run folder; "" = runs/finetune-<task>
     #: properties written before each CIF; null = the task's ``conditioning`` (empty for Case 0/1/3 tasks)
     conditioning: tuple[str, ...] | None = None
     cond_dropout: float = 0.2  #: probability that a training CIF's property line is left out
     #: "lora" (the design) or "full" (every weight trained; the baseline for memory/speed comparisons, writes model/)
     method: Literal["lora", "full"] = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    lora_r: int = 16  #: LoRA rank
+    lora_alpha: int = 32  #: LoRA scaling alpha (update scaled by alpha / r)
+    lora_dropout: float = 0.05  #: dropout on the LoRA path, in [0, 1)
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS  #: modules of the base model that get LoRA weights
     #: the training loop (:class:`~cifllm.training.config.TrainArgs`, shared with pretraining); fine-tuning defaults
     train: TrainArgs = field(default_factory=lambda: FINETUNE_TRAIN)
     max_train_rows: int = 0  #: use the first N train rows (0 = all); for quick runs
@@ -207,7 +208,8 @@ def _attach_corpus_properties(
     if not need or not rows:
         return
 
-    corpus = json.loads((split_dir / "manifest.json").read_text()).get("corpus")
+    manifest = load_json(split_dir / "manifest.json", "split manifest")
+    corpus = manifest.get("corpus") if isinstance(manifest, dict) else None
     if not corpus or not Path(corpus).is_dir():
         raise FileNotFoundError(f"{split_dir}: conditioning on {need} needs the split's corpus ({corpus!r}), which is missing")
     ds = load_corpus(corpus).select_columns(["id", "properties"])

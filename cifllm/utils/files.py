@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,11 +26,14 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one. An error names
+    ``path`` (``IsADirectoryError`` for a folder), never the temporary file.
 
     The file gets the mode a plain ``open(path, "w")`` would give it (0666 minus the umask: 0644 under the usual
     022), not the 0600 of the temporary file it is written through (``tempfile.mkstemp``)."""
     p = Path(path)
+    if p.is_dir():  # checked first: os.replace would report the temporary file, not the path the user gave
+        raise IsADirectoryError(errno.EISDIR, "is a directory, expected a file path", str(p))
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
@@ -38,7 +42,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        try:
+            os.replace(tmp, p)
+        except OSError as exc:  # name the destination, never the temporary file
+            raise type(exc)(exc.errno, exc.strerror, str(p)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
