@@ -13,7 +13,7 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from cifllm.cif import CIFError, parse_canonical, structure_to_text, text_to_structure
 from cifllm.cif.bonds import expected_bond_length
-from cifllm.cif.canonical import SPACE_GROUP_SYMBOLS, _num, cell_volume, format_formula, space_group_number
+from cifllm.cif.canonical import SPACE_GROUP_SYMBOLS, cell_volume, format_formula, format_number, space_group_number
 from cifllm.cif.wyckoff import coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.sampling.constraints import (
     CIFConstraint,
@@ -396,7 +396,7 @@ def test_token_bounds_hold_for_worst_cases():
         for w in space_group_wyckoff(sg):
             plan = coordinate_plan(sg, w.letter)
             written = {i: round(float(rng.random()), 4) for i, step in enumerate(plan) if step[0] == "free"}
-            xyz = " ".join(_num(v) for v in wyckoff_coords(sg, w.letter, written))
+            xyz = " ".join(format_number(v) for v in wyckoff_coords(sg, w.letter, written))
             for r in (0, 9, 10, 99, 100, 199):
                 row = f"Cl Cl{r} {w.multiplicity} {w.letter} {xyz} 1\n"
                 assert len(_ids(row)) == row_tokens(r, w.multiplicity), row
@@ -410,13 +410,13 @@ def test_token_bounds_hold_for_worst_cases():
     for sg in range(1, 231):
         cell = []
         for i, rule in enumerate(crystal_system_rules(sg)):
-            cell.append("100.0000" if i < 3 and rule in ("free", "=a") else "150.0000" if rule == "free" else _num(float(rule)))
+            cell.append("100.0000" if i < 3 and rule in ("free", "=a") else "150.0000" if rule == "free" else format_number(float(rule)))
         tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
         red = format_formula(Composition(formula), reduced=True)
         header = (
             f"_symmetry_space_group_name_H-M {SPACE_GROUP_SYMBOLS[sg - 1]}\n_symmetry_Int_Tables_number {sg}\n"
             + "".join(f"{t} {v}\n" for t, v in zip(tags, cell))
-            + f"_cell_volume {_num(1e6)}\n_cell_formula_units_Z 1\n_chemical_formula_structural {red}\n"
+            + f"_cell_volume {format_number(1e6)}\n_cell_formula_units_Z 1\n_chemical_formula_structural {red}\n"
             + "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_symmetry_multiplicity\n_atom_site_Wyckoff_symbol\n"
             + "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
         )

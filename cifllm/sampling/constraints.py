@@ -71,13 +71,11 @@ from cifllm.cif.bonds import expected_bond_length
 from cifllm.cif.canonical import (
     LOOP_TAGS,
     SPACE_GROUP_SYMBOLS,
-    _num,
-    _symmetry_ops,
     cell_volume,
+    element_order,
     format_formula,
-)
-from cifllm.cif.canonical import (
-    _el_order as _el_key,
+    format_number,
+    symmetry_ops,
 )
 from cifllm.cif.wyckoff import WyckoffPosition, coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.errors import CifllmError
@@ -454,7 +452,7 @@ class TokenBudget:
         fixed = (
             n_ids("_symmetry_space_group_name_H-M ")
             + 1
-            + n_ids(f"_cell_volume {_num(hi_len**3)}\n")
+            + n_ids(f"_cell_volume {format_number(hi_len**3)}\n")
             + n_ids("_cell_formula_units_Z \n")
             + n_ids("_chemical_formula_structural \n")
             + n_ids("loop_\n" + "".join(tag + "\n" for tag in LOOP_TAGS))
@@ -463,7 +461,7 @@ class TokenBudget:
         for sg in range(1, 231):
             cell = 0
             for i, (tag, rule) in enumerate(zip(tags, crystal_system_rules(sg))):
-                value = (_num(hi_len) if i < 3 else _num(hi_ang)) if rule in ("free", "=a") else _num(float(rule))
+                value = (format_number(hi_len) if i < 3 else format_number(hi_ang)) if rule in ("free", "=a") else format_number(float(rule))
                 cell += n_ids(f"{tag} {value}\n")
             self.header[sg] = fixed + n_ids(f"\n_symmetry_Int_Tables_number {sg}\n") + cell
         self.header[0] = _NO_ROWS
@@ -714,9 +712,9 @@ class CIFConstraint:
             base = [pending] if pending else []
             if not any(fits([*base, d], 3) for d in range(1, min(9, max_atoms - total) + 1)):
                 return []
-            key = _el_key(after) if after else None
+            key = element_order(after) if after else None
             return [
-                i for i, el in t.element_id.items() if el not in counts and cfg.max_z >= Element(el).Z and (key is None or _el_key(el) > key)
+                i for i, el in t.element_id.items() if el not in counts and cfg.max_z >= Element(el).Z and (key is None or element_order(el) > key)
             ]
 
         def formula_error(tok: int) -> str:
@@ -793,23 +791,23 @@ class CIFConstraint:
                 v = yield from self._number(lo, hi, 3)
             elif rule == "=a":
                 v = values[0]
-                yield from self._force(_num(v))
+                yield from self._force(format_number(v))
             else:
                 v = float(rule)
-                yield from self._force(_num(v))
+                yield from self._force(format_number(v))
             values.append(v)
             yield from self._force("\n")
         abc, angles = tuple(values[:3]), tuple(values[3:])
         self.volume = cell_volume(abc, angles)
         reduced, z = comp.get_reduced_composition_and_factor()
         z_int = int(round(z)) if abs(z - round(z)) < 1e-6 and round(z) >= 1 else 1
-        yield from self._force(f"_cell_volume {_num(self.volume)}\n")
+        yield from self._force(f"_cell_volume {format_number(self.volume)}\n")
         yield from self._force(f"_cell_formula_units_Z {z_int}\n")
         yield from self._force(f"_chemical_formula_structural {format_formula(reduced, reduced=True)}\n")
         yield from self._force("loop_\n" + "".join(tag + "\n" for tag in LOOP_TAGS))
         # rows
         self.lattice = Lattice.from_parameters(*abc, *angles).matrix
-        self.rots, self.trans = _symmetry_ops(sg, "cif-v2")
+        self.rots, self.trans = symmetry_ops(sg, "cif-v2")
         self.atoms = np.zeros((0, 3))
         self.atom_syms: list[str] = []
         remaining = dict(counts)
@@ -1124,7 +1122,7 @@ class CIFConstraint:
                 written[i] = int(digits) / 10_000.0
             else:
                 vals = wyckoff_coords(sg, wp.letter, written)
-                yield from self._force(_num(vals[i]))
+                yield from self._force(format_number(vals[i]))
         final = wyckoff_coords(sg, wp.letter, written)
         return tuple(float(v) for v in final)  # type: ignore[arg-type]
 
@@ -1144,7 +1142,7 @@ def _stabilizer(sg: int, letter: str) -> np.ndarray:
     *generic* point of the position (their image of an atom is the atom itself, not a neighbour). Two random
     points, fractional tolerance 1e-9: lattice-independent, so cached per position."""
     wp = next(w for w in space_group_wyckoff(sg) if w.letter == letter)
-    rots, trans = _symmetry_ops(sg, "cif-v2")
+    rots, trans = symmetry_ops(sg, "cif-v2")
     rng = np.random.default_rng(12345)
     keep = np.ones(len(rots), dtype=bool)
     for _ in range(2):
@@ -1160,7 +1158,7 @@ def _stabilizer(sg: int, letter: str) -> np.ndarray:
 def _fixed_orbit(sg: int, letter: str) -> np.ndarray:
     """Fractional images (deduplicated) of fixed point ``letter`` of space group ``sg``."""
     wp = next(w for w in space_group_wyckoff(sg) if w.letter == letter)
-    rots, trans = _symmetry_ops(sg, "cif-v2")
+    rots, trans = symmetry_ops(sg, "cif-v2")
     imgs = np.mod(rots @ np.asarray(wp.trans) + trans, 1.0)
     imgs = np.round(imgs, 8) % 1.0
     return np.unique(imgs, axis=0)
