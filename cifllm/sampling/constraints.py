@@ -59,7 +59,7 @@ the sequence is then ended and the sample is kept with reason ``constraint_dead_
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 from typing import Any
@@ -1179,14 +1179,3 @@ def _overlap(a: float, b: float, lo: float, hi: float, closed: bool = False) -> 
 
 class _DeadEnd(Exception):
     """No token is allowed (internal: turned into ``stats.dead_end`` + EOS, or a ConstraintError for a prompt)."""
-
-
-@dataclass
-class ConstraintSummary:
-    """Counts over many sequences (for sample records and benchmarks)."""
-
-    sequences: int = 0
-    guarded_rows: int = 0
-    blocked_letters: int = 0
-    dead_ends: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
