@@ -431,6 +431,30 @@ def _counts_tokens(counts: tuple[int, ...]) -> int:
     return len(counts) + sum(len(str(c)) for c in counts) + len(str(sum(counts)))
 
 
+@dataclass
+class _GroupScan:
+    """Where :meth:`TokenBudget._scan` stands for one formula: the space groups in order of their lower bound on
+    :meth:`TokenBudget.cost`, how many of them have been costed exactly, and the cheapest found so far."""
+
+    #: per space group (index = number; index 0 a placeholder whose bound is never <= a stop), the lower bound
+    bound: np.ndarray
+    #: space-group numbers by ascending bound (stable sort)
+    order: np.ndarray
+    #: how many groups of ``order`` have been costed exactly (the position of the next one)
+    scanned: int = 0
+    #: least exact cost found so far (``_NO_ROWS``: none yet) and the group that has it (0: none)
+    best_cost: int = _NO_ROWS
+    best_group: int = 0
+
+    def pending(self) -> bool:
+        """Are groups left to cost (the first 230 entries of ``order``)?"""
+        return self.scanned < 230
+
+    def next_bound(self) -> int:
+        """Lower bound of the next group to cost (only while :meth:`pending`)."""
+        return int(self.bound[self.order[self.scanned]])
+
+
 class TokenBudget:
     """Worst-case token counts of what a CIF still has to write once its formula is known.
 
@@ -467,7 +491,7 @@ class TokenBudget:
         self.header[0] = _NO_ROWS
         self._row_fixed = np.asarray([0] + [ROW_TOKENS_FIXED + _mult_digits(n) for n in range(1, 231)], dtype=np.int64)
         self._single = np.stack([np.full(_COUNT_LIMIT + 1, _NO_ROWS, dtype=np.int64)] + [_single_min_rows(n) for n in range(1, 231)])
-        self._scans: dict[tuple[int, ...], list[Any]] = {}
+        self._scans: dict[tuple[int, ...], _GroupScan] = {}
 
     def cost(self, sg: int, counts: tuple[int, ...]) -> int | None:
         """Most tokens after the formula's newline (EOS included) of a CIF in ``sg`` with the fewest rows; None where
@@ -495,24 +519,22 @@ class TokenBudget:
         st = self._scans.get(counts)
         if st is None:
             lb = self.lower(counts)
-            order = np.argsort(lb, kind="stable")
-            st = self._scans[counts] = [lb, order, 0, _NO_ROWS, 0]  # bound, order, next index, best cost, its group
-        lb, order = st[0], st[1]
-        while st[3] > stop and st[2] < 230 and lb[order[st[2]]] <= stop:
-            sg = int(order[st[2]])
-            st[2] += 1
+            st = self._scans[counts] = _GroupScan(bound=lb, order=np.argsort(lb, kind="stable"))
+        while st.best_cost > stop and st.pending() and st.next_bound() <= stop:
+            sg = int(st.order[st.scanned])
+            st.scanned += 1
             c = self.cost(sg, counts)
-            if c is not None and c < st[3]:
-                st[3], st[4] = c, sg
-        return st[3]
+            if c is not None and c < st.best_cost:
+                st.best_cost, st.best_group = c, sg
+        return st.best_cost
 
     def best(self, counts: tuple[int, ...]) -> tuple[int, int]:
         """(least :meth:`cost` over the space groups, a group reaching it; ``_NO_ROWS``, 0 if none)."""
         st = self._scans.get(counts)
-        while st is None or (st[2] < 230 and st[0][st[1][st[2]]] < st[3]):
-            self._scan(counts, (st[3] - 1) if st else _NO_ROWS - 1)
+        while st is None or (st.pending() and st.next_bound() < st.best_cost):
+            self._scan(counts, (st.best_cost - 1) if st else _NO_ROWS - 1)
             st = self._scans[counts]
-        return st[3], st[4]
+        return st.best_cost, st.best_group
 
     def fits(self, counts: tuple[int, ...], used: int, max_tokens: int) -> bool:
         """Can a formula with ``counts`` (sorted), ending after ``used`` tokens (its newline included), be finished
