@@ -390,6 +390,24 @@ def test_bad_prompts_fail_before_sampling(prompt, match):
         m.feed_prompt(_ids(prompt))
 
 
+@pytest.mark.parametrize("prefix", ["data_", "data_Na", "data_Na4", "data_Na24Cl2", "data_Na4Cl4\n_symmetry_space_group_name_H-M "])
+def test_a_prompt_ending_inside_a_choice_gets_the_models_allowed_set(prefix):
+    """A free prefix may end where the machine reads the prompt's own tokens leniently (inside the formula, before
+    the space-group symbol). The model then gets what it may write there - the set a machine has after the same
+    tokens sampled - not the whole vocabulary (it got all 499 ids, and a random token then raised ConstraintError
+    in the middle of generation); where nothing fits the token budget, the prompt is refused before sampling."""
+    cfg = ConstraintConfig(max_tokens=1024)
+    m = CIFConstraint(TABLE, cfg)
+    m.feed_prompt(_ids(prefix))
+    assert _allowed_ids(m) == _allowed_ids(_at(prefix, cfg))
+    assert 1 < len(_allowed_ids(m)) < 200
+    text, m = _walk(prefix, np.random.default_rng(0), cfg)
+    assert not m.stats.dead_end and text.startswith(prefix)
+    _consistent(text)
+    with pytest.raises(ConstraintError, match="cannot be continued|too many atoms for max_tokens"):
+        CIFConstraint(TABLE, ConstraintConfig(max_tokens=150)).feed_prompt(_ids(prefix))
+
+
 def test_hf_engine_constrained_random_model(tmp_path):
     """A random-weight model through HF generate: every sample parses and keeps its prompt's composition."""
     from cifllm.sampling.engines import EngineError, GenerationParams, HFEngine

@@ -579,6 +579,19 @@ class _Choice:
         self.mask = mask
 
 
+class _PromptToken(_Choice):
+    """Any token, while a prompt is fed, where a rule reads the prompt's own tokens more leniently than it lets the
+    model write (:meth:`CIFConstraint._pick`, :meth:`CIFConstraint._choose_sg`: the rule checks the token after it
+    arrives). If the prompt ends there, :meth:`CIFConstraint.feed_prompt` sends :data:`_PROMPT_END` instead, and
+    the rule offers what the model may write."""
+
+    __slots__ = ()
+
+
+#: sent to the rule whose :class:`_PromptToken` is pending when the prompt ends (not a token id)
+_PROMPT_END = -1
+
+
 class State(Enum):
     """The states of :class:`CIFConstraint`, in the order a CIF passes them; each has one rule (module docstring)."""
 
@@ -667,6 +680,12 @@ class CIFConstraint:
                 self.advance(int(tok))
         finally:
             self._feeding_prompt = False
+        if not self.done and isinstance(self._pending, _PromptToken):
+            # the prompt ends inside a lenient choice (the formula, the space group): the rule now answers with
+            # what the model may write there, as for any sample
+            self._pending = self._gen.send(_PROMPT_END)
+            if self.stats.dead_end:
+                raise ConstraintError(f"the prompt cannot be continued ({self.stats.dead_end})")
 
     # -- helpers --------------------------------------------------------------------------------------------
     #: where in the text the machine is, for messages (finer than :attr:`state`: ``cell b``, ``row 3 (O) coord y``)
@@ -686,14 +705,17 @@ class CIFConstraint:
         tok = yield _Choice(self.t.mask(ids))
         return tok
 
-    def _pick(self, ids: Sequence[int], why: Callable[[int], str]) -> Iterator[Any]:
-        """Like :meth:`_choose`; while the prompt is fed, a token outside ``ids`` raises ConstraintError(why(tok))."""
+    def _pick(self, options: Callable[[], list[int]], why: Callable[[int], str]) -> Iterator[Any]:
+        """Like :meth:`_choose` over ``options()``. While the prompt is fed, its token is read first and one
+        outside ``options()`` (computed then, as a prompt is checked: see :meth:`_formula_fits`) raises
+        ConstraintError(why(tok)); where the prompt ends here, the model gets ``options()`` as for any sample."""
         if self._feeding_prompt:
-            tok = yield _Choice(np.ones(self.t.size, dtype=bool))
-            if tok not in ids:
-                raise ConstraintError(why(tok))
-            return tok
-        tok = yield from self._choose(ids)
+            tok = yield _PromptToken(np.ones(self.t.size, dtype=bool))
+            if tok != _PROMPT_END:
+                if tok not in options():
+                    raise ConstraintError(why(tok))
+                return tok
+        tok = yield from self._choose(options())
         return tok
 
     def _choose_string(self, options: Iterable[str], end: str = "") -> Iterator[Any]:
@@ -789,11 +811,9 @@ class CIFConstraint:
         newline = t.one("\n")
         why = partial(self._formula_error, counts)
         carry: int | None = None
-        last: str | None = None
         while True:
             if carry is None:
-                opts = self._formula_elements(counts, last) + ([newline] if counts else [])
-                tok = yield from self._pick(opts, why)
+                tok = yield from self._pick(partial(self._formula_options, counts, None, ""), why)
             else:
                 tok, carry = carry, None
             if tok == newline:
@@ -801,17 +821,12 @@ class CIFConstraint:
             sym = t.element_id[tok]
             c = ""
             while True:
-                room = cfg.max_atoms - sum(counts.values())
-                opts = [t.digit[d] for d in range(10) if (c or d > 0) and int(c + str(d)) <= room and self._formula_fits(counts, [int(c + str(d))], 2)]
-                if c:
-                    opts += self._formula_elements(counts, sym, int(c)) + [newline]
-                tok = yield from self._pick(opts, why)
+                tok = yield from self._pick(partial(self._formula_options, counts, sym, c), why)
                 if tok in t.digit:
                     c += str(t.digit.index(tok))
                     continue
                 break
             counts[sym] = int(c)
-            last = sym
             if tok == newline:
                 break
             carry = tok
@@ -976,6 +991,22 @@ class CIFConstraint:
     }
 
     # -- the formula's helpers -------------------------------------------------------------------------------
+    def _formula_options(self, counts: dict[str, int], sym: str | None, count: str) -> list[int]:
+        """FORMULA's allowed tokens after the elements ``counts`` and, if ``sym``, element ``sym`` with the digits
+        ``count`` of its count so far: the first element; or digits (no leading zero, within ``max_atoms`` and the
+        budget) and, once the count has a digit, a later element or the newline (within the budget)."""
+        t = self.t
+        newline = t.one("\n")
+        if sym is None:
+            return self._formula_elements(counts, None) + ([newline] if counts else [])
+        room = self.cfg.max_atoms - sum(counts.values())
+        opts = [t.digit[d] for d in range(10) if (count or d > 0) and int(count + str(d)) <= room and self._formula_fits(counts, [int(count + str(d))], 2)]
+        if count:
+            # the newline fits whenever the count's last digit did (same tokens in all); checked all the same for a
+            # prompt that ends inside its formula (its digits were read without the budget)
+            opts += self._formula_elements(counts, sym, int(count)) + ([newline] if self._formula_fits(counts, [int(count)], 1) else [])
+        return opts
+
     def _formula_fits(self, counts: dict[str, int], new: list[int], extra: int) -> bool:
         """Can the formula ``counts`` + ``new``, ending ``extra`` tokens from now (its newline included), still be
         finished within ``max_tokens`` by some space group? Not checked while a prompt is fed: a prompt's formula
@@ -1017,7 +1048,9 @@ class CIFConstraint:
         ``groups`` raises :class:`ConstraintError` saying why (unrealizable counts, or over ``max_tokens``)."""
         ids = [self.t.vocab[SPACE_GROUP_SYMBOLS[n - 1]] for n in groups]
         if self._feeding_prompt:
-            tok = yield _Choice(self.t.mask(range(self.t.size)))
+            tok = yield _PromptToken(self.t.mask(range(self.t.size)))
+            if tok == _PROMPT_END:
+                return (yield from self._choose(ids))
             if tok not in self.t.sg_id:
                 raise ConstraintError("space group: not a space-group symbol")
             if tok not in ids:
