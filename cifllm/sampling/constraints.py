@@ -852,7 +852,7 @@ class CIFConstraint:
         self._where = "space group"
         yield from self._force("_symmetry_space_group_name_H-M ")
         key = tuple(sorted(self.counts.values()))
-        if cfg.level != "full":
+        if cfg.level == "grammar":
             groups: tuple[int, ...] = tuple(range(1, 231))
         elif cfg.max_tokens:
             groups = self._budget.groups(key, cfg.max_tokens - self.formula_end)
@@ -952,8 +952,8 @@ class CIFConstraint:
     def _rule_row_coordinates(self) -> Iterator[Any]:
         """ROW_COORDINATES: x y z in the position's coordinate forms (:meth:`_coordinates`): constants and tied
         coordinates forced, free ones ``0.dddd``; with ``full`` the geometry guard limits the last free one."""
-        full = self.cfg.level != "grammar"
-        self.coords = yield from self._coordinates(self.sg, self.position, guard=full, sym=self.symbol)
+        guard = self.cfg.level != "grammar"
+        self.coords = yield from self._coordinates(self.sg, self.position, guard=guard, sym=self.symbol)
         return State.ROW_OCCUPANCY
 
     def _rule_row_occupancy(self) -> Iterator[Any]:
