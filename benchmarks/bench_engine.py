@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/bench_engine.py --corpus data/corpus/dataset --n 100 --walks 40 --out DIR
 
-Two workloads, each in one process, one thread:
+Three workloads, each in one process, one thread:
 
 - *replay*: ``--n`` real corpus CIFs (every ``len/n``-th row, so the same rows on every run) fed token by token
   through :class:`~cifllm.sampling.constraints.CIFConstraint` (``allowed()`` then ``advance()``, as an engine
   does per step), ``max_tokens`` 4,096;
 - *random walks*: ``--walks`` de novo samples choosing uniformly among the allowed tokens (seed 0), ``max_tokens``
-  1,024 - the engine's worst case (random cells grow to ~200 atoms and the geometry guard's cost grows with them).
+  1,024 - the engine's worst case (random cells grow to ~200 atoms and the geometry guard's cost grows with them);
+- *prompted walks*: ``--prompted`` random walks (seed 1) that start from a prompt fed with ``feed_prompt`` (the
+  prompts in ``PROMPTS``, in turn, at constraint level ``full`` then ``grammar``), ``max_tokens`` 1,024: the paths
+  the two workloads above never take (a prompt read leniently, the grammar ablation). Its digest also covers each
+  walk's counters (``ConstraintStats``).
 
 Writes ``engine.json``: per workload a SHA-256 of every ``allowed()`` output in order (``allowed_sha256``: two code trees
 that must constrain alike print the same digest), samples, tokens, seconds, tokens/s with a 95% bootstrap interval over samples
@@ -73,6 +77,35 @@ def replay(table: TokenTable, texts: list[str]) -> dict:
     return {**_rate(tokens, secs), "refused": refused, "allowed_sha256": h.hexdigest()}
 
 
+#: prompts of the prompted workload: compositions, a composition with its space group, a free prefix that ends
+#: inside the formula
+PROMPTS = (
+    "data_Na4Cl4\n",
+    "data_Li4Fe4P4O16\n",
+    "data_Sr1Ti1O3\n_symmetry_space_group_name_H-M Pm-3m\n_symmetry_Int_Tables_number 221\n",
+    "data_Ba2",
+)
+
+
+def prompted(table: TokenTable, n: int, max_tokens: int = 1024) -> dict:
+    rng = np.random.default_rng(1)
+    tokens, secs = [], []
+    h = hashlib.sha256()
+    for k in range(n):
+        level = ("full", "grammar")[(k // len(PROMPTS)) % 2]
+        m = CIFConstraint(table, ConstraintConfig(max_tokens=max_tokens, level=level))
+        t0 = time.perf_counter()
+        m.feed_prompt(table.ids(PROMPTS[k % len(PROMPTS)]))
+        while not m.done and m.n_tokens < max_tokens:
+            a = m.allowed()
+            _digest(h, a)
+            m.advance(int(rng.choice(np.flatnonzero(a))) if isinstance(a, np.ndarray) else int(a))
+        secs.append(time.perf_counter() - t0)
+        tokens.append(m.n_tokens)  # the prompt's tokens too: feed_prompt is timed with the walk
+        h.update(json.dumps(m.stats.to_json(), sort_keys=True).encode())
+    return {**_rate(tokens, secs), "allowed_sha256": h.hexdigest()}
+
+
 def walks(table: TokenTable, n: int, max_tokens: int = 1024) -> dict:
     rng = np.random.default_rng(0)
     tokens, secs = [], []
@@ -96,6 +129,7 @@ if __name__ == "__main__":
     ap.add_argument("--tokenizer", default="tokenizer/cif-v2")
     ap.add_argument("--n", type=int, default=100, help="real CIFs to replay")
     ap.add_argument("--walks", type=int, default=40, help="random de novo walks")
+    ap.add_argument("--prompted", type=int, default=16, help="random walks from prompts (0: skip)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     table = TokenTable(load_tokenizer(args.tokenizer))
@@ -108,6 +142,7 @@ if __name__ == "__main__":
         "command": "benchmarks/bench_engine.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "replay": replay(table, texts),
         "random_walks": walks(table, args.walks) if args.walks else None,
+        "prompted_walks": prompted(table, args.prompted) if args.prompted else None,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,16 +9,25 @@ import json
 
 import numpy as np
 import pytest
-from pymatgen.core import Composition, Lattice, Structure
+from pymatgen.core import Composition, Element, Lattice, Structure
 
 from cifllm.cif import CIFError, parse_canonical, structure_to_text, text_to_structure
 from cifllm.cif.bonds import expected_bond_length
-from cifllm.cif.canonical import SPACE_GROUP_SYMBOLS, _num, cell_volume, format_formula, space_group_number
+from cifllm.cif.canonical import (
+    LOOP_TAGS,
+    SPACE_GROUP_SYMBOLS,
+    cell_volume,
+    element_order,
+    format_formula,
+    format_number,
+    space_group_number,
+)
 from cifllm.cif.wyckoff import coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.sampling.constraints import (
     CIFConstraint,
     ConstraintConfig,
     ConstraintError,
+    State,
     TokenTable,
     _counts_tokens,
     crystal_system_rules,
@@ -192,6 +201,149 @@ def test_a_multiplicity_that_extends_another_can_be_chosen():
     assert m.done
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the state machine: its named states, in order, each with its allowed-token rule
+
+
+def _trace(text: str, config: ConstraintConfig | None = None) -> list[tuple[State, str]]:
+    """Feed ``text`` + EOS to a machine; the text each state covered, in order (consecutive tokens of one state
+    joined)."""
+    m = CIFConstraint(TABLE, config or ConstraintConfig())
+    out: list[tuple[State, list[int]]] = []
+    for tok in _ids(text) + [TABLE.eos]:
+        if not out or out[-1][0] is not m.state:
+            out.append((m.state, []))
+        out[-1][1].append(tok)
+        m.advance(tok)
+    assert m.done and m.state is State.DONE and m.allowed() == TABLE.eos
+    return [(state, TOK.decode(ids, skip_special_tokens=False)) for state, ids in out]
+
+
+def test_a_canonical_cif_passes_every_named_state_in_order():
+    """A real CIF (Pd17Se15: fixed points and free positions) read by the machine: each section of the text is
+    consumed by the state named after it, rows cycle through their four states, and every state appears."""
+    lines = PD17SE15.splitlines(keepends=True)
+    expected = [
+        (State.DATA, "data_"),
+        (State.FORMULA, lines[0][len("data_") :]),
+        (State.SPACE_GROUP, "".join(lines[1:3])),
+        (State.CELL, "".join(lines[3:9])),
+        (State.COMPUTED, "".join(lines[9:12])),
+        (State.LOOP_HEADER, "".join(lines[12:21])),
+    ]
+    for line in lines[21:]:
+        el, label, mult, letter, x, y, z, occ = line.split()
+        expected += [
+            (State.ROW_SITE, f"{el} {label} "),
+            (State.ROW_POSITION, f"{mult} {letter} "),
+            (State.ROW_COORDINATES, f"{x} {y} {z}"),
+            (State.ROW_OCCUPANCY, f" {occ}\n"),
+        ]
+    expected.append((State.END, "<|eos|>"))
+    assert _trace(PD17SE15, ConstraintConfig(max_tokens=4096)) == expected
+    assert {s for s, _ in expected} == set(State) - {State.DONE}
+
+
+def _at(prefix: str, config: ConstraintConfig | None = None) -> CIFConstraint:
+    """A machine that has consumed ``prefix`` as sampled tokens (not as a prompt)."""
+    m = CIFConstraint(TABLE, config or ConstraintConfig())
+    for tok in _ids(prefix):
+        m.advance(tok)
+    return m
+
+
+def _allowed_ids(m: CIFConstraint) -> set[int]:
+    a = m.allowed()
+    return {int(a)} if isinstance(a, int | np.integer) else set(np.flatnonzero(a).tolist())
+
+
+def _forced_run(m: CIFConstraint) -> tuple[str, list[State]]:
+    """Advance through forced tokens up to the next real choice (or the end): (their text, the states passed)."""
+    ids: list[int] = []
+    states: list[State] = []
+    while not m.done and isinstance(a := m.allowed(), int | np.integer):
+        if not states or states[-1] is not m.state:
+            states.append(m.state)
+        ids.append(int(a))
+        m.advance(int(a))
+    return TOK.decode(ids, skip_special_tokens=False), states
+
+
+def _cubic_header(formula: str, symbol: str, a: float) -> str:
+    """The canonical header of ``formula`` in space group ``symbol`` with a cubic metric of edge ``a`` (Angstrom),
+    up to the atom-site rows."""
+    red, z = Composition(formula).get_reduced_composition_and_factor()
+    return (
+        f"data_{formula}\n_symmetry_space_group_name_H-M {symbol}\n_symmetry_Int_Tables_number {space_group_number(symbol)}\n"
+        + "".join(f"_cell_length_{x} {format_number(a)}\n" for x in "abc")
+        + "".join(f"_cell_angle_{x} 90.0000\n" for x in ("alpha", "beta", "gamma"))
+        + f"_cell_volume {format_number(cell_volume((a,) * 3, (90.0,) * 3))}\n_cell_formula_units_Z {int(z)}\n"
+        + f"_chemical_formula_structural {format_formula(red, reduced=True)}\nloop_\n"
+        + "".join(tag + "\n" for tag in LOOP_TAGS)
+    )
+
+
+def test_each_state_allows_what_its_rule_says():
+    """The allowed set of each state is what its rule (the table in the module docstring) says, on Na4Cl4 with
+    the default settings (no token budget)."""
+    m = CIFConstraint(TABLE)
+    assert m.state is State.DATA and m.allowed() == TABLE.one("data_")
+    # FORMULA: any element up to max_z first; then a count without a leading zero; then more digits (<= max_atoms),
+    # an element later in electronegativity order, or the newline
+    newline = TABLE.one("\n")
+    m = _at("data_")
+    assert m.state is State.FORMULA
+    assert _allowed_ids(m) == {i for i, el in TABLE.element_id.items() if Element(el).Z <= 94}
+    assert _allowed_ids(_at("data_Na")) == set(TABLE.digit[1:])
+    later = {i for i, el in TABLE.element_id.items() if Element(el).Z <= 94 and element_order(el) > element_order("Na")}
+    assert _allowed_ids(_at("data_Na4")) == set(TABLE.digit) | later | {newline}
+    assert _allowed_ids(_at("data_Na20")) == {TABLE.digit[0]} | later | {newline}  # Na200: max_atoms; Na201 is over
+    # SPACE_GROUP: exactly the groups whose Wyckoff multiplicities realize the counts (Fm-3m has no 1-fold site)
+    m = _at("data_Na1Cl1\n_symmetry_space_group_name_H-M ")
+    assert m.state is State.SPACE_GROUP
+    assert _allowed_ids(m) == {TABLE.vocab[SPACE_GROUP_SYMBOLS[n - 1]] for n in range(1, 231) if realizable(n, [1, 1])}
+    assert TABLE.vocab["Fm-3m"] not in _allowed_ids(m) and TABLE.vocab["Pm-3m"] in _allowed_ids(m)
+    # CELL: a free length from 1 to 100 A (no leading zero); the cubic system forces b = c = a and the angles
+    header = _cubic_header("Na4Cl4", "Fm-3m", 5.64)
+    cell_a = header.index("_cell_length_a ") + len("_cell_length_a ")
+    m = _at(header[:cell_a])
+    assert m.state is State.CELL and _allowed_ids(m) == set(TABLE.digit[1:])
+    m = _at(header[: cell_a + len("5.6400\n")])
+    text, states = _forced_run(m)
+    # CELL (b, c, angles), COMPUTED, LOOP_HEADER, ROW_SITE (the first formula element), ROW_POSITION (Na4 fits only
+    # the 4-fold positions)
+    assert text == header[cell_a + len("5.6400\n") :] + "Na Na0 4 "
+    assert states == [State.CELL, State.COMPUTED, State.LOOP_HEADER, State.ROW_SITE, State.ROW_POSITION]
+    # ROW_POSITION: the two 4-fold fixed points of Fm-3m, 4a and 4b
+    assert _allowed_ids(m) == {TABLE.vocab["a"], TABLE.vocab["b"]}
+    # after 4a: its coordinates forced (a fixed point), occupancy 1; Cl's row forced too (4a is taken: only 4b is
+    # left), then END once every count is used up
+    m.advance(TABLE.vocab["a"])
+    text, states = _forced_run(m)
+    assert text == " 0.0000 0.0000 0.0000 1\nCl Cl1 4 b 0.5000 0.5000 0.5000 1\n<|eos|>"
+    row = [State.ROW_COORDINATES, State.ROW_OCCUPANCY, State.ROW_SITE, State.ROW_POSITION]
+    assert states == [State.ROW_POSITION, *row, *row[:2], State.END] and m.done and m.state is State.DONE
+    # ROW_COORDINATES in P1 (every coordinate free): any digit for a first atom; the last free coordinate of a
+    # later atom keeps min_bond_ratio x the expected bond length (at least min_distance) from the atoms written
+    p1 = _cubic_header("Na4Cl4", "P1", 10.0) + "Na Na0 1 a 0."
+    m = _at(p1)
+    assert m.state is State.ROW_COORDINATES and _allowed_ids(m) == set(TABLE.digit)
+    m = _at(p1 + "0000 0.0000 0.0000 1\nNa Na1 1 a 0.0000 0.0000 0.")
+    cfg = ConstraintConfig()
+    closest = max(cfg.min_distance, cfg.min_bond_ratio * expected_bond_length("Na", "Na"))  # ~2.5 A
+    digits = {TABLE.digit.index(i) for i in _allowed_ids(m)}
+    for d in range(10):
+        ends = [min(z, 1 - z) * 10.0 for z in (d / 10, (d + 1) / 10)]  # distance to Na0 along c at the block's ends
+        if min(ends) >= closest + 0.01:
+            assert d in digits, d
+        if max(ends) < closest:
+            assert d not in digits, d
+    assert {3, 4, 5, 6} <= digits and not {0, 1, 8, 9} & digits
+    # level grammar: ROW_SITE lets the model pick any formula element, or EOS after a complete row
+    m = _at(header + "Na Na0 4 a 0.0000 0.0000 0.0000 1\n", ConstraintConfig(level="grammar"))
+    assert m.state is State.ROW_SITE and _allowed_ids(m) == {TABLE.vocab["Na"], TABLE.vocab["Cl"], TABLE.eos}
+
+
 def test_realizability_knapsack():
     assert realizable(225, [4, 4]) and not realizable(225, [1, 1])  # Fm-3m has no 1-fold position
     assert realizable(1, [7, 3])  # P1 realizes anything
@@ -236,6 +388,24 @@ def test_bad_prompts_fail_before_sampling(prompt, match):
     m = CIFConstraint(TABLE, ConstraintConfig(max_tokens=1024))
     with pytest.raises(ConstraintError, match=match):
         m.feed_prompt(_ids(prompt))
+
+
+@pytest.mark.parametrize("prefix", ["data_", "data_Na", "data_Na4", "data_Na24Cl2", "data_Na4Cl4\n_symmetry_space_group_name_H-M "])
+def test_a_prompt_ending_inside_a_choice_gets_the_models_allowed_set(prefix):
+    """A free prefix may end where the machine reads the prompt's own tokens leniently (inside the formula, before
+    the space-group symbol). The model then gets what it may write there - the set a machine has after the same
+    tokens sampled - not the whole vocabulary (it got all 499 ids, and a random token then raised ConstraintError
+    in the middle of generation); where nothing fits the token budget, the prompt is refused before sampling."""
+    cfg = ConstraintConfig(max_tokens=1024)
+    m = CIFConstraint(TABLE, cfg)
+    m.feed_prompt(_ids(prefix))
+    assert _allowed_ids(m) == _allowed_ids(_at(prefix, cfg))
+    assert 1 < len(_allowed_ids(m)) < 200
+    text, m = _walk(prefix, np.random.default_rng(0), cfg)
+    assert not m.stats.dead_end and text.startswith(prefix)
+    _consistent(text)
+    with pytest.raises(ConstraintError, match="cannot be continued|too many atoms for max_tokens"):
+        CIFConstraint(TABLE, ConstraintConfig(max_tokens=150)).feed_prompt(_ids(prefix))
 
 
 def test_hf_engine_constrained_random_model(tmp_path):
@@ -396,7 +566,7 @@ def test_token_bounds_hold_for_worst_cases():
         for w in space_group_wyckoff(sg):
             plan = coordinate_plan(sg, w.letter)
             written = {i: round(float(rng.random()), 4) for i, step in enumerate(plan) if step[0] == "free"}
-            xyz = " ".join(_num(v) for v in wyckoff_coords(sg, w.letter, written))
+            xyz = " ".join(format_number(v) for v in wyckoff_coords(sg, w.letter, written))
             for r in (0, 9, 10, 99, 100, 199):
                 row = f"Cl Cl{r} {w.multiplicity} {w.letter} {xyz} 1\n"
                 assert len(_ids(row)) == row_tokens(r, w.multiplicity), row
@@ -410,13 +580,13 @@ def test_token_bounds_hold_for_worst_cases():
     for sg in range(1, 231):
         cell = []
         for i, rule in enumerate(crystal_system_rules(sg)):
-            cell.append("100.0000" if i < 3 and rule in ("free", "=a") else "150.0000" if rule == "free" else _num(float(rule)))
+            cell.append("100.0000" if i < 3 and rule in ("free", "=a") else "150.0000" if rule == "free" else format_number(float(rule)))
         tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
         red = format_formula(Composition(formula), reduced=True)
         header = (
             f"_symmetry_space_group_name_H-M {SPACE_GROUP_SYMBOLS[sg - 1]}\n_symmetry_Int_Tables_number {sg}\n"
             + "".join(f"{t} {v}\n" for t, v in zip(tags, cell))
-            + f"_cell_volume {_num(1e6)}\n_cell_formula_units_Z 1\n_chemical_formula_structural {red}\n"
+            + f"_cell_volume {format_number(1e6)}\n_cell_formula_units_Z 1\n_chemical_formula_structural {red}\n"
             + "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_symmetry_multiplicity\n_atom_site_Wyckoff_symbol\n"
             + "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
         )

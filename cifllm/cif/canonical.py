@@ -63,6 +63,8 @@ __all__ = [
     "TEXT_FORMATS",
     "cell_volume",
     "check_wyckoff",
+    "element_order",
+    "format_number",
     "hall_number",
     "TEXT_FORMAT",
     "text_format_of",
@@ -71,6 +73,7 @@ __all__ = [
     "format_formula",
     "parse_canonical",
     "structure_to_text",
+    "symmetry_ops",
     "text_to_structure",
     "space_group_number",
     "space_group_symbol",
@@ -169,7 +172,9 @@ def hall_number(number: int, text_format: str = TEXT_FORMAT) -> int:
 
 
 @lru_cache(maxsize=512)
-def _symmetry_ops(number: int, text_format: str = TEXT_FORMAT) -> tuple[np.ndarray, np.ndarray]:
+def symmetry_ops(number: int, text_format: str = TEXT_FORMAT) -> tuple[np.ndarray, np.ndarray]:
+    """(rotations (n, 3, 3), translations (n, 3)) of space group ``number`` in the setting ``text_format`` writes it in
+    (fractional coordinates; spglib's database, cached)."""
     sym = spglib.get_symmetry_from_database(hall_number(number, text_format))
     return np.asarray(sym["rotations"], dtype=float), np.asarray(sym["translations"], dtype=float)
 
@@ -196,7 +201,8 @@ def format_formula(composition: Composition | str, reduced: bool = False) -> str
     return "".join(parts)
 
 
-def _num(x: float) -> str:
+def format_number(x: float) -> str:
+    """A number as canonical text writes it: ``DECIMALS`` (4) decimals, ``-0.0000`` written ``0.0000``."""
     s = f"{x + 0.0:.{DECIMALS}f}"
     return "0.0000" if s == "-0.0000" else s
 
@@ -244,7 +250,7 @@ class CanonicalCIF:
 def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, lattice: np.ndarray, tol: float, text_format: str = "cif-v1") -> list[list[int]]:
     """Group atoms of a standardized cell into symmetry orbits: an image within ``tol`` Angstrom (Cartesian, so a
     long axis gets no looser tolerance than a short one) is the same atom."""
-    rots, trans = _symmetry_ops(sg_number, text_format)
+    rots, trans = symmetry_ops(sg_number, text_format)
     n = len(frac)
     orbit = np.full(n, -1)
     groups: list[list[int]] = []
@@ -265,7 +271,7 @@ def _orbits(frac: np.ndarray, types: np.ndarray, sg_number: int, lattice: np.nda
 def _idealize(frac: np.ndarray, lattice: np.ndarray, sg_number: int, tol: float, text_format: str = "cif-v1") -> np.ndarray:
     """Move a site onto its special position: average its images under the space-group operators that land within
     ``tol`` Angstrom of it (its site-symmetry group). spglib's standardized positions can sit up to ``symprec`` off."""
-    rots, trans = _symmetry_ops(sg_number, text_format)
+    rots, trans = symmetry_ops(sg_number, text_format)
     imgs = np.einsum("oij,j->oi", rots, frac) + trans
     d = imgs - frac
     d -= np.round(d)
@@ -300,21 +306,21 @@ def _render(
         f"data_{format_formula(cell_comp)}",
         f"_symmetry_space_group_name_H-M {space_group_symbol(sg_number)}",
         f"_symmetry_Int_Tables_number {sg_number}",
-        f"_cell_length_a {_num(abc_r[0])}",
-        f"_cell_length_b {_num(abc_r[1])}",
-        f"_cell_length_c {_num(abc_r[2])}",
-        f"_cell_angle_alpha {_num(ang_r[0])}",
-        f"_cell_angle_beta {_num(ang_r[1])}",
-        f"_cell_angle_gamma {_num(ang_r[2])}",
-        f"_cell_volume {_num(volume)}",
+        f"_cell_length_a {format_number(abc_r[0])}",
+        f"_cell_length_b {format_number(abc_r[1])}",
+        f"_cell_length_c {format_number(abc_r[2])}",
+        f"_cell_angle_alpha {format_number(ang_r[0])}",
+        f"_cell_angle_beta {format_number(ang_r[1])}",
+        f"_cell_angle_gamma {format_number(ang_r[2])}",
+        f"_cell_volume {format_number(volume)}",
         f"_cell_formula_units_Z {z_int}",
         f"_chemical_formula_structural {format_formula(reduced, reduced=True)}",
         "loop_",
         *(LOOP_TAGS_V1 if text_format == "cif-v1" else LOOP_TAGS),
     ]
     for i, (sym, mult, frac, occ, letter) in enumerate(rows):
-        occ_s = "1" if abs(occ - 1.0) < 1e-6 else _num(occ)
-        xyz = f"{_num(frac[0])} {_num(frac[1])} {_num(frac[2])}"
+        occ_s = "1" if abs(occ - 1.0) < 1e-6 else format_number(occ)
+        xyz = f"{format_number(frac[0])} {format_number(frac[1])} {format_number(frac[2])}"
         if text_format == "cif-v1":
             lines.append(f"{sym} {sym}{i} {mult} {xyz} {occ_s}")
         else:
@@ -322,7 +328,8 @@ def _render(
     return "\n".join(lines) + "\n"
 
 
-def _el_order(symbol: str) -> tuple[float, str]:
+def element_order(symbol: str) -> tuple[float, str]:
+    """Sort key of an element in canonical text: Pauling electronegativity (99 where pymatgen has none), then symbol."""
     x = Element(symbol).X
     return (x if x == x else 99.0, symbol)
 
@@ -368,7 +375,7 @@ def structure_to_text(
         for sym, occ in key_of[t]:
             rows.append((sym, mult, frac, occ, letter))
             cell_amounts[sym] = cell_amounts.get(sym, 0.0) + mult * occ
-    rows.sort(key=lambda r: (_el_order(r[0]), -r[3], r[1], _letter_key(r[4]), tuple(r[2])))
+    rows.sort(key=lambda r: (element_order(r[0]), -r[3], r[1], _letter_key(r[4]), tuple(r[2])))
     return _render(Composition(cell_amounts), sg_number, abc, angles, rows, text_format)
 
 
@@ -423,7 +430,7 @@ def _orbits_v2(structure: Structure, types: list[int], symprec: float, angle_tol
         raise CIFError("symmetry_failed", f"standardized cell of space group {sg_number} is not in its own setting")
     abc, angles = _lattice_params(std_lat)
     positions = {w.letter: w for w in space_group_wyckoff(sg_number)}
-    rots, trans = _symmetry_ops(sg_number, "cif-v2")
+    rots, trans = symmetry_ops(sg_number, "cif-v2")
     orbits = []
     equiv = np.asarray(std.equivalent_atoms)
     for rep_atom in sorted(set(equiv.tolist())):
@@ -541,7 +548,7 @@ def check_wyckoff(parsed: CanonicalCIF, lattice: Lattice, tol: float = WYCKOFF_T
     if parsed.text_format != "cif-v2":
         return
     positions = {w.letter: w for w in space_group_wyckoff(parsed.sg_number)}
-    rots, trans = _symmetry_ops(parsed.sg_number, "cif-v2")
+    rots, trans = symmetry_ops(parsed.sg_number, "cif-v2")
     for row in parsed.sites:
         wp = positions.get(row.wyckoff)
         if wp is None:
@@ -572,7 +579,7 @@ def expand_sites(parsed: CanonicalCIF, merge_tol: float = MERGE_TOL_ANGSTROM) ->
     if not math.isfinite(lattice.volume) or lattice.volume <= 1e-6:
         raise CIFError("bad_cell", f"cell volume {lattice.volume}")
     check_wyckoff(parsed, lattice)
-    rots, trans = _symmetry_ops(number, parsed.text_format)
+    rots, trans = symmetry_ops(number, parsed.text_format)
     # group rows sharing a position (disordered sites) into one site
     positions: list[np.ndarray] = []
     species: list[dict[str, float]] = []

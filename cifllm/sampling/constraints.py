@@ -5,38 +5,48 @@ token) and answers, before every step, which token ids may come next (:meth:`CIF
 mask over the vocabulary, or a single forced id). Engines turn that into a logits mask (HF ``LogitsProcessor``,
 vLLM logits processor), so the same rules hold on any engine and with any model.
 
-The machine is a generator that walks the canonical v2 layout (:mod:`cifllm.cif.canonical`) in order; at each
-token it yields either a forced id or a set of allowed ids, and receives the chosen id:
+The machine walks the canonical v2 layout (:mod:`cifllm.cif.canonical`) through named states (:class:`State`, in this
+order; :attr:`CIFConstraint.state`). Each state has one rule, a generator method ``CIFConstraint._rule_<state>`` that
+yields the state's tokens one at a time (a forced id, or a set of allowed ids), receives the chosen id, and returns
+the next state (``CIFConstraint._RULES``). A new constraint goes into the rule of the state whose tokens it limits.
 
 ====================  ==========================================================================================
 state                 rule
 ====================  ==========================================================================================
-formula (``data_``)   elements in electronegativity order (each once), integer counts without leading zeros, at
+DATA                  ``data_`` forced
+FORMULA               elements in electronegativity order (each once), integer counts without leading zeros, at
                       most ``max_atoms`` atoms and ``max_elements`` elements; with ``max_tokens``, a digit or an
                       element only if the formula ending there still fits the budget in some space group (token
                       budget, below); a prompt's formula is checked the same way, the budget on the whole formula
                       (unknown element / too many atoms -> :class:`ConstraintError` before sampling)
-space group           only symbols whose Wyckoff multiplicities can realize the counts (a small knapsack over
+SPACE_GROUP           only symbols whose Wyckoff multiplicities can realize the counts (a small knapsack over
                       the positions with free parameters, usable any number of times, and the fixed points,
                       usable once each: :func:`realizable`) and, with ``max_tokens``, in rows that fit the budget;
                       Int_Tables number forced
-cell                  numbers in the fixed format (``%.4f``) within ``length_range`` / ``angle_range``; the
+CELL                  numbers in the fixed format (``%.4f``) within ``length_range`` / ``angle_range``; the
                       crystal system's equalities and fixed angles forced (a=b, a=b=c, 90, 120); the last free
-                      cell number is limited so the volume is >= ``min_volume_per_atom`` x atoms; ``_cell_volume``,
-                      ``_cell_formula_units_Z`` and ``_chemical_formula_structural`` forced
-loop header           forced
-each row              element forced (formula order, until its count is used up), label forced; multiplicity and
-                      letter: only positions whose multiplicity fits the element's remaining count, fixed points
-                      not used yet and not blocked, and such that the remaining counts stay realizable (no dead
-                      end) - with ``max_tokens``, in rows that fit the tokens left; coordinates: constants and tied
-                      coordinates forced, free ones sampled as ``0.dddd``; occupancy ``1`` forced
-geometry guard        the digits of a row's last free coordinate are limited to values whose orbit keeps every
-                      pair of atoms (the orbit's own images included) >= ``min_bond_ratio`` (0.7) x their expected
-                      bond length (CrystaLLM's radii; its bond rule fails below 0.68) and >= ``min_distance``
-                      (0.5 Angstrom); where no value can, >= ``min_distance`` only; a fixed point closer than that
-                      to an atom already written is blocked
-end                   ``<|eos|>`` only after a complete row and when every count is used up
+                      cell number is limited so the volume is >= ``min_volume_per_atom`` x atoms
+COMPUTED              ``_cell_volume``, ``_cell_formula_units_Z`` and ``_chemical_formula_structural`` forced
+LOOP_HEADER           forced
+ROW_SITE              element forced (formula order, until its count is used up), label forced; END once every
+                      count is used up
+ROW_POSITION          multiplicity and letter: only positions whose multiplicity fits the element's remaining
+                      count, fixed points not used yet, and such that the remaining counts stay realizable (no
+                      dead end) - with ``max_tokens``, in rows that fit the tokens left; among those, fixed points
+                      not closer than their closest distance to an atom already written (geometry guard)
+ROW_COORDINATES       constants and tied coordinates forced, free ones sampled as ``0.dddd``; geometry guard: the
+                      digits of a row's last free coordinate are limited to values whose orbit keeps every pair of
+                      atoms (the orbit's own images included) >= ``min_bond_ratio`` (0.7) x their expected bond
+                      length (CrystaLLM's radii; its bond rule fails below 0.68) and >= ``min_distance`` (0.5
+                      Angstrom); where no value can, >= ``min_distance`` only
+ROW_OCCUPANCY         occupancy ``1`` and the newline forced; the row's atoms then count; next ROW_SITE
+END                   ``<|eos|>`` only after a complete row and when every count is used up
+DONE                  finished (``<|eos|>`` only)
 ====================  ==========================================================================================
+
+Level ``grammar`` (the ablation) keeps the grammar and the computed fields but relaxes SPACE_GROUP (any group),
+ROW_SITE (the model picks any formula element, or ``<|eos|>`` after a complete row), ROW_POSITION (any position)
+and ROW_COORDINATES (no guard), and does no accounting in ROW_OCCUPANCY.
 
 Token budget (``max_tokens``: the engines set it from ``max_new_tokens``; the count runs from ``data_`` to
 ``<|eos|>``, both included, and the machine counts the tokens it has consumed exactly). What is left once a formula
@@ -58,11 +68,12 @@ the sequence is then ended and the sample is kept with reason ``constraint_dead_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache, partial
 from itertools import product
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pymatgen.core import Composition, Element, Lattice
@@ -71,13 +82,11 @@ from cifllm.cif.bonds import expected_bond_length
 from cifllm.cif.canonical import (
     LOOP_TAGS,
     SPACE_GROUP_SYMBOLS,
-    _num,
-    _symmetry_ops,
     cell_volume,
+    element_order,
     format_formula,
-)
-from cifllm.cif.canonical import (
-    _el_order as _el_key,
+    format_number,
+    symmetry_ops,
 )
 from cifllm.cif.wyckoff import WyckoffPosition, coordinate_plan, space_group_wyckoff, wyckoff_coords
 from cifllm.errors import CifllmError
@@ -88,6 +97,7 @@ __all__ = [
     "ConstraintError",
     "ConstraintStats",
     "CIFConstraint",
+    "State",
     "TokenBudget",
     "TokenTable",
     "crystal_system_rules",
@@ -341,6 +351,11 @@ def crystal_system_rules(number: int) -> tuple[str, ...]:
     return ("free", "=a", "=a", "90", "90", "90")
 
 
+#: the cell's tags and names, in the order of :func:`crystal_system_rules`
+_CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+_CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # tokens
 
@@ -433,6 +448,30 @@ def _counts_tokens(counts: tuple[int, ...]) -> int:
     return len(counts) + sum(len(str(c)) for c in counts) + len(str(sum(counts)))
 
 
+@dataclass
+class _GroupScan:
+    """Where :meth:`TokenBudget._scan` stands for one formula: the space groups in order of their lower bound on
+    :meth:`TokenBudget.cost`, how many of them have been costed exactly, and the cheapest found so far."""
+
+    #: per space group (index = number; index 0 a placeholder whose bound is never <= a stop), the lower bound
+    bound: np.ndarray
+    #: space-group numbers by ascending bound (stable sort)
+    order: np.ndarray
+    #: how many groups of ``order`` have been costed exactly (the position of the next one)
+    scanned: int = 0
+    #: least exact cost found so far (``_NO_ROWS``: none yet) and the group that has it (0: none)
+    best_cost: int = _NO_ROWS
+    best_group: int = 0
+
+    def pending(self) -> bool:
+        """Are groups left to cost (the first 230 entries of ``order``)?"""
+        return self.scanned < 230
+
+    def next_bound(self) -> int:
+        """Lower bound of the next group to cost (only while :meth:`pending`)."""
+        return int(self.bound[self.order[self.scanned]])
+
+
 class TokenBudget:
     """Worst-case token counts of what a CIF still has to write once its formula is known.
 
@@ -450,11 +489,10 @@ class TokenBudget:
         n_ids = lambda text: len(table.ids(text))  # noqa: E731
         hi_len = min(config.length_range[1], 999.9999)  # _number writes at most 3 integer digits
         hi_ang = min(config.angle_range[1], 999.9999)
-        tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
         fixed = (
             n_ids("_symmetry_space_group_name_H-M ")
             + 1
-            + n_ids(f"_cell_volume {_num(hi_len**3)}\n")
+            + n_ids(f"_cell_volume {format_number(hi_len**3)}\n")
             + n_ids("_cell_formula_units_Z \n")
             + n_ids("_chemical_formula_structural \n")
             + n_ids("loop_\n" + "".join(tag + "\n" for tag in LOOP_TAGS))
@@ -462,14 +500,14 @@ class TokenBudget:
         self.header = np.zeros(231, dtype=np.int64)
         for sg in range(1, 231):
             cell = 0
-            for i, (tag, rule) in enumerate(zip(tags, crystal_system_rules(sg))):
-                value = (_num(hi_len) if i < 3 else _num(hi_ang)) if rule in ("free", "=a") else _num(float(rule))
+            for i, (tag, rule) in enumerate(zip(_CELL_TAGS, crystal_system_rules(sg))):
+                value = (format_number(hi_len) if i < 3 else format_number(hi_ang)) if rule in ("free", "=a") else format_number(float(rule))
                 cell += n_ids(f"{tag} {value}\n")
             self.header[sg] = fixed + n_ids(f"\n_symmetry_Int_Tables_number {sg}\n") + cell
         self.header[0] = _NO_ROWS
         self._row_fixed = np.asarray([0] + [ROW_TOKENS_FIXED + _mult_digits(n) for n in range(1, 231)], dtype=np.int64)
         self._single = np.stack([np.full(_COUNT_LIMIT + 1, _NO_ROWS, dtype=np.int64)] + [_single_min_rows(n) for n in range(1, 231)])
-        self._scans: dict[tuple[int, ...], list[Any]] = {}
+        self._scans: dict[tuple[int, ...], _GroupScan] = {}
 
     def cost(self, sg: int, counts: tuple[int, ...]) -> int | None:
         """Most tokens after the formula's newline (EOS included) of a CIF in ``sg`` with the fewest rows; None where
@@ -497,24 +535,22 @@ class TokenBudget:
         st = self._scans.get(counts)
         if st is None:
             lb = self.lower(counts)
-            order = np.argsort(lb, kind="stable")
-            st = self._scans[counts] = [lb, order, 0, _NO_ROWS, 0]  # bound, order, next index, best cost, its group
-        lb, order = st[0], st[1]
-        while st[3] > stop and st[2] < 230 and lb[order[st[2]]] <= stop:
-            sg = int(order[st[2]])
-            st[2] += 1
+            st = self._scans[counts] = _GroupScan(bound=lb, order=np.argsort(lb, kind="stable"))
+        while st.best_cost > stop and st.pending() and st.next_bound() <= stop:
+            sg = int(st.order[st.scanned])
+            st.scanned += 1
             c = self.cost(sg, counts)
-            if c is not None and c < st[3]:
-                st[3], st[4] = c, sg
-        return st[3]
+            if c is not None and c < st.best_cost:
+                st.best_cost, st.best_group = c, sg
+        return st.best_cost
 
     def best(self, counts: tuple[int, ...]) -> tuple[int, int]:
         """(least :meth:`cost` over the space groups, a group reaching it; ``_NO_ROWS``, 0 if none)."""
         st = self._scans.get(counts)
-        while st is None or (st[2] < 230 and st[0][st[1][st[2]]] < st[3]):
-            self._scan(counts, (st[3] - 1) if st else _NO_ROWS - 1)
+        while st is None or (st.pending() and st.next_bound() < st.best_cost):
+            self._scan(counts, (st.best_cost - 1) if st else _NO_ROWS - 1)
             st = self._scans[counts]
-        return st[3], st[4]
+        return st.best_cost, st.best_group
 
     def fits(self, counts: tuple[int, ...], used: int, max_tokens: int) -> bool:
         """Can a formula with ``counts`` (sorted), ending after ``used`` tokens (its newline included), be finished
@@ -543,9 +579,40 @@ class _Choice:
         self.mask = mask
 
 
+class _PromptToken(_Choice):
+    """Any token, while a prompt is fed, where a rule reads the prompt's own tokens more leniently than it lets the
+    model write (:meth:`CIFConstraint._pick`, :meth:`CIFConstraint._choose_sg`: the rule checks the token after it
+    arrives). If the prompt ends there, :meth:`CIFConstraint.feed_prompt` sends :data:`_PROMPT_END` instead, and
+    the rule offers what the model may write."""
+
+    __slots__ = ()
+
+
+#: sent to the rule whose :class:`_PromptToken` is pending when the prompt ends (not a token id)
+_PROMPT_END = -1
+
+
+class State(Enum):
+    """The states of :class:`CIFConstraint`, in the order a CIF passes them; each has one rule (module docstring)."""
+
+    DATA = "data_"
+    FORMULA = "formula"
+    SPACE_GROUP = "space group"
+    CELL = "cell"
+    COMPUTED = "computed fields"
+    LOOP_HEADER = "loop header"
+    ROW_SITE = "row site"
+    ROW_POSITION = "row position"
+    ROW_COORDINATES = "row coordinates"
+    ROW_OCCUPANCY = "row occupancy"
+    END = "end"
+    DONE = "done"
+
+
 class CIFConstraint:
     """State machine of one sequence. Feed the prompt with :meth:`feed_prompt` (raises :class:`ConstraintError`
-    for a prompt the grammar cannot continue), then alternate :meth:`allowed` and :meth:`advance`."""
+    for a prompt the grammar cannot continue), then alternate :meth:`allowed` and :meth:`advance`. :attr:`state`
+    is the :class:`State` whose rule gave :meth:`allowed`'s answer."""
 
     def __init__(self, table: TokenTable, config: ConstraintConfig | None = None) -> None:
         self.t = table
@@ -556,6 +623,27 @@ class CIFConstraint:
         self.n_tokens = 0
         self._budget = table.budget(self.cfg)
         self._feeding_prompt = False
+        #: the state whose rule gave the pending answer of :meth:`allowed`
+        self.state = State.DATA
+        # what the states have fixed so far, set as each state passes
+        self.counts: dict[str, int] = {}  # FORMULA: element -> atoms in the cell, formula order
+        self.composition = Composition()
+        self.formula_end = 0  # FORMULA: tokens up to and including the formula's newline
+        self.sg = 0  # SPACE_GROUP: its number
+        self.cell: tuple[float, ...] = ()  # CELL: a, b, c (Angstrom), alpha, beta, gamma (degrees)
+        self.volume = 0.0  # COMPUTED (Angstrom^3)
+        # LOOP_HEADER on: the geometry and the accounting of the rows
+        self.lattice = np.zeros((3, 3))
+        self.rots, self.trans = np.zeros((0, 3, 3)), np.zeros((0, 3))
+        self.positions: Sequence[WyckoffPosition] = ()
+        self.atoms = np.zeros((0, 3))  # fractional positions of every atom written (orbits expanded)
+        self.atom_syms: list[str] = []  # their elements
+        self.remaining: dict[str, int] = {}  # atoms each element still has to place
+        self.used_fixed: list[WyckoffPosition] = []  # fixed points taken
+        self.row = 0  # index of the current row (its label number)
+        self.symbol = ""  # ROW_SITE: the current row's element
+        self.position: WyckoffPosition | None = None  # ROW_POSITION: its Wyckoff position
+        self.coords: tuple[float, ...] = ()  # ROW_COORDINATES: its fractional coordinates
         self._gen = self._program()
         self._pending = next(self._gen)
 
@@ -592,8 +680,15 @@ class CIFConstraint:
                 self.advance(int(tok))
         finally:
             self._feeding_prompt = False
+        if not self.done and isinstance(self._pending, _PromptToken):
+            # the prompt ends inside a lenient choice (the formula, the space group): the rule now answers with
+            # what the model may write there, as for any sample
+            self._pending = self._gen.send(_PROMPT_END)
+            if self.stats.dead_end:
+                raise ConstraintError(f"the prompt cannot be continued ({self.stats.dead_end})")
 
     # -- helpers --------------------------------------------------------------------------------------------
+    #: where in the text the machine is, for messages (finer than :attr:`state`: ``cell b``, ``row 3 (O) coord y``)
     _where = "start"
 
     def _force(self, text: str) -> Iterator[Any]:
@@ -610,14 +705,17 @@ class CIFConstraint:
         tok = yield _Choice(self.t.mask(ids))
         return tok
 
-    def _pick(self, ids: Sequence[int], why) -> Iterator[Any]:
-        """Like :meth:`_choose`; while the prompt is fed, a token outside ``ids`` raises ConstraintError(why(tok))."""
+    def _pick(self, options: Callable[[], list[int]], why: Callable[[int], str]) -> Iterator[Any]:
+        """Like :meth:`_choose` over ``options()``. While the prompt is fed, its token is read first and one
+        outside ``options()`` (computed then, as a prompt is checked: see :meth:`_formula_fits`) raises
+        ConstraintError(why(tok)); where the prompt ends here, the model gets ``options()`` as for any sample."""
         if self._feeding_prompt:
-            tok = yield _Choice(np.ones(self.t.size, dtype=bool))
-            if tok not in ids:
-                raise ConstraintError(why(tok))
-            return tok
-        tok = yield from self._choose(ids)
+            tok = yield _PromptToken(np.ones(self.t.size, dtype=bool))
+            if tok != _PROMPT_END:
+                if tok not in options():
+                    raise ConstraintError(why(tok))
+                return tok
+        tok = yield from self._choose(options())
         return tok
 
     def _choose_string(self, options: Iterable[str], end: str = "") -> Iterator[Any]:
@@ -674,65 +772,48 @@ class CIFConstraint:
             frac += str(self.t.digit.index(tok))
         return float(f"{int_part}.{frac}")
 
-    # -- the grammar ----------------------------------------------------------------------------------------
+    # -- the states' rules ----------------------------------------------------------------------------------
+    # One generator per State: it yields the state's tokens (a forced id, or a _Choice of allowed ids), receives the
+    # chosen id back after each, and returns the next State. Work between two yields runs when the first token is
+    # consumed, so it sees ``n_tokens`` as of that token.
+
     def _program(self) -> Iterator[Any]:
+        """Run the states from DATA to DONE; a dead end becomes EOS (:attr:`ConstraintStats.dead_end`), or a
+        :class:`ConstraintError` while a prompt is fed."""
         try:
-            yield from self._body()
+            state = State.DATA
+            while state is not State.DONE:
+                self.state = state
+                state = yield from self._RULES[state](self)
         except _DeadEnd as exc:
             if self._feeding_prompt:
                 raise ConstraintError(f"the prompt cannot be continued ({exc})") from None
             self.stats.dead_end = str(exc)
+            self.state = State.END
             yield self.t.eos
+        self.state = State.DONE
         self.done = True
 
-    def _body(self) -> Iterator[Any]:
-        t, cfg = self.t, self.cfg
+    def _rule_data(self) -> Iterator[Any]:
+        """DATA: ``data_`` forced."""
         self._where = "data_"
         yield from self._force("data_")
-        # formula
+        return State.FORMULA
+
+    def _rule_formula(self) -> Iterator[Any]:
+        """FORMULA: element, count, element, count, ... newline. Elements from :meth:`_formula_elements` (order,
+        max_z, max_elements, max_atoms, token budget), count digits without a leading zero, within max_atoms and the
+        budget (:meth:`_formula_fits`); the newline once a count is complete. A prompt's formula is checked whole at
+        its newline (:class:`ConstraintError` if no space group can finish it within ``max_tokens``)."""
+        t, cfg = self.t, self.cfg
         self._where = "formula"
         counts: dict[str, int] = {}
         newline = t.one("\n")
-        max_atoms = cfg.max_atoms
-        budget = self._budget
-
-        def fits(new: list[int], extra: int) -> bool:
-            """Can the formula ``counts`` + ``new``, ending ``extra`` tokens from now (its newline included), still be
-            finished within ``max_tokens`` by some space group? Not checked while a prompt is fed: a prompt's formula
-            is checked whole, at its newline (a prefix of a formula that fits need not fit by itself)."""
-            if not cfg.max_tokens or self._feeding_prompt:
-                return True
-            return budget.fits(tuple(sorted([*counts.values(), *new])), self.n_tokens + extra, cfg.max_tokens)
-
-        def element_opts(after: str | None, pending: int = 0) -> list[int]:
-            """Elements that may come next; ``pending``: the count being written for ``after`` (not in counts yet).
-            One is allowed only if some one-digit count of it fits (element, digit, newline: 3 tokens); each digit
-            then keeps a formula that fits when it ends there, so no prefix is a dead end."""
-            total = sum(counts.values()) + pending
-            if len(counts) + (1 if pending else 0) >= cfg.max_elements or total >= max_atoms:
-                return []
-            base = [pending] if pending else []
-            if not any(fits([*base, d], 3) for d in range(1, min(9, max_atoms - total) + 1)):
-                return []
-            key = _el_key(after) if after else None
-            return [
-                i for i, el in t.element_id.items() if el not in counts and cfg.max_z >= Element(el).Z and (key is None or _el_key(el) > key)
-            ]
-
-        def formula_error(tok: int) -> str:
-            name = t.id_to_token.get(tok, str(tok))
-            if tok in t.digit or (tok in t.element_id and sum(counts.values()) >= max_atoms):
-                return f"formula: more than max_atoms={max_atoms} atoms in the cell (the engine's hard limit) or a count with a leading zero"
-            if tok in t.element_id:
-                return f"formula: {name} repeated, out of canonical order (use format_formula), beyond Z={cfg.max_z} or beyond {cfg.max_elements} elements"
-            return f"formula: unexpected {name!r}"
-
+        why = partial(self._formula_error, counts)
         carry: int | None = None
-        last: str | None = None
         while True:
             if carry is None:
-                opts = element_opts(last) + ([newline] if counts else [])
-                tok = yield from self._pick(opts, formula_error)
+                tok = yield from self._pick(partial(self._formula_options, counts, None, ""), why)
             else:
                 tok, carry = carry, None
             if tok == newline:
@@ -740,52 +821,58 @@ class CIFConstraint:
             sym = t.element_id[tok]
             c = ""
             while True:
-                room = max_atoms - sum(counts.values())
-                opts = [t.digit[d] for d in range(10) if (c or d > 0) and int(c + str(d)) <= room and fits([int(c + str(d))], 2)]
-                if c:
-                    opts += element_opts(sym, int(c)) + [newline]
-                tok = yield from self._pick(opts, formula_error)
+                tok = yield from self._pick(partial(self._formula_options, counts, sym, c), why)
                 if tok in t.digit:
                     c += str(t.digit.index(tok))
                     continue
                 break
             counts[sym] = int(c)
-            last = sym
             if tok == newline:
                 break
             carry = tok
         self.counts = dict(counts)
-        comp = Composition(counts)
-        n_atoms = sum(counts.values())
+        self.composition = Composition(counts)
+        self.formula_end = self.n_tokens
         key = tuple(sorted(counts.values()))
-        formula_end = self.n_tokens
-        if self._feeding_prompt and cfg.max_tokens and not budget.fits(key, formula_end, cfg.max_tokens):
-            cost, best_sg = budget.best(key)
+        if self._feeding_prompt and cfg.max_tokens and not self._budget.fits(key, self.formula_end, cfg.max_tokens):
+            cost, best_sg = self._budget.best(key)
+            need = self.formula_end + cost
             raise ConstraintError(
-                f"formula {format_formula(comp)}: too many atoms for max_tokens={cfg.max_tokens}: the cheapest space group, "
-                f"{SPACE_GROUP_SYMBOLS[best_sg - 1]}, needs {min_rows(best_sg, key)} atom-site rows, {formula_end + cost} tokens "
-                f"from data_ to <|eos|> in the worst case; raise max_new_tokens by {formula_end + cost - cfg.max_tokens}"
+                f"formula {format_formula(self.composition)}: too many atoms for max_tokens={cfg.max_tokens}: the cheapest space group, "
+                f"{SPACE_GROUP_SYMBOLS[best_sg - 1]}, needs {min_rows(best_sg, key)} atom-site rows, {need} tokens "
+                f"from data_ to <|eos|> in the worst case; raise max_new_tokens by {need - cfg.max_tokens}"
             )
-        # space group
+        return State.SPACE_GROUP
+
+    def _rule_space_group(self) -> Iterator[Any]:
+        """SPACE_GROUP: the H-M symbol among the groups that can realize the counts (:func:`realizable`) and, with
+        ``max_tokens``, finish within it (:meth:`TokenBudget.groups`); any group at level ``grammar``. The
+        Int_Tables number forced."""
+        cfg = self.cfg
         self._where = "space group"
         yield from self._force("_symmetry_space_group_name_H-M ")
-        if cfg.level != "full":
+        key = tuple(sorted(self.counts.values()))
+        if cfg.level == "grammar":
             groups: tuple[int, ...] = tuple(range(1, 231))
         elif cfg.max_tokens:
-            groups = budget.groups(key, cfg.max_tokens - formula_end)
+            groups = self._budget.groups(key, cfg.max_tokens - self.formula_end)
         else:
             groups = realizable_space_groups(key)
-        sg_tok = yield from self._choose_sg(groups, formula_end)
-        sg = t.sg_id[sg_tok]
-        self.sg = sg
-        yield from self._force(f"\n_symmetry_Int_Tables_number {sg}\n")
-        # cell
-        rules = crystal_system_rules(sg)
-        names = ("a", "b", "c", "alpha", "beta", "gamma")
-        tags = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+        sg_tok = yield from self._choose_sg(groups)
+        self.sg = self.t.sg_id[sg_tok]
+        yield from self._force(f"\n_symmetry_Int_Tables_number {self.sg}\n")
+        return State.CELL
+
+    def _rule_cell(self) -> Iterator[Any]:
+        """CELL: a, b, c, alpha, beta, gamma as ``%.4f`` numbers in ``length_range`` / ``angle_range``; the crystal
+        system's equalities and fixed angles forced (:func:`crystal_system_rules`); each free number limited so
+        the volume can still reach ``min_volume_per_atom`` x atoms (:meth:`_volume_window`)."""
+        cfg = self.cfg
+        rules = crystal_system_rules(self.sg)
+        n_atoms = sum(self.counts.values())
         values: list[float] = []
-        for i, (tag, rule) in enumerate(zip(tags, rules)):
-            self._where = f"cell {names[i]}"
+        for i, (tag, rule) in enumerate(zip(_CELL_TAGS, rules)):
+            self._where = f"cell {_CELL_NAMES[i]}"
             yield from self._force(f"{tag} ")
             if rule == "free":
                 lo, hi = cfg.length_range if i < 3 else cfg.angle_range
@@ -793,87 +880,186 @@ class CIFConstraint:
                 v = yield from self._number(lo, hi, 3)
             elif rule == "=a":
                 v = values[0]
-                yield from self._force(_num(v))
+                yield from self._force(format_number(v))
             else:
                 v = float(rule)
-                yield from self._force(_num(v))
+                yield from self._force(format_number(v))
             values.append(v)
             yield from self._force("\n")
-        abc, angles = tuple(values[:3]), tuple(values[3:])
-        self.volume = cell_volume(abc, angles)
-        reduced, z = comp.get_reduced_composition_and_factor()
+        self.cell = tuple(values)
+        return State.COMPUTED
+
+    def _rule_computed(self) -> Iterator[Any]:
+        """COMPUTED: ``_cell_volume``, ``_cell_formula_units_Z`` and ``_chemical_formula_structural`` forced (from
+        the cell and the formula, as the canonical writer computes them)."""
+        self.volume = cell_volume(self.cell[:3], self.cell[3:])
+        reduced, z = self.composition.get_reduced_composition_and_factor()
         z_int = int(round(z)) if abs(z - round(z)) < 1e-6 and round(z) >= 1 else 1
-        yield from self._force(f"_cell_volume {_num(self.volume)}\n")
+        yield from self._force(f"_cell_volume {format_number(self.volume)}\n")
         yield from self._force(f"_cell_formula_units_Z {z_int}\n")
         yield from self._force(f"_chemical_formula_structural {format_formula(reduced, reduced=True)}\n")
+        return State.LOOP_HEADER
+
+    def _rule_loop_header(self) -> Iterator[Any]:
+        """LOOP_HEADER: ``loop_`` and the atom-site tags forced; then the rows' bookkeeping starts (lattice, symmetry
+        operators, no atom written, every count remaining, no fixed point used)."""
         yield from self._force("loop_\n" + "".join(tag + "\n" for tag in LOOP_TAGS))
-        # rows
-        self.lattice = Lattice.from_parameters(*abc, *angles).matrix
-        self.rots, self.trans = _symmetry_ops(sg, "cif-v2")
+        self.lattice = Lattice.from_parameters(*self.cell).matrix
+        self.rots, self.trans = symmetry_ops(self.sg, "cif-v2")
+        self.positions = space_group_wyckoff(self.sg)
         self.atoms = np.zeros((0, 3))
-        self.atom_syms: list[str] = []
-        remaining = dict(counts)
-        used_fixed: list[WyckoffPosition] = []
-        self.used_fixed = used_fixed
-        positions = space_group_wyckoff(sg)
-        row = 0
-        if cfg.level == "grammar":
-            yield from self._grammar_rows(sg, list(counts), positions)
-            return
-        for sym in list(counts):
-            while remaining[sym] > 0:
-                self._where = f"row {row} ({sym})"
-                yield from self._force(f"{sym} {sym}{row} ")
-                allowed = self._allowed_positions(sg, sym, remaining, used_fixed, positions, row)
-                mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in allowed}), end=" ")
-                letters = [w.letter for w in allowed if str(w.multiplicity) == mult_s]
-                letter = yield from self._choose_string(letters, end=" ")
-                wp = next(w for w in positions if w.letter == letter)
-                coords = yield from self._coordinates(sg, wp, sym=sym)
-                yield from self._force(" 1\n")
-                self._add_orbit(np.asarray(coords), sym)
-                remaining[sym] -= wp.multiplicity
-                if wp.dof == 0:
-                    used_fixed.append(wp)
-                row += 1
-        self._where = "end"
-        yield t.eos
+        self.atom_syms = []
+        self.remaining = dict(self.counts)
+        self.used_fixed = []
+        self.row = 0
+        return State.ROW_SITE
 
-    def _grammar_rows(self, sg: int, elements: list[str], positions: Sequence[WyckoffPosition]) -> Iterator[Any]:
-        """``level="grammar"``: well-formed rows with forced labels, multiplicities (from the letter) and Wyckoff
-        coordinate forms, elements of the formula, but no composition accounting and no geometry guard; the model
-        decides when to stop (after a complete row)."""
+    def _rule_row_site(self) -> Iterator[Any]:
+        """ROW_SITE: the row's element and label. ``full``: forced - the first formula element with atoms left
+        (formula order), END once every count is used up. ``grammar``: the model picks a formula element, or, after
+        a complete row, ``<|eos|>`` (then DONE). The label ``El<row>`` forced."""
         t = self.t
-        el_ids = [t.ids(e)[0] for e in elements]
-        row = 0
-        tok = yield from self._choose(el_ids)
-        while True:
-            sym = t.element_id[tok]
-            self._where = f"row {row} ({sym})"
-            yield from self._force(f" {sym}{row} ")
-            mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in positions}), end=" ")
-            letter = yield from self._choose_string([w.letter for w in positions if str(w.multiplicity) == mult_s], end=" ")
-            wp = next(w for w in positions if w.letter == letter)
-            yield from self._coordinates(sg, wp, guard=False)
-            yield from self._force(" 1\n")
-            row += 1
-            tok = yield from self._choose([*el_ids, t.eos])
+        if self.cfg.level == "grammar":
+            el_ids = [t.ids(e)[0] for e in self.counts]
+            tok = yield from self._choose(el_ids if self.row == 0 else [*el_ids, t.eos])
             if tok == t.eos:
-                return
+                return State.DONE
+            sym = t.element_id[tok]
+            self._where = f"row {self.row} ({sym})"
+            yield from self._force(f" {sym}{self.row} ")
+        else:
+            sym = next((s for s in self.counts if self.remaining[s] > 0), None)
+            if sym is None:
+                return State.END
+            self._where = f"row {self.row} ({sym})"
+            yield from self._force(f"{sym} {sym}{self.row} ")
+        self.symbol = sym
+        return State.ROW_POSITION
 
-    def _choose_sg(self, groups: Sequence[int], formula_end: int) -> Iterator[Any]:
+    def _rule_row_position(self) -> Iterator[Any]:
+        """ROW_POSITION: multiplicity, then Wyckoff letter. ``full``: :meth:`_allowed_positions` (counts and fixed
+        points, no dead end, token budget, geometry preferences); ``grammar``: any position of the group."""
+        if self.cfg.level == "grammar":
+            allowed: Sequence[WyckoffPosition] = self.positions
+        else:
+            allowed = self._allowed_positions(self.sg, self.symbol, self.remaining, self.used_fixed, self.positions, self.row)
+        mult_s = yield from self._choose_string(sorted({str(w.multiplicity) for w in allowed}), end=" ")
+        letters = [w.letter for w in allowed if str(w.multiplicity) == mult_s]
+        letter = yield from self._choose_string(letters, end=" ")
+        self.position = next(w for w in self.positions if w.letter == letter)
+        return State.ROW_COORDINATES
+
+    def _rule_row_coordinates(self) -> Iterator[Any]:
+        """ROW_COORDINATES: x y z in the position's coordinate forms (:meth:`_coordinates`): constants and tied
+        coordinates forced, free ones ``0.dddd``; with ``full`` the geometry guard limits the last free one."""
+        guard = self.cfg.level != "grammar"
+        self.coords = yield from self._coordinates(self.sg, self.position, guard=guard, sym=self.symbol)
+        return State.ROW_OCCUPANCY
+
+    def _rule_row_occupancy(self) -> Iterator[Any]:
+        """ROW_OCCUPANCY: `` 1`` and the newline forced. ``full``: the row's orbit then counts for the guard, its
+        multiplicity against its element's count, a fixed point as used. Next: ROW_SITE."""
+        yield from self._force(" 1\n")
+        if self.cfg.level != "grammar":
+            wp = self.position
+            self._add_orbit(np.asarray(self.coords), self.symbol)
+            self.remaining[self.symbol] -= wp.multiplicity
+            if wp.dof == 0:
+                self.used_fixed.append(wp)
+        self.row += 1
+        return State.ROW_SITE
+
+    def _rule_end(self) -> Iterator[Any]:
+        """END: ``<|eos|>`` forced (``full``: after a complete row, when every count is used up)."""
+        self._where = "end"
+        yield self.t.eos
+        return State.DONE
+
+    #: the rule of each state (DONE has none: the machine then allows only ``<|eos|>``)
+    _RULES: ClassVar[dict[State, Callable[[CIFConstraint], Iterator[Any]]]] = {
+        State.DATA: _rule_data,
+        State.FORMULA: _rule_formula,
+        State.SPACE_GROUP: _rule_space_group,
+        State.CELL: _rule_cell,
+        State.COMPUTED: _rule_computed,
+        State.LOOP_HEADER: _rule_loop_header,
+        State.ROW_SITE: _rule_row_site,
+        State.ROW_POSITION: _rule_row_position,
+        State.ROW_COORDINATES: _rule_row_coordinates,
+        State.ROW_OCCUPANCY: _rule_row_occupancy,
+        State.END: _rule_end,
+    }
+
+    # -- the formula's helpers -------------------------------------------------------------------------------
+    def _formula_options(self, counts: dict[str, int], sym: str | None, count: str) -> list[int]:
+        """FORMULA's allowed tokens after the elements ``counts`` and, if ``sym``, element ``sym`` with the digits
+        ``count`` of its count so far: the first element; or digits (no leading zero, within ``max_atoms`` and the
+        budget) and, once the count has a digit, a later element or the newline (within the budget)."""
+        t = self.t
+        newline = t.one("\n")
+        if sym is None:
+            return self._formula_elements(counts, None) + ([newline] if counts else [])
+        room = self.cfg.max_atoms - sum(counts.values())
+        opts = [t.digit[d] for d in range(10) if (count or d > 0) and int(count + str(d)) <= room and self._formula_fits(counts, [int(count + str(d))], 2)]
+        if count:
+            # the newline fits whenever the count's last digit did (same tokens in all); checked all the same for a
+            # prompt that ends inside its formula (its digits were read without the budget)
+            opts += self._formula_elements(counts, sym, int(count)) + ([newline] if self._formula_fits(counts, [int(count)], 1) else [])
+        return opts
+
+    def _formula_fits(self, counts: dict[str, int], new: list[int], extra: int) -> bool:
+        """Can the formula ``counts`` + ``new``, ending ``extra`` tokens from now (its newline included), still be
+        finished within ``max_tokens`` by some space group? Not checked while a prompt is fed: a prompt's formula
+        is checked whole, at its newline (a prefix of a formula that fits need not fit by itself)."""
+        if not self.cfg.max_tokens or self._feeding_prompt:
+            return True
+        return self._budget.fits(tuple(sorted([*counts.values(), *new])), self.n_tokens + extra, self.cfg.max_tokens)
+
+    def _formula_elements(self, counts: dict[str, int], after: str | None, pending: int = 0) -> list[int]:
+        """Elements that may come next after ``after`` (canonical order: :func:`element_order`); ``pending``: the
+        count being written for ``after`` (not in counts yet). One is allowed only if some one-digit count of it
+        fits (element, digit, newline: 3 tokens); each digit then keeps a formula that fits when it ends there, so
+        no prefix is a dead end."""
+        cfg = self.cfg
+        total = sum(counts.values()) + pending
+        if len(counts) + (1 if pending else 0) >= cfg.max_elements or total >= cfg.max_atoms:
+            return []
+        base = [pending] if pending else []
+        if not any(self._formula_fits(counts, [*base, d], 3) for d in range(1, min(9, cfg.max_atoms - total) + 1)):
+            return []
+        key = element_order(after) if after else None
+        return [
+            i for i, el in self.t.element_id.items() if el not in counts and cfg.max_z >= Element(el).Z and (key is None or element_order(el) > key)
+        ]
+
+    def _formula_error(self, counts: dict[str, int], tok: int) -> str:
+        """Why a prompt's formula token ``tok`` is refused."""
+        name = self.t.id_to_token.get(tok, str(tok))
+        max_atoms = self.cfg.max_atoms
+        if tok in self.t.digit or (tok in self.t.element_id and sum(counts.values()) >= max_atoms):
+            return f"formula: more than max_atoms={max_atoms} atoms in the cell (the engine's hard limit) or a count with a leading zero"
+        if tok in self.t.element_id:
+            return f"formula: {name} repeated, out of canonical order (use format_formula), beyond Z={self.cfg.max_z} or beyond {self.cfg.max_elements} elements"
+        return f"formula: unexpected {name!r}"
+
+    # -- the other states' helpers ---------------------------------------------------------------------------
+    def _choose_sg(self, groups: Sequence[int]) -> Iterator[Any]:
+        """The space-group symbol among ``groups``; while a prompt is fed, any symbol is read and one outside
+        ``groups`` raises :class:`ConstraintError` saying why (unrealizable counts, or over ``max_tokens``)."""
         ids = [self.t.vocab[SPACE_GROUP_SYMBOLS[n - 1]] for n in groups]
         if self._feeding_prompt:
-            tok = yield _Choice(self.t.mask(range(self.t.size)))
+            tok = yield _PromptToken(self.t.mask(range(self.t.size)))
+            if tok == _PROMPT_END:
+                return (yield from self._choose(ids))
             if tok not in self.t.sg_id:
                 raise ConstraintError("space group: not a space-group symbol")
             if tok not in ids:
                 n = self.t.sg_id[tok]
-                formula = format_formula(Composition(self.counts))
+                formula = format_formula(self.composition)
                 key = tuple(sorted(self.counts.values()))
                 if not realizable(n, key):
                     raise ConstraintError(f"space group {SPACE_GROUP_SYMBOLS[n - 1]} ({n}) cannot realize {formula} with its Wyckoff multiplicities")
-                need = formula_end + int(self._budget.cost(n, key) or 0)
+                need = self.formula_end + int(self._budget.cost(n, key) or 0)
                 raise ConstraintError(
                     f"space group {SPACE_GROUP_SYMBOLS[n - 1]} ({n}): {formula} needs at least {min_rows(n, key)} atom-site rows, "
                     f"{need} tokens from data_ to <|eos|> in the worst case > max_tokens={self.cfg.max_tokens}; raise max_new_tokens by "
@@ -901,7 +1087,7 @@ class CIFConstraint:
         vols = a * b * c * np.sqrt(np.clip(s, 0.0, None))
         ok = np.flatnonzero(vols >= need)
         if len(ok) == 0:
-            raise _DeadEnd(f"cell {('a', 'b', 'c', 'alpha', 'beta', 'gamma')[i]}: no value gives {need:.1f} A^3")
+            raise _DeadEnd(f"cell {_CELL_NAMES[i]}: no value gives {need:.1f} A^3")
         return float(grid[ok[0]]), float(min(hi, grid[ok[-1]]))
 
     def _allowed_positions(
@@ -1124,7 +1310,7 @@ class CIFConstraint:
                 written[i] = int(digits) / 10_000.0
             else:
                 vals = wyckoff_coords(sg, wp.letter, written)
-                yield from self._force(_num(vals[i]))
+                yield from self._force(format_number(vals[i]))
         final = wyckoff_coords(sg, wp.letter, written)
         return tuple(float(v) for v in final)  # type: ignore[arg-type]
 
@@ -1144,7 +1330,7 @@ def _stabilizer(sg: int, letter: str) -> np.ndarray:
     *generic* point of the position (their image of an atom is the atom itself, not a neighbour). Two random
     points, fractional tolerance 1e-9: lattice-independent, so cached per position."""
     wp = next(w for w in space_group_wyckoff(sg) if w.letter == letter)
-    rots, trans = _symmetry_ops(sg, "cif-v2")
+    rots, trans = symmetry_ops(sg, "cif-v2")
     rng = np.random.default_rng(12345)
     keep = np.ones(len(rots), dtype=bool)
     for _ in range(2):
@@ -1160,7 +1346,7 @@ def _stabilizer(sg: int, letter: str) -> np.ndarray:
 def _fixed_orbit(sg: int, letter: str) -> np.ndarray:
     """Fractional images (deduplicated) of fixed point ``letter`` of space group ``sg``."""
     wp = next(w for w in space_group_wyckoff(sg) if w.letter == letter)
-    rots, trans = _symmetry_ops(sg, "cif-v2")
+    rots, trans = symmetry_ops(sg, "cif-v2")
     imgs = np.mod(rots @ np.asarray(wp.trans) + trans, 1.0)
     imgs = np.round(imgs, 8) % 1.0
     return np.unique(imgs, axis=0)
@@ -1181,14 +1367,3 @@ def _overlap(a: float, b: float, lo: float, hi: float, closed: bool = False) -> 
 
 class _DeadEnd(Exception):
     """No token is allowed (internal: turned into ``stats.dead_end`` + EOS, or a ConstraintError for a prompt)."""
-
-
-@dataclass
-class ConstraintSummary:
-    """Counts over many sequences (for sample records and benchmarks)."""
-
-    sequences: int = 0
-    guarded_rows: int = 0
-    blocked_letters: int = 0
-    dead_ends: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
