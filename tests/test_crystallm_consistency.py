@@ -170,3 +170,15 @@ def test_check_sample_names_both_verdicts_and_metrics_count_their_agreement():
     assert m["consistency_agreement"] == {"both": 1, "crystallm_only": 1, "strict_only": 0, "neither": 1}
     assert m["counts"]["consistent"] == 2 and m["counts"]["consistent_strict"] == 1
     assert m["failure_reasons"]["crystallm_multiplicity"] == {"crystallm_multiplicity_mismatch": 1}
+
+
+def test_report_shows_both_definitions(tmp_path):
+    from cifllm.evaluation.report import write_report
+    from cifllm.evaluation.run import DEFINITIONS
+
+    verdicts = [check_sample(t).to_json() for t in (NACL, NACL.replace("_cell_formula_units_Z 4", "_cell_formula_units_Z 3"))]
+    m = summarize(verdicts)
+    m["definitions"] = DEFINITIONS
+    md = write_report(tmp_path, m, verdicts)[0].read_text()
+    assert "## Self-consistency: CrystaLLM's definition vs the strict rule" in md and "| pass | fail | 1 |" in md
+    assert "| consistent | 2 |" in md and "| consistent_strict | 1 |" in md and "CrystaLLM is_sensible" in md
