@@ -404,3 +404,10 @@ def test_card_is_a_hub_model_card_and_takes_the_project_licence(toy_model, tmp_p
     assert got["consistent_strict"] == (0.6, "Self-consistency, strict rule (cifllm)")
     assert "agree on 9 of 10 samples; 1 pass only CrystaLLM's, 0 only the strict one" in card.text
     assert ModelCard(render_model_card(toy_model)).data.license == "other"
+
+
+def test_every_registry_dataset_has_a_public_source_for_the_card():
+    from cifllm.data.registry import load_registry
+
+    missing = {name: card_mod._public_source(spec) for name, spec in load_registry().items() if not card_mod._public_source(spec).startswith("https://")}
+    assert missing == {}
