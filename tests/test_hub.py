@@ -252,6 +252,9 @@ def test_card_missing_records_and_licences(tmp_path, toy_model):
     assert choose_license({"a": "CC BY 4.0", "b": "MIT (x); data CC BY 4.0", "c": "Apache-2.0"}) == ("mit", [])
     assert choose_license({"a": "CC BY 4.0", "b": "CC BY-NC 4.0", "c": "unlimited use"})[1] == ["b", "c"]
     assert training_command({"max_steps": 300, "lr": 2e-3, "out": "runs/a b"}) == "cifllm pretrain lr=0.002 out='runs/a b'"
+    # no path of the training machine in a card: relative under the working directory, else the folder name
+    assert training_command({"out": "/somewhere/else/runs/mini"}) == "cifllm pretrain out=mini"
+    assert training_command({"out": str(Path.cwd() / "runs" / "mini")}) == "cifllm pretrain out=runs/mini"
 
 
 # ---------------------------------------------------------------- push

@@ -157,6 +157,18 @@ def _scalar(v: Any) -> str:
     return shlex.quote(str(v))
 
 
+def _portable(path: Any) -> Any:
+    """A path as a card may show it: relative to the working directory when it lies under it, else its last part;
+    an absolute path of the machine that trained the model means nothing to a reader (and discloses that machine)."""
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        return path
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
 def training_command(config: Mapping[str, Any]) -> str:
     """``cifllm pretrain key=value ...`` for every key of a saved ``PretrainConfig`` that differs from the default
     (nested blocks as dotted keys, ``train.lr=...``; a flat config of an older run keeps its plain keys)."""
@@ -167,7 +179,7 @@ def training_command(config: Mapping[str, Any]) -> str:
     for k, v in given.items():
         dk = k if k in defaults else plain.get(k)
         if dk is None or defaults[dk] != v:
-            parts.append(f"{k}={_scalar(v)}")
+            parts.append(f"{k}={_scalar(_portable(v) if isinstance(v, str) else v)}")
     return " ".join(["cifllm", "pretrain", *parts])
 
 
@@ -364,7 +376,7 @@ def _training_section(records: dict[str, Any]) -> list[str]:
         return [*lines, f"Run record (`cifllm_run.json`): {NOT_RECORDED}.", ""]
     wall = _seconds(run.get("train_seconds_this_session"))
     if run.get("resumed_from"):
-        wall += f" (last session only; resumed from `{run['resumed_from']}`)"
+        wall += f" (last session only; resumed from `{_portable(run['resumed_from'])}`)"
     versions = run.get("versions") or {}
     rows = [
         ("Optimizer steps", _num(run.get("global_step"))),
