@@ -3,6 +3,7 @@ texts - one consistent, then each inconsistency - and how ``check_sample`` repor
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -156,8 +157,15 @@ def test_unparsable_text_fails_every_sub_check_with_its_reason():
 
 
 def test_resource_gate_is_a_failure_with_its_reason():
-    v = crystallm_is_valid(NACL, max_sites=4)  # 8 stated sites
+    v = crystallm_is_valid(NACL, max_sites=4)  # 8 sites
     assert v.checks["crystallm_bond_length"].reason == "crystallm_resource_gate" and not v.valid
+    # 1,000 rows stated with multiplicity 1 on general positions of Fm-3m: 192,000 sites for a CIF reader to make
+    # (minutes and gigabytes in pymatgen); the gate counts the images first and refuses in a fraction of a second
+    rows = "".join(f"Na Na{i} 1 a 0.{(37 * i) % 9973:04d} 0.{(53 * i) % 9967:04d} 0.{(71 * i) % 9949:04d} 1\n" for i in range(1000))
+    t0 = time.perf_counter()
+    v = crystallm_is_valid(NACL[: NACL.index("Na Na0")] + rows)
+    assert time.perf_counter() - t0 < 5
+    assert v.checks["crystallm_space_group"].reason == v.checks["crystallm_bond_length"].reason == "crystallm_resource_gate"
 
 
 def test_check_sample_names_both_verdicts_and_metrics_count_their_agreement():

@@ -24,7 +24,10 @@ from pymatgen.core.operations import SymmOp
 
 from cifllm.cif.canonical import CanonicalCIF, hall_number
 
-__all__ = ["crystallm_cif", "symmetry_operators_xyz"]
+__all__ = ["crystallm_cif", "generated_site_count", "symmetry_operators_xyz"]
+
+#: fractional-coordinate tolerance under which two symmetry images are one site (pymatgen CifParser's site_tolerance)
+SITE_TOLERANCE = 1e-4
 
 
 @lru_cache(maxsize=512)
@@ -37,6 +40,22 @@ def symmetry_operators_xyz(number: int, text_format: str) -> tuple[str, ...]:
         t = np.mod(np.round(np.asarray(trans, dtype=float), 6), 1.0)
         ops.append(SymmOp.from_rotation_and_translation(np.asarray(rot, dtype=float), t).as_xyz_str())
     return tuple(ops)
+
+
+def generated_site_count(parsed: CanonicalCIF, limit: int) -> int:
+    """How many sites the text's operators generate from its rows (images closer than :data:`SITE_TOLERANCE` in
+    every fractional coordinate are one site); stops counting once past ``limit``. Cheap (numpy): the gate before a
+    CIF reader expands a text whose rows sit on general positions of a large group."""
+    sym = spglib.get_symmetry_from_database(hall_number(parsed.sg_number, parsed.text_format))
+    rots, trans = np.asarray(sym["rotations"], dtype=float), np.asarray(sym["translations"], dtype=float)
+    total = 0
+    for row in parsed.sites:
+        imgs = np.mod(rots @ np.asarray(row.frac, dtype=float) + trans, 1.0)
+        keys = np.mod(np.round(imgs / SITE_TOLERANCE).astype(np.int64), round(1 / SITE_TOLERANCE))
+        total += len(np.unique(keys, axis=0))
+        if total > limit:
+            break
+    return total
 
 
 def _sum_formula(formula: str) -> str:

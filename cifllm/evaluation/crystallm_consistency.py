@@ -34,7 +34,7 @@ Two differences, both about running the metric safely, not about its verdict on 
 * the score is computed on one site per symmetry orbit (spglib at ``ORBIT_SYMPREC`` Angstrom), weighted by the orbit
   size - equivalent sites have the same neighbours, so it is CrystaLLM's all-site score at a fraction of the
   CrystalNN cost;
-* resource gates before pymatgen and CrystalNN: more than ``max_sites`` rows or sites, a near-flat cell (volume / abc
+* resource gates before pymatgen and CrystalNN: rows that generate more than ``max_sites`` sites, a near-flat cell (volume / abc
   < ``min_cell_flatness``) or less than ``min_volume_per_site`` Angstrom^3 per site fail with reason
   ``crystallm_resource_gate`` (CrystalNN runs for minutes there; CrystaLLM's evaluation counts a sample whose check
   times out as invalid).
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from cifllm.cif import CanonicalCIF, CIFError, parse_canonical
-from cifllm.cif.crystallm import crystallm_cif
+from cifllm.cif.crystallm import crystallm_cif, generated_site_count
 from cifllm.evaluation.results import CheckResult
 
 __all__ = [
@@ -229,8 +229,12 @@ def _structure_checks(parsed: CanonicalCIF, max_sites: int, min_cell_flatness: f
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     sg, bond = "crystallm_space_group", "crystallm_bond_length"
-    if len(parsed.sites) > max_sites or sum(max(r.multiplicity, 0) for r in parsed.sites) > max_sites:
-        return {n: _fail(n, "crystallm_resource_gate", f"more than {max_sites} rows or stated sites") for n in (sg, bond)}
+    try:
+        n_sites = generated_site_count(parsed, max_sites) if len(parsed.sites) <= max_sites else max_sites + 1
+    except Exception as exc:  # no such space group: CrystaLLM's operator lookup raises too
+        return {n: _fail(n, "crystallm_structure_failed", f"{type(exc).__name__}: {exc}") for n in (sg, bond)}
+    if n_sites > max_sites:
+        return {n: _fail(n, "crystallm_resource_gate", f"the rows generate more than {max_sites} sites") for n in (sg, bond)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
