@@ -22,6 +22,7 @@ def test_base_model_name_is_portable(tmp_path, monkeypatch):
     (tmp_path / "runs" / "base").mkdir(parents=True)
     assert base_model_name(str(tmp_path / "runs" / "base"), tmp_path / "runs" / "base") == "runs/base"
     assert base_model_name("runs/base", Path("runs/base")) == "runs/base"  # an existing folder is not a Hub id
+    assert base_model_name("/elsewhere/runs/mini/model", Path("/elsewhere/runs/mini/model")) == "mini/model"
 
 
 def test_adapter_card_from_the_record():

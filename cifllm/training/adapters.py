@@ -4,7 +4,6 @@ with the adapter's Hub card (``README.md``, built from the record with ``hugging
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,9 @@ ADAPTER_TAGS = ["cifllm", "lora", "crystal-structure", "cif", "materials-science
 
 def base_model_name(given: str | None, resolved: str | Path) -> str:
     """How an adapter names its base model without this machine's paths: ``default`` for the model shipped with
-    cifllm, a Hub id as given, otherwise the folder relative to the working directory (``cifllm sample
-    model=<name> lora=<adapter>`` resolves each of these the same way)."""
+    cifllm, a Hub id as given, a folder relative to the working directory - or its last two parts when it lies
+    outside it (a path of the training machine means nothing elsewhere; the record's weights fingerprint identifies
+    the base)."""
     p = Path(resolved)
     try:
         if p.resolve() == DEFAULT_MODEL_DIR.resolve():
@@ -50,7 +50,12 @@ def base_model_name(given: str | None, resolved: str | Path) -> str:
         pass
     if given and str(given) != "default" and is_hub_id(str(given)) and not Path(str(given)).exists():
         return str(given)
-    return os.path.relpath(p.resolve(), Path.cwd()) if p.is_absolute() else str(p)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:  # outside the working directory: its last two parts (runs/<run>/model -> <run>/model)
+        return str(Path(*p.parts[-2:]))
 
 
 def _fmt(x: Any, nd: int = 4) -> str:
