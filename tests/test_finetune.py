@@ -125,6 +125,13 @@ def test_adapter_folder_and_record(toy):
     assert rec["lora"]["r"] == 16 and "down_proj" in rec["lora"]["target_modules"]
     assert 0 < rec["adapter_mb"] < 1 and rec["trainable_parameters"] < rec["base_parameters"]
     assert json.loads((toy["root"] / "ft" / "metrics.json").read_text())["global_step"] == 200
+    # the adapter's card: written from the record (not peft's template), the base named without this machine's path
+    card = (a / "README.md").read_text()
+    assert "More Information Needed" not in card and "# cifllm LoRA adapter: `toy`" in card
+    assert "fixture crystals, conditioned on atoms per cell" in card and "`n_atoms`" in card
+    assert f"{rec['eval_loss_base']:.4f} -> {rec['eval_loss']:.4f}" in card and rec["base_fingerprint"] in card
+    named = json.loads((a / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not Path(named).is_absolute() and str(toy["root"]) not in card
 
 
 def test_merged_model_equals_base_plus_adapter(toy):

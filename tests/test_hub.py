@@ -141,8 +141,13 @@ def test_card_reads_numbers_from_records(toy_model):
     text = render_model_card(toy_model, repo_id="org/cifllm-toy")
     fm = _front_matter(text)
     assert fm["library_name"] == "transformers" and fm["pipeline_tag"] == "text-generation"
-    assert set(card_mod.TAGS) <= set(fm["tags"]) and fm["datasets"] == list(LICENCES)
+    assert set(card_mod.TAGS) <= set(fm["tags"])
+    assert "datasets" not in fm  # Hub dataset ids only; the sources are named in the data table
     assert fm["license"] == "other"  # restricted_set forbids redistribution
+    # mp_20 by its public name, source repository and citation (the dataset registry); an unknown name says so
+    assert "| MP-20 (CDVAE), partial splits (`mp_20`) | https://github.com/txie-93/cdvae | Xie et al., ICLR 2022" in text
+    assert "| `restricted_set` | not recorded | not recorded |" in text
+    assert "The cifllm code that trained and samples this model is under the MIT licence" in text
     assert "# cifllm-toy" in text
     for s in ("123,456", "1.2345", "0.9876", "4,321", "98,765,432", "3,600.0 s", "555,555", "cif-v1"):
         assert s in text, s
@@ -242,9 +247,12 @@ def test_card_missing_records_and_licences(tmp_path, toy_model):
     with pytest.raises(CardError, match="config.json"):
         render_model_card(tmp_path / "empty")
     assert main(["card", str(tmp_path / "empty")]) == 2
-    assert choose_license({"a": "CC BY 4.0", "b": "MIT (x); data CC BY 4.0", "c": "Apache-2.0"}) == ("cc-by-4.0", [])
+    assert choose_license({"a": "CC BY 4.0", "b": "MIT (x); data CC BY 4.0", "c": "Apache-2.0"}) == ("mit", [])
     assert choose_license({"a": "CC BY 4.0", "b": "CC BY-NC 4.0", "c": "unlimited use"})[1] == ["b", "c"]
     assert training_command({"max_steps": 300, "lr": 2e-3, "out": "runs/a b"}) == "cifllm pretrain lr=0.002 out='runs/a b'"
+    # no path of the training machine in a card: relative under the working directory, else the folder name
+    assert training_command({"out": "/somewhere/else/runs/mini"}) == "cifllm pretrain out=mini"
+    assert training_command({"out": str(Path.cwd() / "runs" / "mini")}) == "cifllm pretrain out=runs/mini"
 
 
 # ---------------------------------------------------------------- push
@@ -356,3 +364,36 @@ def test_generate_cli_errors(capsys, tmp_path):
     assert main(["generate", "--de-novo", "--composition", "NaCl", "--model", str(tmp_path)]) == 2
     assert main(["generate", "--composition", "NaCl", "--model", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_card_is_a_hub_model_card_and_takes_the_project_licence(toy_model, tmp_path):
+    """huggingface_hub reads the card back (licence, model index); with only permissive datasets the weights get the
+    project's licence (pyproject.toml), with a restrictive one they stay ``other``."""
+    import re
+
+    from huggingface_hub import ModelCard
+
+    d = tmp_path / "permissive"
+    shutil.copytree(toy_model, d)
+    man = json.loads((d / "data_manifest.json").read_text())
+    man["manifest"]["licences"] = {"mp_20": LICENCES["mp_20"]}
+    man["manifest"]["datasets"] = ["mp_20"]
+    (d / "data_manifest.json").write_text(json.dumps(man))
+    metrics = {"n_samples": 10, "rates": {"valid": 0.9, "consistent": 0.7, "consistent_strict": 0.6},
+               "consistency_agreement": {"both": 6, "crystallm_only": 1, "strict_only": 0, "neither": 3}}
+    card = ModelCard(render_model_card(d, eval_metrics=metrics))
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^license = \{ text = "MIT" \}', pyproject, re.M) and card_mod.CODE_LICENSE == "mit"
+    assert card.data.license == "mit" and card.data.license_name is None
+    got = {r.metric_type: (r.metric_value, r.metric_name) for r in card.data.eval_results}
+    assert got["consistent"] == (0.7, "Self-consistency (CrystaLLM's definition)")
+    assert got["consistent_strict"] == (0.6, "Self-consistency, strict rule (cifllm)")
+    assert "agree on 9 of 10 samples; 1 pass only CrystaLLM's, 0 only the strict one" in card.text
+    assert ModelCard(render_model_card(toy_model)).data.license == "other"
+
+
+def test_every_registry_dataset_has_a_public_source_for_the_card():
+    from cifllm.data.registry import load_registry
+
+    missing = {name: card_mod._public_source(spec) for name, spec in load_registry().items() if not card_mod._public_source(spec).startswith("https://")}
+    assert missing == {}

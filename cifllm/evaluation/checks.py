@@ -9,24 +9,31 @@ cell               cell sanity: lengths 0.5-1000 Angstrom, angles 10-170 degrees
                    densest known solids have ~5); a near-flat cell packs thousands of images into CrystalNN's
                    cutoff and ran it for minutes
 volume             stated ``_cell_volume`` within 1% of the volume of the stated cell (informational)
-formula            CrystaLLM formula consistency: ``data_`` formula, ``_chemical_formula_structural`` and Z agree
+formula            ``data_`` formula, ``_chemical_formula_structural`` and Z agree (CrystaLLM's formula rule + Z)
 multiplicity       stated site multiplicities equal those the space group generates
-sites_formula      CrystaLLM multiplicity consistency: sum of multiplicity x occupancy per element == ``data_``
+sites_formula      sum of multiplicity x occupancy per element == ``data_`` formula within ``formula_atol``
+                   (CrystaLLM's multiplicity rule, occupancy-weighted, on the generated sites)
 space_group        stated space group == ``SpacegroupAnalyzer(symprec=0.1)`` of the parsed structure
-bond_length        CrystaLLM bond-length reasonableness: CrystalNN bonds within +-32% of summed radii (ionic radii
-                   when the electronegativity difference >= 1.7, atomic radii otherwise; bonds to H < 2.5x);
+bond_length        CrystaLLM's bond-length rule made stricter: CrystalNN bonds within +-32% of summed radii (ionic
+                   radii when the electronegativity difference >= 1.7, atomic radii otherwise; bonds to H < 2.5x);
                    score = fraction of such bonds, passes at >= 1.0 (all bonds); a site without
-                   CrystalNN neighbours is judged by its nearest neighbour
+                   CrystalNN neighbours is judged by its nearest neighbour, bonds to a site's own images count,
+                   disordered sites count as their majority element
 structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3
 compositional      CDVAE/DiffCSP: ``smact.screening.smact_validity`` (charge neutrality + Pauling test,
                    single elements and all-metal alloys valid), SMACT 2014 oxidation states by default
+crystallm_*        CrystaLLM's own validity, reproduced (:mod:`cifllm.evaluation.crystallm_consistency`):
+                   sensible cell, formula, multiplicity, space-group and bond-length sub-checks
 =================  ===========================================================================================
 
 A check that raises (a bug, not bad input) fails with reason ``check_crashed`` and the exception in its detail, so
 :func:`check_sample` never raises; timeouts (:class:`cifllm.utils.limits.ItemTimeout`) are not caught.
 
-Aggregates: ``consistent`` (CrystaLLM self-consistency: formula, multiplicity, sites_formula, space_group,
-bond_length), ``valid`` (CDVAE/DiffCSP validity: parse, cell, structural, compositional), ``valid_all`` (both).
+Aggregates: ``consistent`` (self-consistency as CrystaLLM defines it: every ``crystallm_*`` check passes, i.e. its
+``is_sensible`` and ``is_valid``), ``consistent_strict`` (this project's stricter rule: formula, multiplicity,
+sites_formula, space_group, bond_length), ``valid`` (CDVAE/DiffCSP validity: parse, cell, structural, compositional),
+``valid_all`` (valid and consistent). The first failure (``reason``) is taken in the order validity, CrystaLLM,
+strict; it is "" only when all three aggregates hold.
 """
 
 from __future__ import annotations
@@ -43,11 +50,15 @@ import numpy as np
 
 from cifllm.cif import CanonicalCIF, CIFError, expand_sites, format_formula, parse_canonical, text_to_structure
 from cifllm.cif.bonds import expected_bond_length
+from cifllm.evaluation.crystallm_consistency import CRYSTALLM_CHECKS, check_crystallm
+from cifllm.evaluation.results import CheckResult
 
 __all__ = [
     "failure_summary",
     "CHECK_NAMES",
     "CONSISTENCY_CHECKS",
+    "CRYSTALLM_CHECKS",
+    "STRICT_CONSISTENCY_CHECKS",
     "VALIDITY_CHECKS",
     "CheckResult",
     "CheckSettings",
@@ -77,8 +88,12 @@ CHECK_NAMES = (
     "bond_length",
     "structural",
     "compositional",
+    *CRYSTALLM_CHECKS,
 )
-CONSISTENCY_CHECKS = ("formula", "multiplicity", "sites_formula", "space_group", "bond_length")
+#: ``consistent``: CrystaLLM's validity (:mod:`cifllm.evaluation.crystallm_consistency`)
+CONSISTENCY_CHECKS = CRYSTALLM_CHECKS
+#: ``consistent_strict``: this project's stricter self-consistency
+STRICT_CONSISTENCY_CHECKS = ("formula", "multiplicity", "sites_formula", "space_group", "bond_length")
 VALIDITY_CHECKS = ("parse", "cell", "structural", "compositional")
 
 
@@ -103,17 +118,6 @@ class CheckSettings:
     min_volume: float = 0.1  #: smallest cell volume (Angstrom^3) the structural check accepts
     smact_oxidation_states: str = "smact14"  #: smact oxidation-state set of the compositional check: smact14 (CDVAE's) or icsd24 (smact 4 default)
     max_sites: int = 1000  #: a parsed cell with more sites fails parse (too_many_sites)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of one check. ``ok`` is None when the check was not run (``reason`` says why: ``skipped_<check>``)."""
-
-    name: str
-    ok: bool | None
-    reason: str = ""
-    detail: str = ""
-    value: float | None = None
 
 
 def _fail(name: str, reason: str, detail: str = "", value: float | None = None) -> CheckResult:
@@ -410,10 +414,11 @@ class SampleVerdict:
     """All check results of one sample plus the aggregates and descriptors used by the report."""
 
     checks: dict[str, CheckResult] = field(default_factory=dict)
-    consistent: bool = False
+    consistent: bool = False  # CrystaLLM's validity (CONSISTENCY_CHECKS)
+    consistent_strict: bool = False  # this project's stricter rule (STRICT_CONSISTENCY_CHECKS)
     valid: bool = False
     valid_all: bool = False
-    reason: str = ""  # first failing check's reason ("" when valid_all)
+    reason: str = ""  # first failing check's reason ("" when valid_all and consistent_strict)
     reduced_formula: str | None = None  # of the parsed structure (format_formula, reduced)
     n_elements: int | None = None
     n_sites: int | None = None
@@ -428,6 +433,15 @@ class SampleVerdict:
         return d
 
 
+def _crystallm(parsed: CanonicalCIF, settings: CheckSettings) -> dict[str, CheckResult]:
+    """CrystaLLM's sub-checks (:func:`~cifllm.evaluation.crystallm_consistency.check_crystallm`) behind this
+    project's resource limits; a crash fails every sub-check as ``check_crashed``."""
+    try:
+        return check_crystallm(parsed, settings.max_sites, settings.min_cell_flatness, settings.min_volume_per_site).checks
+    except Exception as exc:
+        return {n: _fail(n, "check_crashed", f"{type(exc).__name__}: {exc}") for n in CRYSTALLM_CHECKS}
+
+
 def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> SampleVerdict:
     """Run every check on one generated text. Never raises; bounded only by the caller's time limit."""
     t0 = time.perf_counter()
@@ -439,6 +453,9 @@ def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> Sample
     if structure is None:
         for name in CHECK_NAMES[1:]:
             v.checks[name] = _skip(name, "parse")
+        if parsed is not None:  # CrystaLLM reads the fields and its own structure: no need of this parser's
+            v.checks.update(_crystallm(parsed, settings))
+            v.consistent = all(v.checks[c].ok for c in CONSISTENCY_CHECKS)
         v.reason = res.reason
         v.time_s = time.perf_counter() - t0
         return v
@@ -475,11 +492,13 @@ def check_sample(text: str, settings: CheckSettings = CheckSettings()) -> Sample
     else:
         for name in ("space_group", "structural", "bond_length"):
             v.checks[name] = _skip(name, "cell")
+    v.checks.update(_crystallm(parsed, settings))
     v.checks = {name: v.checks[name] for name in CHECK_NAMES}
     v.consistent = all(v.checks[c].ok for c in CONSISTENCY_CHECKS)
+    v.consistent_strict = all(v.checks[c].ok for c in STRICT_CONSISTENCY_CHECKS)
     v.valid = all(v.checks[c].ok for c in VALIDITY_CHECKS)
     v.valid_all = v.consistent and v.valid
-    order = ("parse", "cell", "structural", "compositional", *CONSISTENCY_CHECKS)
+    order = ("parse", "cell", "structural", "compositional", *CONSISTENCY_CHECKS, *STRICT_CONSISTENCY_CHECKS)
     v.reason = next((v.checks[c].reason for c in order if v.checks[c].ok is not True), "")
     v.time_s = time.perf_counter() - t0
     return v

@@ -30,7 +30,7 @@ FUNNEL: tuple[tuple[str, str], ...] = (
     ("structurally valid", "structural"),
     ("compositionally valid", "compositional"),
     ("valid (CDVAE)", "valid"),
-    ("+ self-consistent (CrystaLLM)", "valid_all"),
+    ("+ self-consistent (CrystaLLM definition)", "valid_all"),
     ("valid & unique", "unique"),
     ("valid & novel", "novel"),
     ("valid, unique & novel", "unique_novel"),
@@ -140,6 +140,11 @@ def _tables(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     tables = [("Counts and rates (over all samples)", ["metric", "count", f"rate (n={n})", "definition"], rows)]
     rv = metrics.get("rates_among_valid", {})
     tables.append(("Rates among valid samples", ["metric", "rate"], [[k, _fmt(v)] for k, v in rv.items()]))
+    agree = metrics.get("consistency_agreement")
+    if agree:
+        tables.append(("Self-consistency: CrystaLLM's definition vs the strict rule", ["consistent (CrystaLLM)", "consistent_strict", "samples"], [
+            ["pass", "pass", str(agree.get("both"))], ["pass", "fail", str(agree.get("crystallm_only"))],
+            ["fail", "pass", str(agree.get("strict_only"))], ["fail", "fail", str(agree.get("neither"))]]))
     fr = []
     for check, reasons in metrics.get("failure_reasons", {}).items():
         for reason, c in reasons.items():

@@ -44,7 +44,7 @@ from cifllm.sampling.run import read_samples
 from cifllm.utils import atomic_write_json, atomic_write_text
 from cifllm.utils.limits import default_workers, map_with_time_limit
 
-__all__ = ["EvalConfig", "SamplesError", "evaluate", "evaluate_texts", "novelty_stage", "validate_samples"]
+__all__ = ["EvalConfig", "SamplesError", "consistency_agreement", "evaluate", "evaluate_texts", "novelty_stage", "validate_samples"]
 
 
 class SamplesError(CifllmError, ValueError):
@@ -133,16 +133,26 @@ DEFINITIONS: dict[str, str] = {
     "cell": "cell lengths in [min_length, max_length] A, angles in [min_angle, max_angle] degrees, volume / abc >= "
     "min_cell_flatness and >= min_volume_per_site A^3 per site (gate before any neighbour search)",
     "volume": "stated _cell_volume within volume_rtol of the stated cell's volume (informational, in no aggregate)",
-    "formula": "data_ formula, _chemical_formula_structural and Z agree (CrystaLLM formula consistency)",
-    "multiplicity": "stated site multiplicities equal those the space group generates",
-    "sites_formula": "sum of multiplicity x occupancy per element equals the data_ formula within formula_atol (CrystaLLM)",
-    "space_group": "stated space group equals SpacegroupAnalyzer(symprec, angle_tolerance) of the structure (CrystaLLM)",
-    "bond_length": "CrystaLLM bond-length score (CrystalNN bonds within 1 +- bond_tolerance of summed radii) >= bond_cutoff",
+    "formula": "data_ formula, _chemical_formula_structural and Z agree (strict rule)",
+    "multiplicity": "stated site multiplicities equal those the space group generates (strict rule)",
+    "sites_formula": "sum of multiplicity x occupancy per element equals the data_ formula within formula_atol (strict rule)",
+    "space_group": "stated space group number equals SpacegroupAnalyzer(symprec, angle_tolerance) of the structure (strict rule)",
+    "bond_length": "bond-length score >= bond_cutoff: CrystalNN bonds within 1 +- bond_tolerance of summed radii, own "
+    "images included, disorder as the majority element, nearest neighbour where CrystalNN finds none (strict rule)",
     "structural": "all interatomic distances >= min_distance A and volume >= min_volume A^3 (CDVAE/DiffCSP)",
     "compositional": "smact_validity with Pauling test, alloys valid, oxidation states smact_oxidation_states (CDVAE/DiffCSP)",
-    "consistent": "formula, multiplicity, sites_formula, space_group and bond_length all pass (CrystaLLM self-consistency)",
+    "crystallm_sensible": "cell lengths in [0.5, 1000] A and angles in [10, 170] degrees (CrystaLLM is_sensible)",
+    "crystallm_formula": "data_, _chemical_formula_sum and _chemical_formula_structural have one reduced formula (CrystaLLM)",
+    "crystallm_multiplicity": "stated multiplicities per element equal the formula's counts, occupancies ignored (CrystaLLM)",
+    "crystallm_space_group": "stated H-M symbol equals SpacegroupAnalyzer(symprec=0.1)'s (CrystaLLM)",
+    "crystallm_bond_length": "CrystaLLM bond_length_reasonableness_score >= 1.0 (its radii and tolerances; disordered "
+    "sites, missing radii and no bonds fail)",
+    "consistent": "self-consistency as CrystaLLM defines it: sensible and is_valid (every crystallm_* check passes; "
+    "cifllm.evaluation.crystallm_consistency)",
+    "consistent_strict": "this project's stricter self-consistency: formula (with Z), multiplicity, sites_formula, "
+    "space_group and bond_length all pass",
     "valid": "parse, cell, structural and compositional all pass (CDVAE/DiffCSP validity)",
-    "valid_all": "consistent and valid",
+    "valid_all": "valid and consistent (CrystaLLM)",
     "unique": "valid and not matched (StructureMatcher ltol 0.2, stol 0.3, angle_tol 5) by an earlier valid sample",
     "novel": "valid and matched by no reference structure of the same reduced formula (same matcher, MatterGen)",
     "unique_novel": "unique and novel",
@@ -158,6 +168,7 @@ def _failure_verdict(text: str, reason: str, detail: str) -> dict[str, Any]:
     return {
         "checks": checks,
         "consistent": False,
+        "consistent_strict": False,
         "valid": False,
         "valid_all": False,
         "reason": reason,
@@ -283,6 +294,13 @@ def prompt_adherence(sample: dict[str, Any], verdict: dict[str, Any]) -> bool | 
         return False
 
 
+def consistency_agreement(verdicts: list[dict[str, Any]]) -> dict[str, int]:
+    """How CrystaLLM's self-consistency (``consistent``) and the strict rule (``consistent_strict``) split the samples:
+    both pass, only CrystaLLM's, only the strict one, neither."""
+    pairs = Counter((bool(v.get("consistent")), bool(v.get("consistent_strict"))) for v in verdicts)
+    return {"both": pairs[True, True], "crystallm_only": pairs[True, False], "strict_only": pairs[False, True], "neither": pairs[False, False]}
+
+
 def summarize(
     verdicts: list[dict[str, Any]], samples: list[dict[str, Any]] | None = None, novelty_measured: bool = True
 ) -> dict[str, Any]:
@@ -298,8 +316,8 @@ def summarize(
             v["prompt_adherence"] = prompt_adherence(smp, v)
     for name in CHECK_NAMES:
         counts[name] = sum(v["checks"][name]["ok"] is True for v in verdicts)
-    for agg in ("consistent", "valid", "valid_all"):
-        counts[agg] = sum(bool(v[agg]) for v in verdicts)
+    for agg in ("consistent", "consistent_strict", "valid", "valid_all"):
+        counts[agg] = sum(bool(v.get(agg)) for v in verdicts)
     counts["unique"] = sum(v.get("unique") is True for v in verdicts)
     counts["novel"] = sum(v.get("novel") is True for v in verdicts)
     counts["unique_novel"] = sum(v.get("unique") is True and v.get("novel") is True for v in verdicts)
@@ -329,7 +347,9 @@ def summarize(
             "novel": _rate(counts["novel"], nv) if novelty_measured else None,
             "unique_novel": _rate(counts["unique_novel"], nv) if novelty_measured else None,  # type: ignore[arg-type]
             "consistent": _rate(sum(bool(v["valid_all"]) for v in verdicts), nv),
+            "consistent_strict": _rate(sum(bool(v["valid"]) and bool(v.get("consistent_strict")) for v in verdicts), nv),
         },
+        "consistency_agreement": consistency_agreement(verdicts),
         "failure_reasons": reasons,
         "first_failure": dict(first.most_common()),
     }
@@ -430,7 +450,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         write_report(out, metrics, verdicts, ref_stats)
     r = metrics["rates"]
     log(
-        f"{len(samples)} samples: parse {pct(r['parse'])}, valid {pct(r['valid'])}, consistent {pct(r['consistent'])}, "
+        f"{len(samples)} samples: parse {pct(r['parse'])}, valid {pct(r['valid'])}, consistent (CrystaLLM) {pct(r['consistent'])}, "
+        f"consistent (strict) {pct(r['consistent_strict'])}, "
         f"unique {pct(r['unique'])}, novel {pct(r['novel'], NOT_MEASURED)}"
         + (f", prompt adherence {pct(r['prompt_adherence'])}" if r.get("prompt_adherence") is not None else "")
         + f" ({wall:.1f} s) -> {out}"

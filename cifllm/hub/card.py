@@ -1,4 +1,5 @@
-"""Model cards (``README.md`` for the Hugging Face Hub) generated from a model folder's run records only.
+"""Model cards (``README.md`` for the Hugging Face Hub) generated from a model folder's run records only, assembled
+with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` (metadata and model index).
 
 Every number in the card is read from a file: ``config.json`` (architecture), ``cifllm_run.json`` (parameters, steps,
 tokens, losses, wall time, config), ``config.yaml``, ``data_manifest.json`` (datasets, licences, corpus manifest
@@ -25,11 +26,13 @@ from cifllm.core.config import config_to_dict, flatten
 from cifllm.core.errors import CifllmError
 from cifllm.core.records import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from cifllm.core.report import NOT_MEASURED, on_off, pct
+from cifllm.data.registry import DatasetSpec, load_registry
 from cifllm.modeling import SAMPLING_DEFAULTS
 from cifllm.training.config import PretrainConfig
 from cifllm.utils import atomic_write_text, sha256_file
 
 __all__ = [
+    "CODE_LICENSE",
     "NOT_RECORDED",
     "TAGS",
     "CardError",
@@ -40,6 +43,9 @@ __all__ = [
 ]
 
 NOT_RECORDED = "not recorded"
+#: The licence of the cifllm code (pyproject.toml ``license``); the weights get it too when every training dataset's
+#: licence allows redistributing derived work (with attribution): :func:`choose_license`.
+CODE_LICENSE = "mit"
 TAGS = ["crystal-structure", "cif", "materials-science", "llama", "cifllm"]
 #: Phrases that make a dataset licence incompatible with declaring ``cc-by-4.0`` for the weights.
 _RESTRICTIVE = re.compile(
@@ -47,7 +53,7 @@ _RESTRICTIVE = re.compile(
     r"unknown|\bicsd\b",
     re.IGNORECASE,
 )
-#: Licences compatible with redistribution under CC BY 4.0 (attribution).
+#: Licences that allow redistributing derived work (CC BY 4.0: with attribution, which the card gives).
 _PERMISSIVE = re.compile(r"\bcc[- ]by\b|\bcc0\b|\bmit\b|\bapache\b|\bbsd\b|public domain|nist terms", re.IGNORECASE)
 #: The project's targets for its default model (issue 13), shown with what a model measured in the card's "Targets":
 #: CDVAE validity and CrystaLLM self-consistency of constrained de novo samples (CrystaLLM-small reports 94% validity);
@@ -63,8 +69,9 @@ VALID_PER_S_TARGET = 14.0
 _EVAL_RATES = {
     "parse": "Parse rate",
     "valid": "Validity (CDVAE/DiffCSP)",
-    "consistent": "Self-consistency (CrystaLLM)",
-    "valid_all": "Valid and self-consistent",
+    "consistent": "Self-consistency (CrystaLLM's definition)",
+    "consistent_strict": "Self-consistency, strict rule (cifllm)",
+    "valid_all": "Valid and self-consistent (CrystaLLM)",
     "unique": "Unique (among all samples)",
     "novel": "Novel (among all samples)",
     "unique_novel": "Unique and novel (among all samples)",
@@ -150,6 +157,18 @@ def _scalar(v: Any) -> str:
     return shlex.quote(str(v))
 
 
+def _portable(path: Any) -> Any:
+    """A path as a card may show it: relative to the working directory when it lies under it, else its last part;
+    an absolute path of the machine that trained the model means nothing to a reader (and discloses that machine)."""
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        return path
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
 def training_command(config: Mapping[str, Any]) -> str:
     """``cifllm pretrain key=value ...`` for every key of a saved ``PretrainConfig`` that differs from the default
     (nested blocks as dotted keys, ``train.lr=...``; a flat config of an older run keeps its plain keys)."""
@@ -160,12 +179,16 @@ def training_command(config: Mapping[str, Any]) -> str:
     for k, v in given.items():
         dk = k if k in defaults else plain.get(k)
         if dk is None or defaults[dk] != v:
-            parts.append(f"{k}={_scalar(v)}")
+            parts.append(f"{k}={_scalar(_portable(v) if isinstance(v, str) else v)}")
     return " ".join(["cifllm", "pretrain", *parts])
 
 
 def choose_license(licences: Mapping[str, str] | None) -> tuple[str, list[str]]:
-    """(``cc-by-4.0`` or ``other``, datasets whose licence does not clearly allow CC BY 4.0 redistribution)."""
+    """(:data:`CODE_LICENSE` or ``other``, datasets whose licence does not clearly allow redistributing derived work).
+
+    Weights are derived from their training data: they get the project's licence only when every dataset allows
+    that (MIT-, Apache-, BSD-licensed, CC BY or public-domain data, attribution given in the card); one dataset with no
+    licence, a non-commercial or a do-not-redistribute licence (or an unknown one) makes it ``other``."""
     if not licences:
         return "other", []
     blocking = []
@@ -173,47 +196,60 @@ def choose_license(licences: Mapping[str, str] | None) -> tuple[str, list[str]]:
         t = str(text)
         if _RESTRICTIVE.search(t) or not _PERMISSIVE.search(t):
             blocking.append(name)
-    return ("other" if blocking else "cc-by-4.0"), blocking
+    return ("other" if blocking else CODE_LICENSE), blocking
+
+
+def _public_source(spec: DatasetSpec | None) -> str:
+    """Where a registry dataset comes from: its repositories (from the file URLs), else its title."""
+    if spec is None:
+        return NOT_RECORDED
+    urls = [f.url for f in spec.files if f.url] + list(spec.full_dataset_urls)
+    repos: list[str] = []
+    for u in urls:
+        m = re.match(r"https://(?:raw\.githubusercontent\.com|github\.com)/([\w.-]+)/([\w.-]+)/", u)
+        repo = f"https://github.com/{m.group(1)}/{m.group(2)}" if m else None
+        if repo and repo not in repos:
+            repos.append(repo)
+    return ", ".join(repos) if repos else "see the dataset registry entry"
+
+
+def _registry() -> dict[str, DatasetSpec]:
+    try:
+        return load_registry()
+    except Exception:  # a broken registry must not stop a card: its sources read "not recorded"
+        return {}
 
 
 # ------------------------------------------------------------------------------------------------------ sections
 
 
-def _front_matter(name: str, records: dict[str, Any], eval_metrics: dict[str, Any] | None, extra: Mapping[str, Any] | None) -> str:
+def _card_data(name: str, records: dict[str, Any], eval_metrics: dict[str, Any] | None, extra: Mapping[str, Any] | None) -> Any:
+    """The card's metadata as ``huggingface_hub.ModelCardData``: licence (:func:`choose_license`), library, task,
+    tags and the evaluation rates as the model index. No ``datasets`` key: it takes Hub dataset ids, which the training
+    sources (GitHub repositories, the card's data table) do not have."""
+    from huggingface_hub import EvalResult, ModelCardData
+
     manifest = ((records["data"] or {}).get("manifest") or {})
-    licences = manifest.get("licences") or {}
-    lic, blocking = choose_license(licences)
+    lic, _ = choose_license(manifest.get("licences") or {})
     fm: dict[str, Any] = {"license": lic}
     if lic == "other":
         fm["license_name"] = "cifllm-training-data-licences"
         fm["license_link"] = "README.md#licence"
     fm.update(library_name="transformers", pipeline_tag="text-generation", tags=list(TAGS))
-    datasets = list(manifest.get("datasets") or licences)
-    if datasets:
-        fm["datasets"] = datasets
+    results = []
     if eval_metrics and isinstance(eval_metrics.get("rates"), Mapping):
         rates = eval_metrics["rates"]
-        metrics = [
-            {"type": key, "value": float(rates[key]), "name": label}
-            for key, label in _EVAL_RATES.items()
-            if isinstance(rates.get(key), (int, float)) and not isinstance(rates.get(key), bool)
-        ]
-        if metrics:
-            fm["model-index"] = [
-                {
-                    "name": name,
-                    "results": [
-                        {
-                            "task": {"type": "text-generation", "name": "Crystal structure generation (CIF text)"},
-                            "dataset": {"type": "cifllm-samples", "name": f"{eval_metrics.get('n_samples', '?')} samples of this model"},
-                            "metrics": metrics,
-                        }
-                    ],
-                }
-            ]
+        for key, label in _EVAL_RATES.items():
+            v = rates.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                results.append(EvalResult(
+                    task_type="text-generation", task_name="Crystal structure generation (CIF text)",
+                    dataset_type="cifllm-samples", dataset_name=f"{eval_metrics.get('n_samples', '?')} samples of this model",
+                    metric_type=key, metric_value=float(v), metric_name=label,
+                ))
     if extra:
         fm.update(dict(extra))
-    return "---\n" + yaml.safe_dump(fm, sort_keys=False, allow_unicode=True) + "---\n"
+    return ModelCardData(model_name=name if results else None, eval_results=results or None, **fm)
 
 
 def _model_section(records: dict[str, Any]) -> list[str]:
@@ -286,29 +322,36 @@ def _data_section(records: dict[str, Any]) -> list[str]:
     for inp in m.get("inputs") or []:
         if isinstance(inp, Mapping) and inp.get("dataset"):
             inputs[inp["dataset"]] = inputs.get(inp["dataset"], 0) + 1
+    registry = _registry()
     lines += [
         '<a name="licence"></a>',
         "",
-        "| dataset | input files | structures in / kept | licence |",
-        "|---|---:|---:|---|",
+        "| dataset (cifllm name) | public source | cite | input files | structures in / kept | licence |",
+        "|---|---|---|---:|---:|---|",
     ]
     for d in datasets:
         p = per.get(d) or {}
+        spec = registry.get(d)
         counts = f"{_num(p['rows_in'])} / {_num(p.get('rows_out_as_representative'))}" if "rows_in" in p else NOT_RECORDED
         lic = str(licences.get(d, NOT_RECORDED)).replace("|", "/")
-        lines.append(f"| {d} | {inputs.get(d, NOT_RECORDED)} | {counts} | {lic} |")
+        title = f"{spec.title} (`{d}`)" if spec else f"`{d}`"
+        cite = (spec.citation if spec and spec.citation else NOT_RECORDED).replace("|", "/")
+        lines.append(f"| {title} | {_public_source(spec)} | {cite} | {inputs.get(d, NOT_RECORDED)} | {counts} | {lic} |")
     if not datasets:
-        lines.append(f"| {NOT_RECORDED} | | | |")
+        lines.append(f"| {NOT_RECORDED} | | | | | |")
     lic, blocking = choose_license(licences)
     lines.append("")
-    if lic == "cc-by-4.0":
-        lines.append("All training datasets are under licences that allow redistribution with attribution; the weights are "
-                     "released under CC BY 4.0. Cite the datasets above.")
+    code = f"The cifllm code that trained and samples this model is under the {CODE_LICENSE.upper()} licence."
+    if lic == CODE_LICENSE:
+        lines.append(f"{code} All training datasets are under licences that allow redistributing derived work (with "
+                     f"attribution), so the weights are released under the {CODE_LICENSE.upper()} licence too; cite the "
+                     "datasets above (Materials Project data: CC BY 4.0).")
     elif blocking:
-        lines.append(f"**Licence: other.** The licences of {', '.join(blocking)} do not clearly allow redistribution of derived "
-                     "work (see the table); check them before using or redistributing these weights.")
+        lines.append(f"**Licence: other.** {code} The licences of {', '.join(blocking)} do not clearly allow redistribution "
+                     "of derived work (see the table), so the weights are not declared under it: check those licences "
+                     "before using or redistributing these weights.")
     else:
-        lines.append(f"**Licence: other.** Dataset licences: {NOT_RECORDED}.")
+        lines.append(f"**Licence: other.** {code} Dataset licences: {NOT_RECORDED}.")
     lines.append("")
     return lines
 
@@ -333,7 +376,7 @@ def _training_section(records: dict[str, Any]) -> list[str]:
         return [*lines, f"Run record (`cifllm_run.json`): {NOT_RECORDED}.", ""]
     wall = _seconds(run.get("train_seconds_this_session"))
     if run.get("resumed_from"):
-        wall += f" (last session only; resumed from `{run['resumed_from']}`)"
+        wall += f" (last session only; resumed from `{_portable(run['resumed_from'])}`)"
     versions = run.get("versions") or {}
     rows = [
         ("Optimizer steps", _num(run.get("global_step"))),
@@ -380,6 +423,12 @@ def _eval_section(metrics: dict[str, Any] | None, summary: dict[str, Any] | None
     lines += ["", "| metric | rate | among valid | definition |", "|---|---:|---:|---|"]
     for key, label in _EVAL_RATES.items():
         lines.append(f"| {label} | {pct(rates.get(key))} | {pct(among.get(key)) if key in among else ''} | {defs.get(key, '')} |")
+    agree = metrics.get("consistency_agreement")
+    if isinstance(agree, Mapping) and metrics.get("n_samples"):
+        lines += ["", f"Self-consistency: CrystaLLM's definition (a reproduction of its `is_valid`) and this project's "
+                  f"stricter rule agree on {_num(int(agree.get('both', 0)) + int(agree.get('neither', 0)))} of "
+                  f"{_num(metrics['n_samples'])} samples; {_num(agree.get('crystallm_only'))} pass only CrystaLLM's, "
+                  f"{_num(agree.get('strict_only'))} only the strict one."]
     csp = metrics.get("csp")
     if isinstance(csp, Mapping):
         lines += ["", "Crystal structure prediction: " + ", ".join(
@@ -621,8 +670,6 @@ def render_model_card(
             intro += f": {_params(run['n_parameters'])} parameters, {_num(run.get('tokens_seen'))} training tokens"
     intro += "."
     lines = [
-        _front_matter(name, records, metrics, extra).rstrip("\n"),
-        "",
         f"# {name}",
         "",
         intro,
@@ -644,7 +691,10 @@ def render_model_card(
         + ".",
         "",
     ]
-    return "\n".join(lines)
+    from huggingface_hub import ModelCard
+
+    data = _card_data(name, records, metrics, extra)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def write_model_card(

@@ -64,6 +64,7 @@ from cifllm.core.records import ADAPTER_RECORD, model_fingerprint
 from cifllm.data.corpus import load_corpus
 from cifllm.modeling import sampling_generation_config
 from cifllm.tokenization import TOKENIZER_VERSION, load_tokenizer, tokenizer_fingerprint
+from cifllm.training.adapters import base_model_name, write_adapter_card
 from cifllm.training.callbacks import CheckpointMarkerCallback, JsonlLogCallback
 from cifllm.training.checkpoints import find_resume_checkpoint, move_incomplete_aside, truncate_log
 from cifllm.training.config import TrainArgs
@@ -355,6 +356,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     if cfg.method == "full":
         trainer.model.config.use_cache = True
         trainer.model.generation_config = sampling_generation_config(trainer.model.config)
+    else:  # adapter_config.json names the base portably ("default", a Hub id, a relative folder), not this machine's path
+        for pc in trainer.model.peft_config.values():
+            pc.base_model_name_or_path = base_model_name(cfg.base, base)
     trainer.model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     adapter_mb = sum(f.stat().st_size for f in tmp.glob("adapter_model.*" if cfg.method == "lora" else "model*.safetensors")) / 2**20
@@ -388,6 +392,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     }
     atomic_write_json(tmp / (ADAPTER_RECORD if cfg.method == "lora" else "cifllm_finetune.json"), record)
     save_properties(properties.subset(names), tmp)  # property name -> tag, read back by sampling and evaluation
+    if cfg.method == "lora":  # the adapter's card from the record, in place of peft's empty template
+        write_adapter_card(tmp, base_model_name(cfg.base, base), task.description if task is not None else f"your own data ({cfg.data})")
     if adapter.exists():
         import shutil
 
