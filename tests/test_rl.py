@@ -1,0 +1,159 @@
+"""Reward fine-tuning (``cifllm rl``): a synthetic reward moves a tiny random model, terms compose, runs resume, the
+shipped config loads, best-of-N screening keeps the top."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cifllm.bench.screening import best_of_n
+from cifllm.cli import main as cli_main
+from cifllm.core.config import ConfigError, config_help, describe_config, load_config
+from cifllm.sampling.engines import GenerationParams, HFEngine
+from cifllm.sampling.generation import generate
+from cifllm.sampling.prompts import Prompt
+from cifllm.sampling.toy import save_random_llama
+from cifllm.tokenization import as_pretrained
+from cifllm.training.rewards import RewardContext, RewardModel, Rollout, register_reward
+from cifllm.training.rl import RLConfig, advantages, load_rl_config, train_rl
+
+REPO = Path(__file__).resolve().parents[1]
+TOK = as_pretrained()
+OXYGEN = TOK.convert_tokens_to_ids("O")
+
+
+def oxygen_share(rollouts):
+    """Synthetic reward: the share of generated tokens that are the element O."""
+    return [sum(i == OXYGEN for i in r.token_ids) / len(r.token_ids) if r.token_ids else 0.0 for r in rollouts]
+
+
+register_reward("oxygen_share", oxygen_share)
+
+# Unconstrained, 4 tokens per rollout: the random model's next-token distribution is near uniform over 499 tokens
+# (share of O ~ 0.002). Its output weights are tiny (init std 0.02), so its logits span ~±0.2 whatever the hidden state:
+# only an adapter on lm_head can sharpen the distribution, hence target_modules=[lm_head] here.
+FAST = ["constrained=false", "max_new_tokens=4", "temperature=1.0", "top_k=0", "threads=1", "prompts_per_step=2", "group_size=32", "train_batch=64", "sample_batch=64", "kl_coef=0.01", "lr=0.03", "lora_r=4", "lora_alpha=8", "target_modules=[lm_head]"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return save_random_llama(tmp_path_factory.mktemp("toy") / "model", "test", max_positions=64)
+
+
+def _share(model: Path, adapter: Path | None, n: int = 512) -> float:
+    eng = HFEngine(model, threads=1, lora=adapter)
+    gens = generate([Prompt("", "prefix", "0")], GenerationParams(num_samples=n, temperature=1.0, top_k=0, max_new_tokens=4, seed=123, batch_size=256), engine=eng, constrained=False)
+    toks = [i for g in gens for i in g.token_ids]
+    return sum(i == OXYGEN for i in toks) / len(toks)
+
+
+def test_synthetic_reward_raises_oxygen_share(toy, tmp_path):
+    """The share of O tokens rises from its base value (~1/499) after a few RL steps."""
+    torch.set_num_threads(1)
+    cfg = load_rl_config(None, [*FAST, f"base={toy}", f"out={tmp_path / 'run'}", "steps=15", "save_steps=15", "rewards={oxygen_share: 1.0}"])
+    before = _share(toy, None)
+    adapter = train_rl(cfg)
+    after = _share(toy, adapter)
+    assert before < 0.01 and after > 0.1, (before, after)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, 16))
+    assert np.mean([r["reward_mean"] for r in recs[-3:]]) > np.mean([r["reward_mean"] for r in recs[:3]])
+    rec = json.loads((adapter / "cifllm_adapter.json").read_text())
+    assert rec["method"] == "rl" and rec["global_step"] == 15 and rec["rollout_samples"] == 15 * 64
+    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "plots" / "reward.png").is_file()
+
+
+def test_resume_after_interruption_continues_the_log(toy, tmp_path):
+    """Killed after step 3 (checkpoint at 2): the resumed run logs steps 3..4 again, identical to the first try."""
+    torch.set_num_threads(1)
+    args = [*FAST, "prompts_per_step=1", "group_size=8", f"base={toy}", f"out={tmp_path / 'run'}", "steps=4", "save_steps=2", "rewards={oxygen_share: 1.0}"]
+    cfg = load_rl_config(None, args)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(rec):
+        seen.append(rec)
+        if rec["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_rl(cfg, on_step=stop_at_3)
+    assert not (tmp_path / "run" / "adapter").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_rl(cfg)
+    resumed = []
+    train_rl(cfg, resume=True, on_step=resumed.append)
+    assert [r["step"] for r in resumed] == [3, 4]
+    recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert recs[2]["reward_mean"] == pytest.approx(seen[2]["reward_mean"]) and recs[2]["loss"] == pytest.approx(seen[2]["loss"], rel=1e-4)
+
+
+def test_reward_terms_compose_with_weights():
+    register_reward("one", lambda rs: [1.0] * len(rs))
+    register_reward("half_or_none", lambda rs: [0.5 if r.valid else None for r in rs])
+    rs = [Rollout(text="a", valid=True), Rollout(text="b", valid=False)]
+    total, values = RewardModel({"one": 2.0, "half_or_none": -1.0, "validity": 0.5, "novelty": 0.0}, RewardContext())(rs)
+    assert total.tolist() == pytest.approx([2.0 - 0.5 + 0.5, 2.0])  # None adds nothing; novelty (weight 0) not built
+    assert values["half_or_none"] == [0.5, None] and values["validity"] == [1.0, 0.0] and "novelty" not in values
+    with pytest.raises(ConfigError, match="unknown term"):
+        RewardModel({"nope": 1.0}, RewardContext())
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        RewardModel({"validity": 0.0}, RewardContext())
+    with pytest.raises(ConfigError, match="needs a Case-2 task"):
+        RewardModel({"property": 1.0}, RewardContext())  # no task: no oracle
+
+
+def test_dotted_path_reward(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def long_text(rollouts):\n    return [float(len(r.text)) for r in rollouts]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_rewards", None)
+    total, values = RewardModel({"my_rewards:long_text": 0.5}, RewardContext())([Rollout(text="abcd")])
+    assert total.tolist() == [2.0]
+    with pytest.raises(ConfigError, match="cannot import"):
+        RewardModel({"my_rewards:missing": 1.0}, RewardContext())
+
+
+def test_advantages_group_relative():
+    r = np.array([1.0, 0.0, 1.0, 1.0, 5.0, 5.0])
+    g = np.array([0, 0, 1, 1, 2, 2])
+    a = advantages(r, g, "grpo")
+    assert a[:2] == pytest.approx([1.0, -1.0], abs=1e-4) and a[2:].tolist() == [0.0] * 4  # equal rewards teach nothing
+    b = advantages(np.array([3.0, 0.0, 0.0]), np.zeros(3, dtype=int), "rloo")
+    assert b.tolist() == pytest.approx([3.0, -1.5, -1.5])
+
+
+def test_shipped_rl_yaml_loads_and_help_lists_every_key():
+    cfg = load_config(RLConfig, REPO / "train" / "configs" / "rl.yaml")
+    assert isinstance(cfg, RLConfig) and cfg.rewards["property"] > 0 and cfg.rewards["stability"] == 0
+    text = config_help(RLConfig)
+    assert all(f"  {k.key} = " in text for k in describe_config(RLConfig))
+    with pytest.raises(ConfigError):
+        load_config(RLConfig, None, ["group_size=1"])
+    with pytest.raises(ConfigError):
+        load_config(RLConfig, None, ["rewards={validity: high}"])
+
+
+def test_cli_rl_runs_and_refuses_bad_input(toy, tmp_path, monkeypatch, capsys):
+    (tmp_path / "cli_rewards.py").write_text("def o(rollouts):\n    return [float('O' in r.text) for r in rollouts]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    args = ["rl", f"--out={out}", *FAST, "prompts_per_step=1", "group_size=4", f"base={toy}", "steps=1", "rewards={cli_rewards:o: 1.0}"]
+    assert cli_main(args) == 0
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert cli_main(["rl", f"--out={tmp_path / 'bad'}", f"base={toy}", "rewards={nope: 1}"]) == 2
+    assert "unknown term" in capsys.readouterr().err
+    assert cli_main(["rl", "--task", "no_such_task", f"--out={tmp_path / 'bad2'}"]) == 2
+
+
+def test_best_of_n_keeps_the_top_by_score():
+    keep = best_of_n([0.1, float("nan"), 0.9, 0.5, None], 2)
+    assert keep == [2, 3]
+    assert best_of_n([1.0, 1.0, 0.0], 5) == [0, 1, 2]
