@@ -157,3 +157,69 @@ def test_best_of_n_keeps_the_top_by_score():
     keep = best_of_n([0.1, float("nan"), 0.9, 0.5, None], 2)
     assert keep == [2, 3]
     assert best_of_n([1.0, 1.0, 0.0], 5) == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def dens_task(tmp_path_factory, structures):
+    """A Case-2 task over the prototype crystals: density above its 80% quantile is the tail; conditioned on density."""
+    import yaml
+
+    from cifllm.bench.splits import build_split
+    from cifllm.bench.tasks import TaskSpec
+    from cifllm.cif import format_formula, structure_to_text
+    from cifllm.core.config import config_to_dict
+    from cifllm.data.corpus import CorpusRow, write_corpus
+
+    root = tmp_path_factory.mktemp("dens")
+    rows = [
+        CorpusRow(text=(t := structure_to_text(s)), reduced_formula=format_formula(s.composition, reduced=True), elements=[e.symbol for e in s.composition.elements],
+                  n_sites=len(s), sg_number=s.get_space_group_info(symprec=0.1)[1], n_tokens=len(TOK(t)["input_ids"]), sources=["toy"], source_ids=[f"toy:{i}"],
+                  properties={"density": round(float(s.density), 4)}, year=None, provenance=[])
+        for i, s in enumerate(structures)
+    ]
+    corpus = write_corpus(rows, root / "corpus")
+    task = TaskSpec(name="dens", case=2, description="d", rule="property_top", sources=("toy",), property="density", quantile=0.8, val_fraction=0.0, conditioning=("density",), metrics=("csp", "denovo", "rediscovery", "property"))
+    (root / "dens.yaml").write_text(yaml.safe_dump(config_to_dict(task)))
+    build_split(task, corpus, root / "splits", workers=1)
+    return root
+
+
+def test_task_terms_oracles_and_conditioned_rollouts(dens_task, toy, tmp_path):
+    """On a Case-2 task: the reward oracle sees the training side only and differs from the evaluation oracle; the
+    property / target / novelty terms follow their formulas; a conditioned run asks for values in its range and saves
+    an adapter whose record carries the conditioning statistics."""
+    from cifllm.bench.oracle import PropertyOracle, RewardOracle
+    from cifllm.bench.splits import load_split
+    from cifllm.evaluation.run import evaluate_texts
+    from cifllm.training.rl import build_context
+
+    args = [*FAST, "prompts_per_step=2", "group_size=2", f"base={toy}", f"task={dens_task / 'dens.yaml'}", f"splits={dens_task / 'splits'}", f"out={tmp_path / 'run'}",
+            "rewards={validity: 1.0, property: 1.0, target: 1.0, novelty: 1.0}", "cond_fraction=1.0", "steps=2"]
+    cfg = load_rl_config(None, args)
+    ctx, td = build_context(cfg, log=lambda m: None)
+    train = load_split(dens_task / "splits" / "dens", "train")
+    test = load_split(dens_task / "splits" / "dens", "test")
+    assert type(ctx.reward_oracle) is RewardOracle and type(td.eval_oracle) is PropertyOracle
+    assert td.oracle_reports["reward"]["n_fit"] + td.oracle_reports["reward"]["n_holdout"] == len(train)  # training side only
+    assert td.oracle_reports["evaluation"]["n_fit"] + td.oracle_reports["evaluation"]["n_holdout"] == len(train) + len(test)
+    lo, hi = td.asked_range
+    vals = [r["value"] for r in train]
+    assert lo < max(vals) < hi and ctx.threshold == pytest.approx(max(vals), rel=0.2)
+
+    texts = [train[0]["text"], test[0]["text"]]
+    verd = evaluate_texts(texts, workers=0, time_limit_s=30, reference=ctx.train_ref)
+    assert [v["novel"] for v in verd] == [False, True]
+    rs = [Rollout(text=t, valid=True, novel=v["novel"], asked={"density": 5.0}) for t, v in zip(texts, verd)] + [Rollout(text="garbage", valid=False)]
+    model = RewardModel({"property": 1.0, "target": 1.0, "novelty": 1.0}, ctx)
+    total, values = model(rs)
+    pred = ctx.reward_oracle.predict(texts)
+    assert values["property"][:2] == pytest.approx([(p - ctx.threshold) / ctx.spread for p in pred]) and values["property"][2] is None
+    assert values["target"][:2] == pytest.approx([-abs(p - 5.0) / ctx.spread for p in pred])
+    assert values["novelty"] == [0.0, 1.0, None] and total[2] == 0.0
+
+    adapter = train_rl(cfg)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["asked"] for r in recs] == [2, 2] and set(recs[0]["terms"]) == {"validity", "property", "target", "novelty"}
+    rec = json.loads((adapter / "cifllm_adapter.json").read_text())
+    assert rec["task"] == "dens" and set(rec["conditioning"]) == {"density"} and rec["oracles"]["reward"]["model"] != rec["oracles"]["evaluation"]["model"]
+    assert json.loads((adapter / "properties.json").read_text())
