@@ -223,3 +223,53 @@ def test_task_terms_oracles_and_conditioned_rollouts(dens_task, toy, tmp_path):
     rec = json.loads((adapter / "cifllm_adapter.json").read_text())
     assert rec["task"] == "dens" and set(rec["conditioning"]) == {"density"} and rec["oracles"]["reward"]["model"] != rec["oracles"]["evaluation"]["model"]
     assert json.loads((adapter / "properties.json").read_text())
+
+
+def test_bench_rl_and_best_of_n_rows(dens_task, toy, tmp_path):
+    """`cifllm bench` with an rl adapter and best_of_n=-1: an ``rl`` row, a ``best-of-n`` row whose pool is the rl
+    run's rollouts + n_denovo (equal sampling compute), both with a champion rate, and the champions table."""
+    from cifllm.bench.runner import BenchConfig, run_bench
+
+    rl_cfg = load_rl_config(None, [*FAST, "prompts_per_step=1", "group_size=3", f"base={toy}", f"task={dens_task / 'dens.yaml'}", f"splits={dens_task / 'splits'}",
+                                   f"out={tmp_path / 'rl'}", "rewards={validity: 1.0, property: 1.0}", "steps=2"])
+    adapter = train_rl(rl_cfg)
+    cfg = BenchConfig(task=str(dens_task / "dens.yaml"), model=str(toy), splits=str(dens_task / "splits"), corpus=str(dens_task / "corpus"), out=str(tmp_path / "results"),
+                      n_prompts=1, n_samples=1, n_denovo=2, max_new_tokens=8, constrained=False, template_baseline=False, workers=0, time_limit_s=10.0,
+                      rl_adapter=str(adapter), best_of_n=-1)
+    res = run_bench(cfg, log=lambda *_: None)
+    rows = {r["generator"]: r for r in res["rows"]}
+    assert list(rows) == ["base", "rl", "best-of-n"]
+    assert rows["rl"]["spec"]["adapter"] == str(adapter) and "csp" in rows["rl"]
+    scr = rows["best-of-n"]["screening"]
+    assert scr["n_pool"] == 2 * 3 + 2 and scr["n_kept"] == 2 and rows["best-of-n"]["denovo"]["n"] == 2 and "csp" not in rows["best-of-n"]
+    for r in rows.values():
+        assert "champion_rate" in r["property"] and r["property"]["rates"]["champion_rate"]["n"] == r["property"]["champions"]["n_valid_novel_denovo"]
+    md = (tmp_path / "results" / "BENCH.md").read_text()
+    assert "| dens | best-of-n | 0 |" in md and "| dens | rl |" in md
+    again = run_bench(cfg, log=lambda *_: None)  # resumable: the saved rows are loaded as they are
+    assert [r["generator"] for r in again["rows"]] == ["base", "rl", "best-of-n"] and again["rows"][2]["screening"] == scr
+
+
+def test_best_of_n_screen_keeps_the_reward_oracle_top(dens_task):
+    """The screening step keeps the n_denovo pool samples the reward oracle ranks highest (unparsable ones last)."""
+    from cifllm.bench.oracle import RewardOracle
+    from cifllm.bench.runner import RowSpec, _screen
+    from cifllm.bench.splits import load_split
+
+    train = load_split(dens_task / "splits" / "dens", "train")
+    ro = RewardOracle(seed=0)
+    ro.fit([r["text"] for r in train], [r["value"] for r in train])
+    pool = [{"kind": "denovo", "prompt_index": None, "sample_index": k, "text": t} for k, t in enumerate(["not a cif", *[r["text"] for r in train[:6]]])]
+
+    class _Sc:
+        reward_oracle = ro
+
+    class _Td:
+        n_denovo = 3
+
+    out, info = _screen(RowSpec("best-of-n", "model", "m", screen_n=7), _Td(), pool, _Sc())
+    preds = ro.predict([r["text"] for r in train[:6]])
+    want = {int(i) + 1 for i in np.argsort(-preds)[:3]}
+    assert {r["sample_index"] for r in out if r["kind"] == "denovo"} == want
+    assert info == {"n_pool": 7, "n_kept": 3, "n_reward_scored": 6, "reward_oracle": ro.description}
+    assert out[0]["reward_pred"] is None and out[0]["kind"] == "pool"
