@@ -273,3 +273,26 @@ def test_best_of_n_screen_keeps_the_reward_oracle_top(dens_task):
     assert {r["sample_index"] for r in out if r["kind"] == "denovo"} == want
     assert info == {"n_pool": 7, "n_kept": 3, "n_reward_scored": 6, "reward_oracle": ro.description}
     assert out[0]["reward_pred"] is None and out[0]["kind"] == "pool"
+
+
+def test_stability_term_uses_the_hull_interface():
+    """The stability term reads any EnergyAboveHull callable (re-pointed by set_hull_factory): -E_hull clipped to
+    [0, 1] eV/atom, None where the potential gives nothing or the sample is invalid."""
+    from cifllm.training import rewards as R
+
+    seen = []
+
+    def fake_hull(texts):
+        seen.extend(texts)
+        return [{"a": 0.05, "b": -0.2, "c": 3.0}.get(t) for t in texts]
+
+    old = R._HULL_FACTORY[0]
+    R.set_hull_factory(lambda ctx: fake_hull)
+    try:
+        rs = [Rollout(text=t, valid=True) for t in ("a", "b", "c", "d")] + [Rollout(text="e", valid=False)]
+        _, values = RewardModel({"stability": 1.0}, RewardContext())(rs)
+    finally:
+        R.set_hull_factory(old)
+    assert values["stability"] == pytest.approx([-0.05, 0.0, -1.0, None, None]) and seen == ["a", "b", "c", "d"]
+    with pytest.raises(ConfigError, match="needs a task"):
+        RewardModel({"stability": 1.0}, RewardContext())  # the CHGNet default needs the task's training side

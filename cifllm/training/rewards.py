@@ -200,11 +200,9 @@ class ChgnetHull:
         self.reference = reference
         self.cache_dir = Path(cache_dir)
         self.settings = StabilitySettings(workers=0, time_limit_s=time_limit_s)
-        self._n = 0
 
     def __call__(self, texts: Sequence[str]) -> list[float | None]:
-        ids = [f"rl:{self._n + i}" for i in range(len(texts))]
-        self._n += len(texts)
+        ids = ["rl"] * len(texts)  # the cache key is (id, text): a structure sampled again is not relaxed again
         verd = [{"valid": True} for _ in texts]  # the term only asks for valid samples
         recs, _ = run_stability(list(texts), ids, verd, self.reference, self.settings, self.cache_dir)
         out: list[float | None] = []
