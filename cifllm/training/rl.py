@@ -134,9 +134,9 @@ class RLConfig(BlockAccess):
     cond_fraction: float = 0.5
     asked_low: float | None = None  #: lowest asked value; null = the training side's 5% quantile
     asked_high: float | None = None  #: highest asked value; null = training max + 50% of (max - 5% quantile)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    lora_r: int = 16  #: LoRA rank of a new adapter (as `cifllm finetune`'s)
+    lora_alpha: int = 32  #: LoRA scale numerator (scale = alpha / r); no LoRA dropout (sampling and update see one network)
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS  #: projections that get LoRA weights (all attention + MLP)
     save_steps: int = 10  #: checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2  #: newest checkpoints kept
     seed: int = 0  #: every step's randomness derives from (seed, step)
@@ -554,6 +554,7 @@ def _save_adapter(cfg: RLConfig, run_dir: Path, policy: Any, tok: Any, base: Pat
     stats: dict[str, Any] = {}
     if names and td.spec is not None:
         _, stats = build_finetune_texts(td.train, names, td.spec.property or None, 0.0, cfg.seed)
+    pc = policy.peft_config["default"]  # the adapter as trained (init_adapter: its own rank and modules)
     steps_done = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()] if (run_dir / "log.jsonl").is_file() else []
     record = {
         "format": "cifllm-lora-v1", "method": "rl", "task": td.spec.name if td.spec else "",
@@ -561,7 +562,7 @@ def _save_adapter(cfg: RLConfig, run_dir: Path, policy: Any, tok: Any, base: Pat
         "base_model": str(base), "base_fingerprint": model_fingerprint(base),
         "tokenizer": {"version": TOKENIZER_VERSION, "fingerprint": tokenizer_fingerprint(tok.backend_tokenizer)},
         "conditioning": stats, "cond_dropout": None,
-        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": 0.0, "target_modules": list(cfg.target_modules), "init_adapter": cfg.init_adapter or None},
+        "lora": {"r": pc.r, "alpha": pc.lora_alpha, "dropout": 0.0, "target_modules": sorted(pc.target_modules or ()), "init_adapter": cfg.init_adapter or None},
         "trainable_parameters": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         "global_step": steps_done[-1]["step"] if steps_done else 0,
         # sampling compute of the whole run (all sessions): what a best-of-n row must match
