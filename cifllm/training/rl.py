@@ -7,7 +7,8 @@ continue a ``cifllm finetune`` adapter). Every step:
    engine, whose model *is* the policy (the adapter's weights change every step, so a merged copy or a vLLM server
    would be stale), with the constraint engine on: every rollout parses as far as it goes and obeys its prompt.
    ``prompts_per_step`` prompts x ``group_size`` samples; a prompt is de novo (BOS only) or, on a conditioned task with
-   probability ``cond_fraction``, a property line asking for a value drawn uniformly from ``[asked_low, asked_high]``.
+   the ``target`` term on, with probability ``cond_fraction`` a property line asking for a value drawn uniformly from
+   ``[asked_low, asked_high]``.
 2. **Rewards**: the weighted terms of ``rewards`` (:mod:`cifllm.training.rewards`: validity, property, target,
    novelty, stability, or your own).
 3. **Advantages**, group-relative: ``grpo`` = (r - group mean) / (group std + 1e-6); ``rloo`` = r - mean of the other
@@ -130,7 +131,8 @@ class RLConfig(BlockAccess):
     max_new_tokens: int = 1024  #: generated tokens per rollout (a rollout cut here is not finished: invalid)
     sample_batch: int = 32  #: sequences per generate call
     constrained: bool = True  #: sample through the constraint engine (needs a cif-v2 model)
-    #: share of a conditioned task's prompts that carry a property line (the task's first conditioning property)
+    #: share of a conditioned task's prompts that carry a property line (the task's first conditioning property); only
+    #: with the target term on (a property line without it teaches nothing about the asked value)
     cond_fraction: float = 0.5
     asked_low: float | None = None  #: lowest asked value; null = the training side's 5% quantile
     asked_high: float | None = None  #: highest asked value; null = training max + 50% of (max - 5% quantile)
@@ -222,7 +224,7 @@ def build_context(cfg: RLConfig, log: Callable[[str], None] = _say) -> tuple[Rew
         spread = float(np.quantile(sv, 0.95) - np.quantile(sv, 0.05)) or 1.0
         ctx.reward_oracle, ctx.threshold, ctx.spread, ctx.log_target = ro, float(threshold), spread, log_t
         td.eval_oracle = eo
-        if task.conditioning and cfg.cond_fraction > 0:
+        if task.conditioning and cfg.cond_fraction > 0 and float(cfg.rewards.get("target", 0.0)) != 0.0:
             td.cond_name = task.conditioning[0]
             p05, vmax = float(np.quantile(vals, 0.05)), float(vals.max())
             lo = cfg.asked_low if cfg.asked_low is not None else p05
