@@ -296,3 +296,16 @@ def test_stability_term_uses_the_hull_interface():
     assert values["stability"] == pytest.approx([-0.05, 0.0, -1.0, None, None]) and seen == ["a", "b", "c", "d"]
     with pytest.raises(ConfigError, match="needs a task"):
         RewardModel({"stability": 1.0}, RewardContext())  # the CHGNet default needs the task's training side
+
+
+def test_init_adapter_continues_an_existing_adapter(toy, tmp_path):
+    """init_adapter: the run starts from that adapter's weights (step-0 policy = it, not the base) and records its rank."""
+    torch.set_num_threads(1)
+    base_args = [*FAST, "prompts_per_step=1", "group_size=8", f"base={toy}", "rewards={oxygen_share: 1.0}"]
+    register_reward("mean_token_id", lambda rs: [float(np.mean(r.token_ids)) / len(TOK) if r.token_ids else 0.0 for r in rs])  # dense: every group varies
+    first = train_rl(load_rl_config(None, [*base_args, f"out={tmp_path / 'a'}", "steps=2", "lora_r=2", "lora_alpha=4", "rewards={mean_token_id: 1.0}"]))
+    second = train_rl(load_rl_config(None, [*base_args, f"out={tmp_path / 'b'}", "steps=1", f"init_adapter={first}"]))
+    rec = json.loads((second / "cifllm_adapter.json").read_text())
+    assert rec["lora"]["r"] == 2 and rec["lora"]["init_adapter"] == str(first)
+    log_b = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])
+    assert log_b["kl"] > 0  # the first step's policy already differs from the base
