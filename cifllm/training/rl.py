@@ -19,12 +19,14 @@ continue a ``cifllm finetune`` adapter). Every step:
    (the same network with the adapter disabled, peft ``disable_adapter()``). One update per batch of rollouts
    (strictly on-policy), so the PPO ratio is 1 and needs no clipping.
 
-Why not TRL: TRL's ``GRPOTrainer``/``RLOOTrainer`` generate rollouts themselves (``model.generate`` from a text-prompt
-dataset, or a vLLM server/colocated engine) and take no per-row logits processor, so the constraint engine (a stateful
-per-row machine, :class:`~cifllm.sampling.hf_constraint.ConstrainedLogitsProcessor`) cannot run inside them without
-re-implementing their generation step; rollouts through the project's engine are the point of the design (every
-rollout obeys its prompt, the same sampler as ``sample``/``bench``). The loop above is ~100 lines on top of that
-path, tested in ``tests/test_rl.py``; TRL is therefore not a dependency.
+Why not TRL: TRL's ``GRPOTrainer``/``RLOOTrainer`` sample their rollouts themselves (``model.generate`` from a
+text-prompt dataset, or their vLLM server / colocated engine), configured by generation keyword arguments; the
+constraint engine is a stateful per-row machine (:class:`~cifllm.sampling.hf_constraint.ConstrainedLogitsProcessor`)
+that must be built per batch from each row's prompt, which their generation step does not take, so using TRL would
+mean overriding that step, i.e. writing the rollout part anyway, plus a heavy dependency for ~100 lines of loss and
+bookkeeping. Rollouts through the project's engine are the point of the design (every rollout obeys its prompt, the
+same sampler as ``sample``/``bench``). TRL is therefore not a dependency (decided from TRL's documented interface;
+TRL was not installed to try it, and newer versions may offer a custom-rollout hook worth revisiting).
 
 Reward hacking guard: on a Case-2 task, every step logs the reward oracle's mean prediction (trained on the training
 side only, :class:`~cifllm.bench.oracle.RewardOracle`: extra trees on composition features) and the evaluation
