@@ -309,3 +309,24 @@ def test_init_adapter_continues_an_existing_adapter(toy, tmp_path):
     assert rec["lora"]["r"] == 2 and rec["lora"]["init_adapter"] == str(first)
     log_b = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0])
     assert log_b["kl"] > 0  # the first step's policy already differs from the base
+
+
+def test_reward_oracle_kinds(dens_task):
+    """extra_trees never predicts beyond the training range (its reward saturates at the threshold); ridge fits on the
+    same features and may; an unknown kind is refused; the rl config refuses an unknown kind too."""
+    from cifllm.bench.oracle import RewardOracle
+    from cifllm.bench.splits import load_split
+
+    train = load_split(dens_task / "splits" / "dens", "train")
+    tail = [r["text"] for r in load_split(dens_task / "splits" / "dens", "test")]
+    y = [r["value"] for r in train]
+    trees = RewardOracle(kind="extra_trees")
+    trees.fit([r["text"] for r in train], y)
+    assert np.nanmax(trees.predict(tail)) <= max(y) + 1e-9
+    ridge = RewardOracle(kind="ridge")
+    rep = ridge.fit([r["text"] for r in train], y)
+    assert np.isfinite(ridge.predict(tail)).all() and "Ridge" in rep.model
+    with pytest.raises(ValueError, match="reward oracle kind"):
+        RewardOracle(kind="gp")
+    with pytest.raises(ConfigError):
+        load_rl_config(None, ["reward_oracle=gp"])

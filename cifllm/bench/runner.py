@@ -10,7 +10,8 @@ Rows (generators; names documented in the BENCH.md header, :mod:`cifllm.bench.re
 * ``lora`` / ``lora+cond`` - with the task's ``adapter`` (plain / property prompts);
 * ``rl`` - with ``rl_adapter``, an adapter trained by ``cifllm rl`` (plain prompts);
 * ``best-of-n`` - the honest baseline of ``rl``: ``best_of_n`` unprompted samples of the base model, of which the
-  ``n_denovo`` the *reward* oracle (:class:`~cifllm.bench.oracle.RewardOracle`, training side only) ranks highest
+  ``n_denovo`` the *reward* oracle (:class:`~cifllm.bench.oracle.RewardOracle`, training side only, the rl adapter's
+  kind) ranks highest
   are kept as the row's de novo samples (:func:`cifllm.bench.screening.best_of_n`); no CSP part;
 * ``template`` - element substitution into training prototypes.
 
@@ -328,7 +329,14 @@ def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, An
             fp["cond_asked"] = [float(x) for x in cfg.cond_asked]
         if spec.screen_n:
             fp["screen_n"] = spec.screen_n
+            fp["screen_oracle"] = _screen_oracle_kind(cfg)
     return fp
+
+
+def _screen_oracle_kind(cfg: BenchConfig) -> str:
+    """The reward-oracle kind best-of-n screens with: the rl adapter's (its recorded ``reward_oracle``), else the default."""
+    rec = read_adapter_record(cfg.rl_adapter) if cfg.rl_adapter else {}
+    return str((rec.get("config") or {}).get("reward_oracle") or "extra_trees")
 
 
 def _denovo_key(spec: RowSpec, cfg: BenchConfig, n: int) -> dict[str, Any]:
@@ -663,7 +671,7 @@ def _scoring(cfg: BenchConfig, td: _Task, d: Path) -> tuple[_Scoring, dict[str, 
     reward_oracle = None
     if oracle is not None and cfg.best_of_n:
         lab = [r for r in td.train if r.get("value") is not None]
-        reward_oracle = RewardOracle(log_target=oracle.log_target, seed=cfg.seed)
+        reward_oracle = RewardOracle(log_target=oracle.log_target, seed=cfg.seed, kind=_screen_oracle_kind(cfg))  # the rl run's: a fair screen
         reward_oracle.fit([r["text"] for r in lab], [r["value"] for r in lab], threshold)
     return _Scoring(ref, sizes, oracle, threshold, fp, reward_oracle), orc or {}
 

@@ -11,7 +11,9 @@ Built-in terms (their scale is chosen so that weight 1 is a sensible start; all 
 * ``property``  - reward-oracle prediction ``(pred - threshold) / spread``: the task's threshold (the top-tail
   boundary) and the spread of the training side's values (p95 - p05, log1p space for tc / thermal conductivity, which
   the oracle fits in log space); None for an invalid sample. The reward oracle is :class:`~cifllm.bench.oracle.RewardOracle`
-  trained on the task's training side only (train + val; never the test tail).
+  trained on the task's training side only (train + val; never the test tail). Its default kind (extra trees) never
+  predicts above the training maximum, which on a top-tail task is the threshold: this term then rewards reaching the
+  top of the training range, not going past it; ``reward_oracle=ridge`` extrapolates (and is easier to exploit).
 * ``target``    - ``-|pred - asked| / spread`` for a conditioned prompt (a property line asking for a value,
   :mod:`cifllm.conditioning`), so that conditioning is learned by reward; None for an unconditioned prompt.
 * ``novelty``   - 1 when the valid sample matches no structure of the task's training side (StructureMatcher,

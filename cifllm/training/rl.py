@@ -120,6 +120,9 @@ class RLConfig(BlockAccess):
     #: reward terms, name -> weight (0 = off): validity, property, target, novelty, stability, a name registered with
     #: cifllm.training.rewards.register_reward, or a dotted path "module:function" (fn(rollouts) -> [float | None])
     rewards: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARDS))
+    #: reward oracle (composition features, training side only): extra_trees (bounded by the training range: the
+    #: property reward saturates at the threshold) or ridge (extrapolates linearly; easier to exploit)
+    reward_oracle: Literal["extra_trees", "ridge"] = "extra_trees"
     steps: int = 100  #: optimizer steps (one batch of rollouts each)
     prompts_per_step: int = 4  #: prompts (groups) per step
     group_size: int = 8  #: samples per prompt; advantages are relative to the group
@@ -216,7 +219,7 @@ def build_context(cfg: RLConfig, log: Callable[[str], None] = _say) -> tuple[Rew
         lab = [r for r in train if r.get("value") is not None]
         if len(lab) < 10:
             raise ValueError(f"{d}: only {len(lab)} training rows carry {task.property}; the reward oracle needs >= 10")
-        ro = RewardOracle(log_target=log_t, seed=cfg.seed)
+        ro = RewardOracle(log_target=log_t, seed=cfg.seed, kind=cfg.reward_oracle)
         td.oracle_reports["reward"] = ro.fit([r["text"] for r in lab], [r["value"] for r in lab], threshold).__dict__
         everything = [r for r in train + load_split(d, "test") if r.get("value") is not None]
         eo = PropertyOracle(log_target=log_t, seed=cfg.seed)  # the benchmark's oracle, as cifllm bench trains it
