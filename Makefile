@@ -127,7 +127,7 @@ BENCH_FULL_ARGS ?= n_prompts=200 n_samples=20 n_denovo=1000 max_new_tokens=2000 
 	$(if $(wildcard $(BENCH_OLD_MODEL)/config.json),'compare_models={old-default: $(BENCH_OLD_MODEL)}')
 BENCH_CMD = bench $(foreach t,$(BENCH_TASKS),--task $(t)) $(if $(wildcard $(BENCH_MODEL)/config.json),--model $(BENCH_MODEL) --adapter 'runs/finetune-{task}/adapter') splits=data/tasks corpus=$(CORPUS)
 TASKS := id_random elements_heldout prototypes_heldout tc_top kappa_top bandgap_top time_split
-.PHONY: splits bench bench-quick finetune finetune-all scaling default-model default-eval card
+.PHONY: splits bench bench-quick finetune finetune-all rl scaling default-model default-eval card
 splits: setup
 	$(CIFLLM) split --corpus $(CORPUS) --out data/tasks --base-corpus data/corpus-base
 
@@ -152,6 +152,13 @@ finetune: setup
 
 finetune-all: setup
 	for t in $(TASKS); do test -f runs/finetune-$$t/adapter/cifllm_adapter.json || $(MAKE) --no-print-directory finetune TASK=$$t || exit 1; done
+
+# Reward fine-tuning (issue 30) of a LoRA adapter for one task (TASK=tc_top) on BASE; resumes an interrupted run.
+# RL_ARGS=key=value ... (cifllm rl --help). Bench it with: make bench BENCH_ARGS="rl_adapter=runs/rl-{task}/adapter best_of_n=-1"
+RL_ARGS ?=
+rl: setup
+	test -f data/tasks/$(TASK)/manifest.json || $(MAKE) splits
+	$(CIFLLM) rl --config train/configs/rl.yaml --task $(TASK) --base $(BASE) --out runs/rl-$(TASK) $(if $(wildcard runs/rl-$(TASK)/config.yaml),--resume) $(RL_ARGS)
 
 # Sim2Real transfer scaling law (issue 17): tiny preset pretrained until its val loss stops improving on 6 nested
 # subsets (625-20,000) of the computed structures x 2 repeats, fine-tuned on measured Tc (SuperCon3D) + the task's

@@ -21,6 +21,7 @@ from cifllm.sampling.run import SampleConfig
 from cifllm.training.config import PretrainConfig
 from cifllm.training.deepspeed_config import load_deepspeed_config
 from cifllm.training.finetune import FinetuneConfig
+from cifllm.training.rl import RLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RES = REPO / "cifllm" / "resources"
@@ -38,6 +39,8 @@ def _config_class(path: Path) -> type:
     name, folder = path.name, path.parent.name
     if name == "lora.yaml":
         return FinetuneConfig
+    if name == "rl.yaml":
+        return RLConfig
     if folder in ("train", "configs"):
         return PretrainConfig
     if name.startswith("sample"):
@@ -56,7 +59,7 @@ TASK_YAMLS = _files("cifllm/resources/tasks/*.yaml", "eval/tasks/*.yaml")
 
 def test_every_kind_is_shipped():
     kinds = {_config_class(p) for p in STAGE_YAMLS}
-    assert kinds == {PretrainConfig, FinetuneConfig, SampleConfig, EvalConfig, PrepConfig}
+    assert kinds == {PretrainConfig, FinetuneConfig, RLConfig, SampleConfig, EvalConfig, PrepConfig}
     assert len(TASK_YAMLS) >= 7
 
 
@@ -102,7 +105,7 @@ def test_bad_key_names_close_matches():
         load_config(FinetuneConfig, None, ["warmup_step=3"])
 
 
-@pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig, SampleConfig, EvalConfig, PrepConfig])
+@pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig, RLConfig, SampleConfig, EvalConfig, PrepConfig])
 def test_help_lists_every_key_with_default_and_comment(cls):
     import argparse
 

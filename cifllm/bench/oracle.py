@@ -16,7 +16,7 @@ import numpy as np
 
 from cifllm.cif import CIFError, parse_canonical
 
-__all__ = ["featurize", "PropertyOracle", "OracleReport", "FEATURE_NAMES"]
+__all__ = ["featurize", "PropertyOracle", "OracleReport", "FEATURE_NAMES", "COMPOSITION_FEATURES", "RewardOracle"]
 
 _ELEMENT_PROPS = ("Z", "X", "atomic_radius", "row", "group", "mendeleev_no", "atomic_mass", "molar_volume", "melting_point")
 _STATS = ("mean", "std", "min", "max", "range")
@@ -32,6 +32,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "n_sites",
     "c_over_a",
 )
+#: the composition statistics of :data:`FEATURE_NAMES` (element-property stats + ``n_elements``): no cell, no symmetry
+COMPOSITION_FEATURES: int = len(_ELEMENT_PROPS) * len(_STATS) + 1
 
 
 @cache
@@ -105,11 +107,18 @@ class PropertyOracle:
     def _inv(self, y: np.ndarray) -> np.ndarray:
         return np.expm1(y) if self.log_target else y
 
+    #: what :attr:`OracleReport.model` says
+    description = "sklearn HistGradientBoostingRegressor(max_iter=400, lr=0.05) on Magpie-style composition + cell features"
+
+    def features(self, text: str) -> np.ndarray:
+        """The feature vector this oracle reads (:func:`featurize`); raises ``CIFError`` for text that does not parse."""
+        return featurize(text)
+
     def fit(self, texts: list[str], y: list[float] | np.ndarray, threshold: float | None = None) -> OracleReport:
         """Report accuracy on a held-out 20%, then refit on everything (the oracle may see the test tail)."""
         from sklearn.metrics import mean_absolute_error, r2_score
 
-        X = np.stack([featurize(t) for t in texts])
+        X = np.stack([self.features(t) for t in texts])
         y = np.asarray(y, dtype=float)
         rng = np.random.default_rng(self.seed)
         idx = rng.permutation(len(y))
@@ -119,7 +128,7 @@ class PropertyOracle:
         pred = self._inv(self.model.predict(X[hold]))
         tail = hold[y[hold] > threshold] if threshold is not None else np.array([], dtype=int)
         mae_tail = float(mean_absolute_error(y[tail], self._inv(self.model.predict(X[tail])))) if len(tail) else None
-        rep = OracleReport(len(fit), len(hold), float(mean_absolute_error(y[hold], pred)), float(r2_score(y[hold], pred)), mae_tail, int(len(tail)), "sklearn HistGradientBoostingRegressor(max_iter=400, lr=0.05) on Magpie-style composition + cell features", self.log_target)
+        rep = OracleReport(len(fit), len(hold), float(mean_absolute_error(y[hold], pred)), float(r2_score(y[hold], pred)), mae_tail, int(len(tail)), self.description, self.log_target)
         self.model.fit(X, self._t(y))
         return rep
 
@@ -129,10 +138,46 @@ class PropertyOracle:
         rows, feats = [], []
         for i, t in enumerate(texts):
             try:
-                feats.append(featurize(t))
+                feats.append(self.features(t))
                 rows.append(i)
             except (CIFError, ValueError):
                 continue
         if feats:
             out[rows] = self._inv(self.model.predict(np.stack(feats)))
         return out
+
+
+class RewardOracle(PropertyOracle):
+    """The *reward* oracle of reward fine-tuning (``cifllm rl``), deliberately unlike the benchmark's
+    :class:`PropertyOracle` so that a policy exploiting one oracle's blind spots shows up as a gap to the other; fitted
+    by the caller on the task's *training side* only (never the test tail), on the composition features only
+    (:data:`COMPOSITION_FEATURES`).
+
+    ``kind``: ``extra_trees`` (default; ``ExtraTreesRegressor``, 300 trees, min 2 rows per leaf) - robust, but a tree
+    ensemble never predicts beyond the largest training value, so on a top-tail task its reward saturates at the
+    threshold; ``ridge`` (standardized features, ``RidgeCV``) - extrapolates linearly past the training range, which
+    is what reward fine-tuning toward champions needs, and is easier to exploit (watch the oracle gap)."""
+
+    KINDS = ("extra_trees", "ridge")
+
+    def __init__(self, log_target: bool = False, seed: int = 0, kind: str = "extra_trees") -> None:
+        from sklearn.ensemble import ExtraTreesRegressor
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if kind not in self.KINDS:
+            raise ValueError(f"reward oracle kind {kind!r}: expected one of {list(self.KINDS)}")
+        self.log_target = log_target
+        self.seed = seed
+        self.kind = kind
+        if kind == "ridge":
+            self.model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+            self.description = "sklearn RidgeCV on standardized Magpie-style composition features only (extrapolates linearly)"
+        else:
+            self.model = ExtraTreesRegressor(n_estimators=300, min_samples_leaf=2, random_state=seed, n_jobs=1)
+            self.description = "sklearn ExtraTreesRegressor(300 trees, min_samples_leaf=2) on Magpie-style composition features only"
+
+    def features(self, text: str) -> np.ndarray:
+        x = featurize(text)[:COMPOSITION_FEATURES]
+        return np.nan_to_num(x, nan=0.0)  # neither model takes NaN (an element property pymatgen does not know)

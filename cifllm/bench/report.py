@@ -151,6 +151,7 @@ def render_bench_md(results_dir: Path) -> str:
     orc_lines = [f"| {m['task']['name']} | {fmt_num(m['oracle'].get('mae'))} | {fmt_num(m['oracle'].get('r2'))} | {m['oracle'].get('n_fit', MISSING)} |" for m in ms if m.get("oracle")]
     if orc_lines:
         lines += ["", "Property oracles (accuracy on a held-out 20% of the rows with the property):", "", "| task | MAE | R2 | n fit |", "|---|---|---|---|", *orc_lines]
+    lines += _champion_table(ms)
     st_lines = []
     for m in ms:
         for r in m["rows"]:
@@ -172,6 +173,40 @@ def render_bench_md(results_dir: Path) -> str:
             *st_lines,
         ]
     return "\n".join(lines) + "\n"
+
+
+def _champion_table(ms: list[dict[str, Any]]) -> list[str]:
+    """Case 2: champion rate per row (share of valid, novel de novo samples the evaluation oracle places above the
+    task's threshold, Wilson interval), unique compositions among the champions, S.U.N. (when stability ran) and the
+    row's sampling compute (samples, tokens; best-of-n: its whole screened pool; rl: the adapter's training rollouts
+    are in its record, cifllm_adapter.json)."""
+    out = []
+    for m in ms:
+        for r in m["rows"]:
+            pr = r.get("property") or {}
+            if "champion_rate" not in pr:
+                continue
+            ch = pr.get("champions") or {}
+            sun = (((r.get("denovo") or {}).get("stability") or {}).get("rates") or {}).get("sun") or {}
+            s = r.get("sampling") or {}
+            scr = r.get("screening") or {}
+            n_samples = scr.get("n_pool") or s.get("n_samples")
+            out.append(
+                f"| {m['task']['name']} | {r['generator']} | {ch.get('n_valid_novel_denovo', MISSING)} | {pct_ci((pr.get('rates') or {}).get('champion_rate'), pr.get('champion_rate'))} | "
+                f"{pct(ch.get('unique_compositions'))} | {pct(sun.get('rate'))} | {fmt_num(n_samples)} | {fmt_num(s.get('tokens'))} |"
+            )
+    if not out:
+        return []
+    return [
+        "",
+        "Champions (Case 2, de novo): champion rate = share of the valid, novel de novo samples that the evaluation oracle",
+        "places above the task's threshold [Wilson 95%]; unique = distinct compositions among those champions; S.U.N. from",
+        "the stability table (n/a: not run); samples / tokens = the row's sampling compute (best-of-n: its screened pool).",
+        "",
+        "| task | row | valid novel de novo | champion rate | unique compositions (champions) | S.U.N. | samples | tokens |",
+        "|---|---|---|---|---|---|---|---|",
+        *out,
+    ]
 
 
 def render_per_prompt_md(metrics: dict[str, Any]) -> str:

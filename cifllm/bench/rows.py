@@ -37,7 +37,7 @@ from cifllm.utils import atomic_write_json, atomic_write_text, sha256_file
 __all__ = ["OWN_ROWS", "RESERVED_ROWS", "ROW_FORMAT", "RowJournal", "RowStore", "SharedDenovo", "describe_change", "digest", "folder_fingerprint"]
 
 #: rows of a task's benchmark that sample the benchmarked model itself (with or without its adapter / conditioning)
-OWN_ROWS = ("base", "base-unconstrained", "lora", "lora+cond")
+OWN_ROWS = ("base", "base-unconstrained", "lora", "lora+cond", "rl", "best-of-n")
 #: row names the runner gives itself; ``compare_models`` names must differ from them
 RESERVED_ROWS = (*OWN_ROWS, "template")
 #: version of the row files: a row saved by another version is regenerated

@@ -8,6 +8,11 @@ Rows (generators; names documented in the BENCH.md header, :mod:`cifllm.bench.re
   ``base`` is constrained);
 * one row per ``compare_models`` entry (e.g. ``old-default``), each with its own auto constraint setting;
 * ``lora`` / ``lora+cond`` - with the task's ``adapter`` (plain / property prompts);
+* ``rl`` - with ``rl_adapter``, an adapter trained by ``cifllm rl`` (plain prompts);
+* ``best-of-n`` - the honest baseline of ``rl``: ``best_of_n`` unprompted samples of the base model, of which the
+  ``n_denovo`` the *reward* oracle (:class:`~cifllm.bench.oracle.RewardOracle`, training side only, the rl adapter's
+  kind) ranks highest
+  are kept as the row's de novo samples (:func:`cifllm.bench.screening.best_of_n`); no CSP part;
 * ``template`` - element substitution into training prototypes.
 
 For each row:
@@ -25,6 +30,8 @@ For each row:
 * **Property** (Case 2): an oracle (:mod:`cifllm.bench.oracle`) trained on all rows carrying the property (the test
   tail included; accuracy on a held-out 20% reported) scores valid novel samples; hit rate = share of them predicted
   above the task's threshold; conditioned rows: Spearman rho of asked vs predicted with a bootstrap interval.
+  Champion rate: share of the valid, novel *de novo* samples the oracle places above the threshold (Wilson
+  interval), with the unique compositions among those champions.
 * **Throughput**: sampling wall seconds, tokens, tokens/s, valid CIFs per second of sampling (measured when the row
   was sampled and kept with it).
 
@@ -49,9 +56,10 @@ from typing import Any, Literal
 import numpy as np
 
 from cifllm.bench.baselines import TemplateBaseline
-from cifllm.bench.oracle import PropertyOracle
+from cifllm.bench.oracle import PropertyOracle, RewardOracle
 from cifllm.bench.report import render_bench_md, render_per_prompt_md
 from cifllm.bench.rows import RESERVED_ROWS, ROW_FORMAT, RowJournal, RowStore, SharedDenovo, digest, folder_fingerprint
+from cifllm.bench.screening import best_of_n
 from cifllm.bench.splits import load_split
 from cifllm.bench.stats import (
     ELEMENT_BUCKETS,
@@ -132,6 +140,12 @@ class BenchConfig:
     #: units), n_denovo / len(cond_asked) samples each; empty = the test tail's 10/50/90% quantiles and maximum.
     #: In-range values show whether the adapter follows its property line at all; on the command line: cond_asked=[1,5,9]
     cond_asked: list[float] = field(default_factory=list)
+    #: adapter trained by `cifllm rl` for the ``rl`` row ('{task}' is replaced by the task name; a missing folder with
+    #: '{task}' means no rl row for that task); null = no rl row
+    rl_adapter: str | None = None
+    #: base-model de novo samples screened by the reward oracle for the ``best-of-n`` row (n_denovo kept); 0 = no row;
+    #: -1 = equal sampling compute with the rl adapter: its recorded rollout_samples + n_denovo
+    best_of_n: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,11 +158,12 @@ class RowSpec:
     adapter: str | None = None
     constrained: bool = False
     conditioned: bool = False
+    screen_n: int = 0  # best-of-n: unprompted samples screened by the reward oracle (0 = not a screening row)
 
     @property
     def shares_denovo(self) -> bool:
         """Unprompted samples of a model without adapter: the same for every task."""
-        return self.kind == "model" and self.adapter is None and not self.conditioned
+        return self.kind == "model" and self.adapter is None and not self.conditioned and not self.screen_n
 
 
 @dataclass
@@ -209,6 +224,17 @@ def plan_rows(cfg: BenchConfig, cond_names: tuple[str, ...], log: Callable[[str]
         rows.append(RowSpec("lora", "model", model, adapter=cfg.adapter, constrained=on))
         if cond_names:
             rows.append(RowSpec("lora+cond", "model", model, adapter=cfg.adapter, constrained=on, conditioned=True))
+    if cfg.model and cfg.rl_adapter:
+        rows.append(RowSpec("rl", "model", model, adapter=cfg.rl_adapter, constrained=rows[0].constrained))
+    if cfg.model and cfg.best_of_n:
+        n = cfg.best_of_n
+        if n < 0:
+            if not cfg.rl_adapter:
+                raise ConfigError("best_of_n=-1 (equal compute with the rl adapter) needs rl_adapter")
+            n = int(read_adapter_record(cfg.rl_adapter).get("rollout_samples") or 0) + max(1, cfg.n_denovo)
+        rows.append(RowSpec("best-of-n", "model", model, constrained=rows[0].constrained, screen_n=n))
+    elif cfg.best_of_n and not cfg.model:
+        log("best_of_n: no model given, so there is no best-of-n row")
     if cfg.template_baseline:
         rows.append(RowSpec("template", "template"))
     return rows
@@ -312,7 +338,16 @@ def _gen_fingerprint(spec: RowSpec, td: _Task, cfg: BenchConfig) -> dict[str, An
         )
         if spec.conditioned and cfg.cond_asked:  # only when set: rows saved before this key existed keep their fingerprint
             fp["cond_asked"] = [float(x) for x in cfg.cond_asked]
+        if spec.screen_n:
+            fp["screen_n"] = spec.screen_n
+            fp["screen_oracle"] = _screen_oracle_kind(cfg)
     return fp
+
+
+def _screen_oracle_kind(cfg: BenchConfig) -> str:
+    """The reward-oracle kind best-of-n screens with: the rl adapter's (its recorded ``reward_oracle``), else the default."""
+    rec = read_adapter_record(cfg.rl_adapter) if cfg.rl_adapter else {}
+    return str((rec.get("config") or {}).get("reward_oracle") or "extra_trees")
 
 
 def _denovo_key(spec: RowSpec, cfg: BenchConfig, n: int) -> dict[str, Any]:
@@ -349,6 +384,8 @@ def _sample_row(spec: RowSpec, td: _Task, cfg: BenchConfig, log: Callable[[str],
     sampler = _ModelSampler(spec, cfg, log)
     csp_prompts, dn_prompts, asked = list(td.prompts), [""], [None]
     per = td.n_denovo
+    if spec.screen_n:  # best-of-n: only the unprompted pool; screened when scored (the reward oracle needs scoring packages)
+        csp_prompts, per = [], spec.screen_n
     if spec.conditioned:
         csp_prompts, dn_prompts, asked = _conditioned_prompts(td, cfg.cond_asked)
         per = max(1, td.n_denovo // max(1, len(asked)))
@@ -413,14 +450,33 @@ class _Scoring:
     oracle: PropertyOracle | None
     threshold: float | None
     fingerprint: dict[str, Any]
+    reward_oracle: RewardOracle | None = None  # best-of-n screening: trained on the training side only
 
 
 def _verdict_summary(v: dict[str, Any]) -> dict[str, Any]:
     return {k: v.get(k) for k in ("valid", "reason", "reduced_formula", "n_sites", "n_elements", "unique", "novel")}
 
 
+def _screen(spec: RowSpec, td: _Task, recs: list[dict[str, Any]], sc: _Scoring) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """best-of-n: the pool's reward-oracle predictions, the top ``n_denovo`` kept as the row's de novo samples (the
+    others stay in the records as kind ``pool``); returns the records and the screening summary."""
+    if sc.reward_oracle is None:
+        raise ConfigError(f"row {spec.name}: screening needs a Case-2 task with a property oracle (metrics: property)")
+    pool = [i for i, r in enumerate(recs) if r["kind"] in ("denovo", "pool")]
+    preds = sc.reward_oracle.predict([recs[i]["text"] for i in pool])
+    keep = {pool[j] for j in best_of_n([float(p) for p in preds], td.n_denovo)}
+    out = []
+    for j, i in enumerate(pool):
+        out.append({**recs[i], "kind": "denovo" if i in keep else "pool", "reward_pred": float(preds[j]) if preds[j] == preds[j] else None})
+    scored = sum(1 for p in preds if p == p)
+    return out, {"n_pool": len(pool), "n_kept": len(keep), "n_reward_scored": scored, "reward_oracle": sc.reward_oracle.description}
+
+
 def _score(spec: RowSpec, td: _Task, recs: list[dict[str, Any]], sc: _Scoring, cfg: BenchConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score one row's samples; returns the row's metrics and the sample records with their verdict summaries."""
+    screening = None
+    if spec.screen_n:
+        recs, screening = _screen(spec, td, recs, sc)
     csp_idx = [i for i, r in enumerate(recs) if r["kind"] == "csp"]
     dn_idx = [i for i, r in enumerate(recs) if r["kind"] == "denovo"]
     by_prompt: list[list[int]] = [[] for _ in td.prompts]
@@ -434,8 +490,10 @@ def _score(spec: RowSpec, td: _Task, recs: list[dict[str, Any]], sc: _Scoring, c
     for i, v in verd.items():
         out_recs[i].update(_verdict_summary(v))
     res: dict[str, Any] = {"generator": spec.name, "spec": {"kind": spec.kind, "model": spec.model or None, "adapter": spec.adapter, "constrained": spec.constrained}}
+    if screening is not None:
+        res["screening"] = screening
     k = td.n_samples
-    if td.prompts:
+    if td.prompts and csp_idx:
         items = [(td.targets[p]["text"], [recs[i]["text"] if verd[i]["valid"] else None for i in ids]) for p, ids in enumerate(by_prompt)]
         rms: list[list[float | None]] = [[] for _ in items]
         for p, r in map_with_time_limit(csp_match_task, items, lambda it: cfg.time_limit_s * max(1, len(it[1])), cfg.workers, on_failure=lambda it, why, d: [None] * len(it[1])):
@@ -508,6 +566,14 @@ def _score(spec: RowSpec, td: _Task, recs: list[dict[str, Any]], sc: _Scoring, c
             "unit": td.spec.unit,
             "rates": {"hit_rate": rate(hits, len(finite))},
         }
+        dn_set = set(dn_idx)
+        champ_pool = [(texts[p], v) for p, (i, v) in enumerate(zip(order, verd_list)) if i in dn_set and v["valid"] and v.get("novel") is not False]
+        cp = sc.oracle.predict([t for t, _ in champ_pool]) if champ_pool else []
+        champs = [v.get("reduced_formula") for (_, v), p in zip(champ_pool, cp) if p == p and p > sc.threshold]
+        res["property"]["champion_rate"] = len(champs) / len(champ_pool) if champ_pool else None
+        res["property"]["champions"] = {"n": len(champs), "n_valid_novel_denovo": len(champ_pool), "n_denovo": len(dn_idx),
+                                        "unique_compositions": len(set(champs)) / len(champs) if champs else None}
+        res["property"]["rates"]["champion_rate"] = rate(len(champs), len(champ_pool))
         if spec.conditioned:
             asked = [recs[i]["asked"] for i in order]
             res["property"]["response"] = _conditioning_response(texts, verd_list, asked, sc.oracle, sc.threshold, cfg.seed)
@@ -613,11 +679,16 @@ def _scoring(cfg: BenchConfig, td: _Task, d: Path) -> tuple[_Scoring, dict[str, 
         "format": ROW_FORMAT, "corpus": str(cfg.corpus), "corpus_manifest": sha256_file(manifest) if manifest.is_file() else None,
         "time_limit_s": cfg.time_limit_s, "stability": cfg.stability, "seed": cfg.seed,
     }
-    return _Scoring(ref, sizes, oracle, threshold, fp), orc or {}
+    reward_oracle = None
+    if oracle is not None and cfg.best_of_n:
+        lab = [r for r in td.train if r.get("value") is not None]
+        reward_oracle = RewardOracle(log_target=oracle.log_target, seed=cfg.seed, kind=_screen_oracle_kind(cfg))  # the rl run's: a fair screen
+        reward_oracle.fit([r["text"] for r in lab], [r["value"] for r in lab], threshold)
+    return _Scoring(ref, sizes, oracle, threshold, fp, reward_oracle), orc or {}
 
 
 def _records_complete(recs: list[dict[str, Any]], n_prompts: int) -> bool:
-    return all(r.get("kind") in ("csp", "denovo") and (r["kind"] != "csp" or 0 <= int(r.get("prompt_index", -1)) < n_prompts) for r in recs)
+    return all(r.get("kind") in ("csp", "denovo", "pool") and (r["kind"] != "csp" or 0 <= int(r.get("prompt_index", -1)) < n_prompts) for r in recs)
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -628,6 +699,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     def tlog(msg: str) -> None:
         log(f"[bench {task_name}] {msg}")
 
+    if cfg.rl_adapter and "{task}" in cfg.rl_adapter:
+        a = cfg.rl_adapter.replace("{task}", task_name)
+        if not Path(a).is_dir():
+            tlog(f"no rl adapter at {a}: no rl row")
+        cfg = replace(cfg, rl_adapter=a if Path(a).is_dir() else None, best_of_n=cfg.best_of_n if Path(a).is_dir() or cfg.best_of_n >= 0 else 0)
     td, d = _load_task(cfg, tlog)
     specs = plan_rows(cfg, td.cond_names, tlog)
     unknown = sorted(set(cfg.rows) - {s.name for s in specs})

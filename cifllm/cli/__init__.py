@@ -109,6 +109,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "split": ("cifllm.cli.split", "build leakage-checked discovery-task splits from a corpus"),
     "bench": ("cifllm.cli.bench", "run discovery tasks for a model and the template baseline"),
     "finetune": ("cifllm.cli.finetune", "LoRA fine-tune a pretrained model on a discovery task"),
+    "rl": ("cifllm.cli.rl", "reward fine-tuning (GRPO/RLOO) of a LoRA adapter with property and potential rewards"),
     "scaling": ("cifllm.cli.scaling", "transfer scaling-law sweep and fit err(n) = D n^-alpha + C"),
     "generate": ("cifllm.cli.generate", "print CIFs for a composition from the default (or any) model"),
     "export": ("cifllm.cli.export", "write a Hub-ready bf16/fp16 safetensors copy of a model folder"),

@@ -100,6 +100,9 @@ class Generation:
     #: constraint-engine counters of this sample (guarded_rows, blocked_letters, soft_failures, dead_end); None when
     #: unconstrained or not measured (the vLLM engine runs the machines in its own process)
     constraint: dict[str, Any] | None = None
+    #: the generated token ids before ``<|eos|>`` (HF engine; None where the engine does not report them). Reward
+    #: fine-tuning scores exactly these tokens: decoded text does not always re-encode to them
+    token_ids: tuple[int, ...] | None = None
 
 
 class Engine(Protocol):
@@ -303,7 +306,7 @@ class HFEngine:
                     finished = False
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 stats = proc.machines[r].stats.to_json() if proc is not None else None
-                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b, constraint=stats)
+                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b, constraint=stats, token_ids=tuple(ids))
             if progress:
                 progress(len(new))
 
