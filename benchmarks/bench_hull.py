@@ -11,10 +11,12 @@ out. For each held-out structure:
     (shipped), MP2020 scale: potential error plus incompleteness. Also the formation-energy MAE against DFT.
 (a') ``<potential>_relaxed``: the same after relaxing with the potential (``--relax`` structures, the first of the
     sample).
+``vs_dft_on_same_hull``: (a) against (b) instead of MP's E_hull: the potential's error alone, hull held fixed.
 
 Metrics (:func:`cifllm.potentials.validation.hull_metrics`): E_hull MAE / RMSE / mean error with bootstrap 95%
 intervals, F1 / precision / recall of stable (E_hull <= 0) and metastable (<= 0.1 eV/atom). Per source too (MP-20
-test rows all have MP E_hull < 0.08, so "metastable" is trivially all-positive there; MPTS-52 spans 0-5 eV/atom).
+test rows all have MP E_hull < 0.08, so "metastable" is trivially all-positive there; MPTS-52 spans 0-5 eV/atom),
+with/without oxygen, and by hull coverage (competing phases in the structure's chemical system).
 
     CIFLLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_hull.py \\
         --n-mp20 750 --n-mpts52 750 --relax 150 --potentials chgnet sevennet
@@ -45,15 +47,24 @@ def _sample(rows, dataset: str, split: str, n: int, max_atoms: int, seed: int):
     return pool[:n], len(pool)
 
 
-def _metrics_by_source(held, pred: list[float | None], n_boot: int) -> dict:
+#: groups by the number of competing phases the hull holds in a structure's chemical system (its sub-systems included)
+COVERAGE = ((0, 5), (5, 20), (20, 50), (50, None))
+
+
+def _metrics_by_source(held, pred: list[float | None], n_boot: int, n_entries: list[int], truth: list[float] | None = None) -> dict:
+    """Metrics over all held-out rows and per group: source dataset, with/without O (the MP2020 oxide correction),
+    hull coverage. ``truth``: MP's E_hull (default) or another reference (e.g. the DFT energy on the same hull)."""
+    true = truth if truth is not None else [r.e_above_hull for r in held]
     out = {}
-    groups = {"all": list(range(len(held)))}
+    groups: dict[str, list[int]] = {"all": list(range(len(held)))}
     for i, r in enumerate(held):
         groups.setdefault(r.dataset, []).append(i)
         groups.setdefault("with_O" if any(el == "O" for el, _ in r.composition) else "without_O", []).append(i)
+        lo, hi = next((lo, hi) for lo, hi in COVERAGE if n_entries[i] >= lo and (hi is None or n_entries[i] < hi))
+        groups.setdefault(f"coverage_{lo}-{hi - 1}" if hi else f"coverage_{lo}+", []).append(i)
     for name, idx in groups.items():
         ok = [i for i in idx if pred[i] is not None]
-        out[name] = {"n_rows": len(idx), "n_scored": len(ok), **hull_metrics([pred[i] for i in ok], [held[i].e_above_hull for i in ok], n_boot=n_boot)}
+        out[name] = {"n_rows": len(idx), "n_scored": len(ok), **hull_metrics([pred[i] for i in ok], [true[i] for i in ok], n_boot=n_boot)}
     return out
 
 
@@ -90,14 +101,16 @@ def main() -> None:
 
     # (b) DFT formation energies on the hull
     t1 = time.perf_counter()
-    pred_dft = [hull.e_above_hull(c, r.formation_energy_per_atom)["e_above_hull"] for c, r in zip(comps, held, strict=True)]
-    result["methods"]["dft"] = {"seconds": round(time.perf_counter() - t1, 2), "metrics": _metrics_by_source(held, pred_dft, args.n_boot)}
+    placed = [hull.e_above_hull(c, r.formation_energy_per_atom) for c, r in zip(comps, held, strict=True)]
+    pred_dft = [p["e_above_hull"] for p in placed]
+    n_entries = [p["hull_n_entries"] for p in placed]
+    result["methods"]["dft"] = {"seconds": round(time.perf_counter() - t1, 2), "metrics": _metrics_by_source(held, pred_dft, args.n_boot, n_entries)}
     m = result["methods"]["dft"]["metrics"]["all"]
     print(f"dft: E_hull MAE {m['error']['mae']} stable F1 {m['stable']['f1']} metastable F1 {m['metastable']['f1']}", flush=True)
 
     structures = [read_cif_text(r.cif, r.id) for r in held]
     names = args.potentials if args.potentials is not None else available_potentials()
-    per_structure = {"id": [r.id for r in held], "dft_e_above_hull": [r.e_above_hull for r in held], "dft_formation_energy_per_atom": [r.formation_energy_per_atom for r in held], "hull_dft": pred_dft}
+    per_structure = {"id": [r.id for r in held], "dft_e_above_hull": [r.e_above_hull for r in held], "dft_formation_energy_per_atom": [r.formation_energy_per_atom for r in held], "hull_n_entries": n_entries, "hull_dft": pred_dft}
     for name in names:
         pot = get_potential(name)
         scorer = HullScorer(pot, hull)
@@ -120,7 +133,8 @@ def main() -> None:
             "n_failed": len(held) - len(ok),
             "failed_reasons": sorted({str(r.get("reason") or r.get("hull_reason")) for r in recs if r.get("formation_energy_per_atom") is None}),
             "formation_energy_vs_dft": error_stats([ef[i] for i in ok], [held[i].formation_energy_per_atom for i in ok], args.n_boot),
-            "metrics": _metrics_by_source(held, pred, args.n_boot),
+            "metrics": _metrics_by_source(held, pred, args.n_boot, n_entries),
+            "vs_dft_on_same_hull": _metrics_by_source(held, pred, args.n_boot, n_entries, truth=pred_dft),
         }
         if pot.energy_scale == "raw":  # the same without the MP2020 correction: what the correction is worth
             raw_ef = []
@@ -149,9 +163,10 @@ def main() -> None:
                 "n_converged": sum(bool(r.get("converged")) for r in rr),
                 "seconds": round(rel_s, 1),
                 "s_per_structure": round(rel_s / max(1, len(sub)), 3),
-                "metrics": _metrics_by_source(sub_held, [rpred[i] for i in sub], args.n_boot),
-                "same_structures_single_point": _metrics_by_source(sub_held, [pred[i] for i in sub], args.n_boot),
-                "same_structures_dft": _metrics_by_source(sub_held, [pred_dft[i] for i in sub], args.n_boot),
+                "metrics": _metrics_by_source(sub_held, [rpred[i] for i in sub], args.n_boot, [n_entries[i] for i in sub]),
+                "vs_dft_on_same_hull": _metrics_by_source(sub_held, [rpred[i] for i in sub], args.n_boot, [n_entries[i] for i in sub], truth=[pred_dft[i] for i in sub]),
+                "same_structures_single_point": _metrics_by_source(sub_held, [pred[i] for i in sub], args.n_boot, [n_entries[i] for i in sub]),
+                "same_structures_dft": _metrics_by_source(sub_held, [pred_dft[i] for i in sub], args.n_boot, [n_entries[i] for i in sub]),
             }
             result["methods"][f"{name}_relaxed"] = info_r
             per_structure[f"{name}_relaxed_e_above_hull"] = rpred
