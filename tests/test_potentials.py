@@ -196,3 +196,47 @@ def test_sevennet_batched_single_point_matches_its_calculator():
     atoms.calc = p.calculator()
     assert e == pytest.approx(atoms.get_potential_energy() / len(s), abs=1e-4)
     assert p.energy_scale == "raw" and p.mp_compatible(s, e) == pytest.approx(e - 0.307, abs=1e-6)
+
+
+def test_dft_hull_from_a_corpus(tmp_path):
+    """A corpus keeps each structure's properties: rows with a formation energy become phases; others do not."""
+    from pymatgen.core import Composition, Lattice, Structure
+
+    from cifllm.cif import format_formula, structure_to_text
+    from cifllm.data.corpus import CorpusRow, write_corpus
+    from cifllm.tokenization import build_tokenizer
+
+    tok = build_tokenizer()
+    cscl = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows = []
+    for i, (s, props) in enumerate([(_rocksalt(), {"formation_energy_per_atom": -2.0, "e_above_hull": 0.0}), (cscl, {"band_gap": 4.0})]):
+        t = structure_to_text(s)
+        rows.append(
+            CorpusRow(
+                text=t, reduced_formula=format_formula(Composition(s.composition), reduced=True), elements=["Cl", "Na"], n_sites=len(s), sg_number=225,
+                n_tokens=len(tok.encode(t, add_special_tokens=False).ids), sources=["mp_20"], source_ids=[f"mp_20:mp-{i}"], properties=props, year=None, provenance=[], split="train",
+            )
+        )
+    write_corpus(rows, tmp_path / "corpus")
+    hull = DftHull.from_corpus(tmp_path / "corpus")
+    assert len(hull.entries) == 1 and hull.entries[0].composition == (("Cl", 1.0), ("Na", 1.0))
+    assert hull.e_above_hull({"Na": 1, "Cl": 1}, -1.9)["e_above_hull"] == pytest.approx(0.1, abs=1e-9)
+    assert DftHull.from_corpus(tmp_path / "corpus", exclude=["mp-0"]).entries == []  # held out by material id
+
+
+def test_compute_and_merge_elemental_references(chgnet, tmp_path):
+    """mu = relaxed energy per atom - the structure's DFT E_hull; merge keeps the other elements."""
+    from pymatgen.core import Lattice, Structure
+
+    from cifllm.potentials.references import ReferenceCandidate, compute_elemental_references, write_elemental_references
+
+    na = Structure.from_spacegroup("Im-3m", Lattice.cubic(4.23), ["Na"], [[0, 0, 0]])
+    refs = compute_elemental_references(chgnet, {"Na": ReferenceCandidate("Na", na, "test:na", 0.01)}, RelaxSettings(fmax=0.05), elements=["Na", "Og"])
+    r = refs.elements["Na"]
+    assert r["converged"] and refs.energies["Na"] == pytest.approx(r["relaxed_energy_per_atom"] - 0.01, abs=1e-6)
+    assert refs.elements["Og"]["reason"] == "no_structure" and "Og" not in refs.energies
+    path = tmp_path / "refs.json"
+    write_elemental_references(ElementalReferences(refs.weights_key, {"Na": -1.0, "Cl": -2.0}, {"Na": {}, "Cl": {}}, {"m": 1}), path)
+    write_elemental_references(refs, path, merge=True)
+    back = load_elemental_references(chgnet, path)
+    assert back.energies == {"Cl": -2.0, "Na": refs.energies["Na"]} and back.meta == {"m": 1}
