@@ -192,3 +192,29 @@ def test_hybrid_pool_adds_template_candidates():
     assert sorted(s.source for s in out) == ["model", "template"]
     tmpl = next(s for s in out if s.source == "template")
     assert tmpl.structure.composition.reduced_formula == "NaCl" and tmpl.valid
+
+
+def test_sun_of_samples_counts_against_all_samples():
+    """S.U.N. over every de novo sample: an invalid or not-novel sample counts against the rate; stable = E_hull <= 0."""
+    pytest.importorskip("chgnet")
+    from cifllm.bench.sun import sun_of_samples
+    from cifllm.potentials import get_potential
+    from cifllm.potentials.hull import HullScorer
+
+    good, strained = structure_to_text(rock_salt(5.69)), structure_to_text(rock_salt(7.5))
+    recs = [
+        {"kind": "denovo", "text": good, "valid": True, "unique": True, "novel": True},
+        {"kind": "denovo", "text": good, "valid": True, "unique": True, "novel": False},  # known: not S.U.N.
+        {"kind": "denovo", "text": strained, "valid": True, "unique": True, "novel": True},  # far above the hull
+        {"kind": "denovo", "text": "garbage", "valid": False, "unique": False, "novel": None},
+        {"kind": "csp", "text": good, "valid": True, "unique": True, "novel": True},  # not de novo: ignored
+    ]
+    hull = DftHull.from_rows(_rows([("NaCl", {"Na": 1, "Cl": 1}, -2.05)]))  # CHGNet's rock salt sits within ~0.05 of it
+    cache: dict = {}
+    r = sun_of_samples(recs, HullScorer(get_potential("chgnet"), hull), n=10, cache=cache)
+    assert r["n"] == 4 and r["n_valid"] == 3 and r["n_unique_novel"] == 2 and r["n_scored_here"] == 2  # the copy is cached
+    assert r["coverage"]["count"] == 3
+    assert r["msun"]["count"] == 1 and r["msun"]["n"] == 4  # only the novel good rock salt
+    assert r["e_hull_histogram"][">= 2.0"] + r["e_hull_histogram"]["[1.0, 2.0)"] + r["e_hull_histogram"]["[0.5, 1.0)"] >= 1
+    again = sun_of_samples(recs, HullScorer(get_potential("chgnet"), hull), n=10, cache=cache)
+    assert again["n_scored_here"] == 0 and again["msun"] == r["msun"]
