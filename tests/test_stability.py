@@ -91,6 +91,14 @@ def test_reference_subsystems_and_site_rmsd():
 def test_settings_refuse_unknown_model():
     with pytest.raises(ValueError, match="shipped in the chgnet wheel"):
         StabilitySettings(model="/tmp/some.pth")
+    with pytest.raises(ValueError, match="shipped in the sevenn wheel"):
+        StabilitySettings(potential="sevennet", model="0.3.0")
+    with pytest.raises(ValueError, match="potential must be one of"):
+        StabilitySettings(potential="mace")
+    with pytest.raises(ValueError, match="hull must be"):
+        StabilitySettings(hull="oqmd")
+    assert StabilitySettings().model == "0.3.0" and StabilitySettings(potential="sevennet").model == "7net-0"  # backend defaults
+    assert json.loads(StabilitySettings(fmax=0.05).relax_key())["fmax"] == 0.05
 
 
 def test_summary_sun_null_without_novelty():
@@ -148,6 +156,25 @@ def test_rocksalt_lands_on_hull_and_cache_makes_rerun_free(chgnet_settings, shar
     # a different sample id is a different cache key
     _, stats3 = run_stability(texts[:1], ["other"], verd[:1], _reference(), chgnet_settings, cache)
     assert stats3["relaxed_samples"] == 1 and stats3["relaxed_references"] == 0
+
+
+def test_dft_hull_needs_no_reference_relaxation(chgnet_settings, shared_cache):
+    """hull=dft: the sample is relaxed, its formation energy comes from CHGNet's shipped elemental references and it
+    sits on a DFT hull of hand-made phases (Na, Cl at 0; NaCl at -2.0 eV/atom); no reference is relaxed and no sample
+    lacks an elemental reference."""
+    from cifllm.evaluation.stability import run_stability
+    from cifllm.potentials.hull import DftHull, HullEntry
+
+    hull = DftHull([HullEntry("nacl", (("Cl", 1.0), ("Na", 1.0)), -2.0)])
+    t = _texts()
+    verd = [{"valid": True}, {"valid": True}]
+    recs, stats = run_stability([t["NaCl_rocksalt"], t["Na"]], ["rs", "na"], verd, None, chgnet_settings, shared_cache / "dft", dft_hull=hull)
+    rs, na = recs
+    assert stats["relaxed_samples"] == 2 and stats["relaxed_references"] == 0
+    assert rs["hull_reason"] is None and rs["hull_n_references"] == 1
+    assert rs["e_above_hull"] == pytest.approx(rs["formation_energy_per_atom"] + 2.0, abs=1e-5)
+    assert -2.4 < rs["formation_energy_per_atom"] < -1.8  # MP: -2.08 eV/atom
+    assert abs(na["e_above_hull"]) < 0.05 and na["hull_decomposition"] == ["Na"]  # bcc Na: its own reference phase
 
 
 def test_perturbed_copy_relaxes_back(chgnet_settings):

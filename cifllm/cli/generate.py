@@ -9,6 +9,11 @@ Examples::
     cifllm generate --de-novo -n 5 --model org/name
     cifllm generate --composition Na4Cl4 --engine vllm --no-constrained
     cifllm generate --composition YBa2Cu3O7 --model M --adapter runs/finetune-tc_top/adapter --property tc=90
+    cifllm generate --composition SrTiO3 --rank energy -n 3 --candidates 64 --space-groups 4
+    cifllm generate --composition SrTiO3 --rank energy -n 3 --pool hybrid --templates data/corpus --relax
+
+Ranked output: each CIF follows ``# rank i: E ... eV/atom, E_hull ... eV/atom ...`` (the potential's energy per atom
+and its E_hull on the DFT-anchored hull: a screening number, not DFT) and ``# candidate j: <verdicts>``.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifllm.api import generate
+from cifllm.api import POOLS, Sample, generate
 from cifllm.core.errors import CifllmError
 from cifllm.core.report import on_off
 from cifllm.core.sampling import SAMPLING
+from cifllm.evaluation.ranking import RANK_BY
 from cifllm.sampling.prompts import PromptError
 
 
@@ -43,7 +49,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-check", action="store_true", help="skip the validity checks")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (cifllm finetune) trained on --model")
+    p.add_argument("--rank", choices=RANK_BY, default="none", help="rank the candidates: none (sample order), likelihood (the model's mean log-probability per token) or energy (E_hull of the potential's energy on the DFT-anchored hull; not DFT) (default: %(default)s)")
+    p.add_argument("--candidates", type=int, default=None, help="candidates drawn before ranking; the best -n are printed (default: max(64, n) when ranking)")
+    p.add_argument("--space-groups", type=int, default=0, metavar="K", help="spread the candidates over the K space groups the model finds likeliest among those that can realize the composition (default: 0 = the model chooses)")
+    p.add_argument("--relax", action="store_true", help="with --rank energy: relax the best 2n candidates (FIRE, fmax 0.1 eV/A, <= 300 steps), re-rank and print the relaxed structures")
+    p.add_argument("--potential", choices=("chgnet", "sevennet"), default="chgnet", help="universal potential for --rank energy (sevennet needs the mlip7 extra) (default: %(default)s)")
+    p.add_argument("--pool", choices=POOLS, default="model", help="candidates from the model, from templates (element substitution into --templates) or both (hybrid) (default: %(default)s)")
+    p.add_argument("--templates", default=None, help="corpus folder whose structures the template candidates substitute into (for --pool hybrid/template), e.g. data/corpus")
     p.add_argument("--property", action="append", default=[], metavar="NAME=VALUE", help="condition on a property, e.g. tc=90 (needs an adapter trained on it; repeatable)")
+
+
+def _block(s: Sample) -> str:
+    """One sample as printed: comment lines (its rank and scores when ranked, its verdicts), then its CIF."""
+    head = f"# {s.score_line()}\n" if s.rank is not None else ""
+    label = f"candidate {s.index + 1}" if s.rank is not None else f"sample {s.index + 1}"
+    return f"{head}# {label}: {s.verdicts()}\n{s.cif_text.rstrip()}\n"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
         composition=args.composition, space_group=args.space_group, n=args.num_samples, model=args.model, engine=args.engine,
         constrained=args.constrained, seed=args.seed, z=args.z, adapter=args.adapter, conditions=conditions or None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens, device=args.device,
-        check=not args.no_check,
+        check=not args.no_check, rank=args.rank, candidates=args.candidates, space_groups=args.space_groups, relax=args.relax,
+        potential=args.potential, pool=args.pool, templates=args.templates,
     )
-    sys.stdout.write("\n".join(f"# sample {s.index + 1}: {s.verdicts()}\n{s.cif_text.rstrip()}\n" for s in samples))
+    sys.stdout.write("\n".join(_block(s) for s in samples))
     summary = f"{len(samples)} samples, constraint engine {on_off(samples[0].constrained if samples else None)}"
     if not args.no_check:
         summary += f", {sum(bool(s.valid) for s in samples)} CDVAE-valid, {sum(bool(s.consistent) for s in samples)} CrystaLLM-consistent"

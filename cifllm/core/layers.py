@@ -12,6 +12,7 @@ tokenization   the CIF tokenizer
 conditioning   property lines written before a CIF (pure functions)
 modeling       model presets and configs
 data           corpus building: readers, filters, dedup, the corpus folder
+potentials     universal interatomic potentials (CHGNet, SevenNet), elemental references, the DFT-anchored hull
 sampling       prompts, constraint engine, generation engines, ``cifllm sample``
 evaluation     checks, matching, stability, NLL, ``cifllm evaluate``
 bench          discovery tasks, splits, oracle, baselines, the benchmark runner
@@ -43,6 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("conditioning",),
     ("modeling",),
     ("data",),
+    ("potentials",),
     ("sampling",),
     ("evaluation",),
     ("bench",),

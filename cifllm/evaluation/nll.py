@@ -13,7 +13,7 @@ from cifllm.core.records import check_adapter_base
 from cifllm.data.corpus import load_corpus
 from cifllm.tokenization import load_tokenizer
 
-__all__ = ["HYPOTHETICAL_SOURCES", "conditional_nll", "corpus_groups", "nll_by_group", "nll_per_token"]
+__all__ = ["HYPOTHETICAL_SOURCES", "conditional_nll", "load_scoring_model", "token_nll", "corpus_groups", "nll_by_group", "nll_per_token"]
 
 #: corpus sources of hypothetical (never synthesized) structures: perovskite and carbon enumerations
 HYPOTHETICAL_SOURCES: tuple[str, ...] = ("perov_5", "jarvis_atomgen_perov5", "carbon_24", "jarvis_atomgen_carbon24")
@@ -60,6 +60,22 @@ def _token_nll(model, tok, seqs: list[list[int]], starts: list[int], batch_size:
                 a, e = max(1, starts[i]), len(seqs[i])  # target positions a..e-1 (position 0 is BOS)
                 out[i] = (float(lp[j, a - 1 : e - 1].sum()), e - a)
     return out
+
+
+def load_scoring_model(model_dir: str | Path, adapter: str | Path | None = None, threads: int = 0):
+    """``(model, tokenizer)`` for teacher-forced scoring (fp32, eval mode, the adapter merged), loaded once per
+    process for each (folder, adapter, threads)."""
+    key = (str(Path(model_dir).resolve()), str(Path(adapter).resolve()) if adapter else None, threads)
+    if key not in _LOADED:
+        _LOADED.clear()  # one scoring model at a time: a long run that ranks for several models does not pile them up
+        _LOADED[key] = _load(model_dir, adapter, threads)
+    return _LOADED[key]
+
+
+_LOADED: dict[tuple, tuple] = {}
+
+#: public name of the per-sequence scorer: ``token_nll(model, tok, seqs, starts, batch_size)`` -> [(nats, tokens)]
+token_nll = _token_nll
 
 
 def _score(model, tok, texts: list[str], batch_size: int) -> dict[str, float]:

@@ -1,15 +1,13 @@
-"""Stability of sampled crystals with a shipped universal interatomic potential (CHGNet): relaxation, energy above
-the convex hull, stable / metastable / S.U.N. / M.S.U.N. rates. Needs the ``mlip`` extra (``pip install
-'cifllm[mlip]'``).
+"""Stability of sampled crystals with a shipped universal interatomic potential (:mod:`cifllm.potentials`; CHGNet by
+default): relaxation, energy above the convex hull, stable / metastable / S.U.N. / M.S.U.N. rates. Needs the
+potential's extra (``pip install 'cifllm[mlip]'`` for CHGNet, ``'cifllm[mlip7]'`` for SevenNet).
 
-Potential. CHGNet (``chgnet`` on PyPI) ships its pretrained checkpoints inside the wheel (``chgnet/pretrained/0.3.0``,
-4.9 MB), so nothing is downloaded at run time; only the names the package itself knows (``0.3.0``, ``0.2.0``,
-``r2scan``) are accepted, never a path or a URL. The checkpoint is CHGNet's own format (a ``torch.save`` pickle read
-by ``CHGNet.load`` from the installed package, so it is trusted as much as the package's code); cifllm's own
-artifacts stay safetensors. Energies are CHGNet's MPtrj-level (GGA/GGA+U mix, no MP2020 compatibility corrections).
+Potential. The potential layer (:mod:`cifllm.potentials`) loads only checkpoints shipped in the backend's wheel
+(CHGNet: ``0.3.0``, ``0.2.0``, ``r2scan``; SevenNet: ``7net-0``, ...), never a path or a URL; nothing is downloaded.
+CHGNet 0.3.0 is trained on MPtrj energies that carry the MP2020 compatibility corrections.
 
-Relaxation (:func:`relax_structure`). The structure (primitive cell by default) relaxes with ASE ``FIRE`` (or
-``BFGS``) on a ``CHGNetCalculator``, cell and positions together (``FrechetCellFilter``), until every force is below
+Relaxation (:func:`relax_structure`, :func:`cifllm.potentials.relax_with`). The structure (primitive cell by default)
+relaxes with ASE ``FIRE`` (or ``BFGS``) on the potential's ASE calculator, cell and positions together (``FrechetCellFilter``), until every force is below
 ``fmax`` (eV/A; the filter applies the same threshold to stress x volume) or ``max_steps`` optimizer steps have run.
 Recorded: energy per atom before and after (eV/atom), steps, converged, the largest final force (eV/A), the relaxed
 structure (CIF), the RMS displacement between generated and relaxed structure (``rmsd_A``: site-by-site, fractional
@@ -21,13 +19,13 @@ higher-symmetry one with a smaller primitive cell still matches). The per-struct
 :func:`cifllm.evaluation.limits.map_with_time_limit`; each worker loads the model once.
 
 Verdict reasons (every sample gets one when it could not be evaluated): ``not_valid`` (failed the validity checks:
-not relaxed), ``parse_error``, ``unsupported_element`` (Z > 94: CHGNet's embedding), ``too_many_atoms`` (>
-``max_atoms`` in the relaxed cell), ``isolated_atom`` (an atom with no neighbour within CHGNet's 5 A graph cutoff),
+not relaxed), ``parse_error``, ``unsupported_element`` (outside the potential's elements: Z > 94 for CHGNet), ``too_many_atoms`` (>
+``max_atoms`` in the relaxed cell), ``isolated_atom`` (an atom with no neighbour within CHGNet's 6 A graph cutoff),
 ``exploding_energy`` (a non-finite energy or |E| > ``max_abs_energy_per_atom`` at any step, or atoms closer than
 ``min_distance`` A after relaxation), ``unphysical_cell`` (volume changed by more than ``max_volume_ratio`` either
 way), ``not_converged`` (step limit reached; the energy is recorded, E_hull is not), ``timeout``, ``worker_crash``,
 ``error``; on the hull side ``no_reference`` (no reference corpus) and ``no_elemental_reference`` (the reference
-corpus has no relaxed pure phase of one of the sample's elements: the hull cannot be built).
+corpus has no relaxed pure phase of one of the sample's elements: the hull cannot be built; never with ``hull=dft``).
 
 Hull (:func:`hull_energy`). For a sample with elements E the references are every reference-corpus structure whose
 element set is a non-empty subset of E (elemental phases included), at most ``max_refs_per_system`` per exact
@@ -36,6 +34,12 @@ fails is left out (counted). pymatgen ``PhaseDiagram`` of those entries gives th
 (``allow_negative``: below the hull of the known phases is negative). Reference energies are cached per exact
 chemical system (``hull/<potential>/<Cl-Na>.json``, keyed by the SHA-256 of each reference text), so a system shared by
 many samples and by later runs is relaxed once.
+
+DFT hull (``hull=dft``, :class:`cifllm.potentials.hull.DftHull`): the competing phases are the DFT formation
+energies of the data's MP rows (the reference corpus rows that carry one, else the registry's MP-20/MPTS-52 files
+under ``$CIFLLM_DATA_DIR``), every element at 0; the sample's formation energy is its relaxed potential energy minus
+the potential's shipped elemental reference energies (:class:`cifllm.potentials.hull.HullScorer`). No reference is
+relaxed.
 
 Caveats (also in ``metrics.json``): a potential's hull is not DFT's (CHGNet's energy error is tens of meV/atom and it
 tends to soften, so E_hull <= 0 is "on CHGNet's hull of the reference phases", not a DFT claim); a chemical system with
@@ -50,10 +54,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import itertools
 import json
-import math
 import time
 import warnings
 from collections import Counter
@@ -65,15 +67,26 @@ from typing import Any
 import numpy as np
 
 from cifllm.cif import parse_canonical, text_to_structure
-from cifllm.cif.matching import make_matcher
-from cifllm.core.errors import CifllmError
 from cifllm.core.report import pct, wilson_interval
 from cifllm.data.corpus import load_corpus
 from cifllm.evaluation.limits import map_with_time_limit
+from cifllm.potentials import (
+    BACKENDS,
+    DEFAULT_POTENTIAL,
+    MissingExtraError,
+    RelaxSettings,
+    UnknownPotentialError,
+    get_potential,
+    relax_with,
+    site_rmsd,
+)
+from cifllm.potentials import failure_record as _fail
+from cifllm.potentials.hull import DftHull, HullScorer
 from cifllm.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
     "POTENTIAL_MODELS",
+    "DftHull",
     "HullReference",
     "MissingExtraError",
     "RelaxTask",
@@ -91,15 +104,17 @@ __all__ = [
     "wilson_interval",
 ]
 
-#: CHGNet checkpoints shipped in the chgnet wheel (name -> folder under ``chgnet/pretrained``).
-POTENTIAL_MODELS: dict[str, str] = {"0.3.0": "0.3.0", "0.2.0": "0.2.0", "r2scan": "r2scan"}
+#: CHGNet checkpoints shipped in the chgnet wheel (name -> checkpoint under the package; the default backend's).
+POTENTIAL_MODELS: dict[str, str] = dict(BACKENDS[DEFAULT_POTENTIAL].models)
 
 #: Reasons that are not cached (a rerun tries again: they depend on load, not on the structure).
 TRANSIENT_REASONS = frozenset({"timeout", "worker_crash"})
 
 CAVEATS: tuple[str, ...] = (
-    "E_hull is CHGNet's (MPtrj GGA/GGA+U energies, no MP2020 corrections) against the reference corpus relaxed with the "
-    "same potential, not a DFT hull: E_hull <= 0 means on the potential's hull of the known phases.",
+    "E_hull is the potential's (CHGNet by default: MPtrj energies, which carry the MP2020 corrections) against the "
+    "reference corpus relaxed with the same potential, not a DFT hull: E_hull <= 0 means on the potential's hull of "
+    "the known phases (hull=dft: on the DFT formation energies of the data's MP phases, the candidate's own energy "
+    "still the potential's).",
     "A chemical system with few references (hull_n_references) gives a weak hull that overstates stability; phases "
     "missing from the reference corpus cannot make a sample unstable.",
     "Samples that do not converge within max_steps, time out or fail have no E_hull (null) and count as not stable in "
@@ -107,22 +122,21 @@ CAVEATS: tuple[str, ...] = (
 )
 
 
-class MissingExtraError(CifllmError, ValueError):
-    """The ``mlip`` extra (chgnet) is not installed."""
-
-
 @dataclass(frozen=True)
 class StabilitySettings:
     """Relaxation and hull settings. Forces in eV/A, energies in eV/atom, times in s.
 
-    ``model``: a CHGNet checkpoint shipped in the wheel (:data:`POTENTIAL_MODELS`). ``optimizer``: ASE ``FIRE`` or
+    ``potential``: a backend of :mod:`cifllm.potentials` (``chgnet``, ``sevennet``). ``model``: one of its checkpoints
+    shipped in its wheel (empty: the backend's default, ``0.3.0`` for CHGNet). ``optimizer``: ASE ``FIRE`` or
     ``BFGS``. ``fmax``/``max_steps``: convergence threshold and step limit. ``primitive``: relax the primitive cell
     (energy per atom is the same, fewer atoms). ``time_limit_s``: per structure (soft + hard limit of
     :func:`map_with_time_limit`). ``workers``: processes (0 = in this process), each loads the model once.
+    ``hull``: ``reference`` (the reference corpus relaxed with the potential) or ``dft`` (the DFT-anchored hull of
+    :mod:`cifllm.potentials.hull`: no reference relaxations, elements always present).
     ``stable_threshold``/``metastable_threshold``: E_hull bounds of "stable" and "metastable".
     """
 
-    model: str = "0.3.0"
+    model: str = ""
     optimizer: str = "FIRE"
     fmax: float = 0.1
     max_steps: int = 500
@@ -138,19 +152,28 @@ class StabilitySettings:
     max_refs_per_system: int = 50
     stable_threshold: float = 0.0
     metastable_threshold: float = 0.1
+    potential: str = DEFAULT_POTENTIAL
+    hull: str = "reference"
 
     def __post_init__(self) -> None:
-        if self.model not in POTENTIAL_MODELS:
-            raise ValueError(f"stability model must be one of {sorted(POTENTIAL_MODELS)} (checkpoints shipped in the chgnet wheel), got {self.model!r}")
-        if self.optimizer not in ("FIRE", "BFGS"):
-            raise ValueError(f"stability optimizer must be FIRE or BFGS, got {self.optimizer!r}")
-        if self.fmax <= 0 or self.max_steps < 1:
-            raise ValueError("stability fmax must be > 0 and max_steps >= 1")
+        if self.potential not in BACKENDS:
+            raise ValueError(f"stability potential must be one of {sorted(BACKENDS)}, got {self.potential!r}")
+        backend = BACKENDS[self.potential]
+        if not self.model:
+            object.__setattr__(self, "model", backend.default_model)
+        if self.model not in backend.models:
+            raise ValueError(f"stability model must be one of {sorted(backend.models)} (checkpoints shipped in the {backend.package} wheel), got {self.model!r}")
+        if self.hull not in ("reference", "dft"):
+            raise ValueError(f"stability hull must be 'reference' or 'dft', got {self.hull!r}")
+        self.relax_settings()  # optimizer, fmax, max_steps
+
+    def relax_settings(self) -> RelaxSettings:
+        """The relaxation part (:class:`cifllm.potentials.RelaxSettings`)."""
+        return RelaxSettings(**{k: getattr(self, k) for k in RelaxSettings.__dataclass_fields__})
 
     def relax_key(self) -> str:
         """The settings that change a relaxation's result (not time limits or workers)."""
-        keys = ("optimizer", "fmax", "max_steps", "relax_cell", "primitive", "max_atoms", "max_abs_energy_per_atom", "min_distance", "max_volume_ratio")
-        return json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return self.relax_settings().key()
 
     @classmethod
     def from_config(cls, cfg: Any, workers: int) -> StabilitySettings:
@@ -170,173 +193,33 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def potential_key(model: str = "0.3.0") -> str:
-    """``chgnet-<package version>/<model>/<checkpoint file>``, read from the installed package without loading torch.
-    Raises :class:`MissingExtraError` when chgnet is not installed."""
-    import importlib.metadata
-    import importlib.util
-
-    if model not in POTENTIAL_MODELS:
-        raise ValueError(f"stability model must be one of {sorted(POTENTIAL_MODELS)} (checkpoints shipped in the chgnet wheel), got {model!r}")
-    spec = importlib.util.find_spec("chgnet")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError("stability=true needs the mlip extra: pip install 'cifllm[mlip]' (chgnet, CPU torch is enough)")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    ckpts = sorted((root / "pretrained" / POTENTIAL_MODELS[model]).glob("*.pth.tar"))
-    if not ckpts:
-        raise MissingExtraError(f"chgnet is installed without its pretrained {model} checkpoint in {root / 'pretrained'}")
-    return f"chgnet-{importlib.metadata.version('chgnet')}/{model}/{ckpts[0].name}"
+def potential_key(model: str = "", potential: str = DEFAULT_POTENTIAL) -> str:
+    """``<backend>-<package version>/<model>/<checkpoint file>`` (:attr:`cifllm.potentials.Potential.key`), read
+    from the installed package without loading torch. Raises :class:`MissingExtraError` when the backend's extra is
+    not installed, ``ValueError`` for a model it does not ship."""
+    if potential not in BACKENDS:
+        raise ValueError(f"stability potential must be one of {sorted(BACKENDS)}, got {potential!r}")
+    try:
+        return BACKENDS[potential](model or None).key
+    except UnknownPotentialError as exc:
+        raise ValueError(f"stability {exc}") from None
 
 
-_MODELS: dict[str, Any] = {}
+def _potential(settings: StabilitySettings) -> Any:
+    """This process's potential of ``settings`` (loaded once per process)."""
+    return get_potential(settings.potential, settings.model, settings.threads)
 
 
 def _calculator(settings: StabilitySettings) -> Any:
-    """The CHGNet ASE calculator of this process (loaded once, from the installed package only)."""
-    if settings.model not in _MODELS:
-        import torch
-        from chgnet.model import CHGNet
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        if settings.threads > 0:
-            torch.set_num_threads(settings.threads)
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = CHGNet.load(model_name=settings.model, use_device="cpu", verbose=False)
-            _MODELS[settings.model] = CHGNetCalculator(model=model, use_device="cpu", on_isolated_atoms="error")
-    return _MODELS[settings.model]
-
-
-def site_rmsd(initial: Any, relaxed: Any) -> float:
-    """RMS site displacement (A) between two structures with the same sites in the same order: fractional
-    displacement wrapped to the nearest image, mean (rigid translation) removed, in the relaxed lattice."""
-    d = np.asarray(relaxed.frac_coords) - np.asarray(initial.frac_coords)
-    d -= np.round(d)
-    d -= d.mean(axis=0)
-    cart = d @ np.asarray(relaxed.lattice.matrix)
-    return float(np.sqrt(np.mean(np.sum(cart**2, axis=1))))
-
-
-class _Exploded(Exception):
-    pass
-
-
-def _fail(reason: str, detail: str = "", **extra: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "ok": False,
-        "reason": reason,
-        "detail": detail[:300],
-        "n_atoms": None,
-        "formula": None,
-        "elements": None,
-        "energy_initial_per_atom": None,
-        "energy_per_atom": None,
-        "steps": None,
-        "converged": None,
-        "fmax_final": None,
-        "rmsd_A": None,
-        "rms_matcher": None,
-        "volume_ratio": None,
-        "relaxed_cif": None,
-        "time_s": None,
-    }
-    rec.update(extra)
-    return rec
+    """The ASE calculator of this process's potential (loaded once, from the installed package only)."""
+    return _potential(settings).calculator()
 
 
 def relax_structure(structure: Any, settings: StabilitySettings = StabilitySettings()) -> dict[str, Any]:
-    """Relax one pymatgen ``Structure`` with CHGNet in this process; returns a record (see module docstring).
-    ``ok`` is True when the relaxation converged and passed every sanity check; otherwise ``reason`` says why."""
-    from pymatgen.core import Element
-
-    t0 = time.perf_counter()
-    s = structure.copy()
-    comp = s.composition
-    elements = sorted(el.symbol for el in comp.elements)
-    base = {"formula": comp.reduced_formula, "elements": elements}
-    bad = [e for e in elements if Element(e).Z > 94]
-    if bad:
-        return _fail("unsupported_element", f"{','.join(bad)}: CHGNet covers Z <= 94", **base)
-    if not s.is_ordered:
-        return _fail("unsupported_element", "partially occupied sites", **base)
-    if settings.primitive:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.suppress(Exception):
-                s = s.get_primitive_structure(tolerance=0.02)  # exact symmetry only: never averages a distortion away
-    n = len(s)
-    base["n_atoms"] = n
-    if n > settings.max_atoms:
-        return _fail("too_many_atoms", f"{n} > {settings.max_atoms} atoms", **base)
-
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS, FIRE
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    calc = _calculator(settings)
-    atoms = AseAtomsAdaptor.get_atoms(s)
-    atoms.calc = calc
-    v0 = atoms.get_volume()
-
-    def energy_per_atom() -> float:
-        e = float(atoms.get_potential_energy()) / n
-        if not math.isfinite(e) or abs(e) > settings.max_abs_energy_per_atom:
-            raise _Exploded(f"energy {e:.4g} eV/atom (limit |E| <= {settings.max_abs_energy_per_atom:g})")
-        return e
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            e0 = energy_per_atom()
-            obj = FrechetCellFilter(atoms) if settings.relax_cell else atoms
-            opt = (FIRE if settings.optimizer == "FIRE" else BFGS)(obj, logfile=None)
-            opt.attach(energy_per_atom, interval=1)
-            converged = bool(opt.run(fmax=settings.fmax, steps=settings.max_steps))
-            e1 = energy_per_atom()
-            forces = atoms.get_forces()
-    except _Exploded as exc:
-        return _fail("exploding_energy", str(exc), **base, time_s=round(time.perf_counter() - t0, 3))
-    except ValueError as exc:
-        if "isolated atom" in str(exc):
-            return _fail("isolated_atom", str(exc), **base, time_s=round(time.perf_counter() - t0, 3))
-        raise
-    steps = int(opt.nsteps)
-    relaxed = AseAtomsAdaptor.get_structure(atoms)
-    ratio = float(atoms.get_volume() / v0)
-    dmat = relaxed.distance_matrix
-    dmin = float(np.min(dmat[np.triu_indices(n, 1)])) if n > 1 else float("inf")
-    from pymatgen.io.cif import CifWriter
-
-    rec = {
-        "ok": converged,
-        "reason": None if converged else "not_converged",
-        "detail": "" if converged else f"max force {float(np.max(np.linalg.norm(forces, axis=1))):.3g} eV/A after {steps} steps",
-        **base,
-        "energy_initial_per_atom": round(e0, 6),
-        "energy_per_atom": round(e1, 6),
-        "steps": steps,
-        "converged": converged,
-        "fmax_final": round(float(np.max(np.linalg.norm(forces, axis=1))), 5),
-        "rmsd_A": round(site_rmsd(s, relaxed), 5),
-        "rms_matcher": _matcher_rms(s, relaxed),
-        "volume_ratio": round(ratio, 5),
-        "relaxed_cif": str(CifWriter(relaxed)),
-        "time_s": round(time.perf_counter() - t0, 3),
-    }
-    if dmin < settings.min_distance:
-        rec.update(ok=False, reason="exploding_energy", detail=f"atoms collapsed: min distance {dmin:.3f} A < {settings.min_distance:g} A after relaxation")
-    elif not (1 / settings.max_volume_ratio <= ratio <= settings.max_volume_ratio):
-        rec.update(ok=False, reason="unphysical_cell", detail=f"volume ratio relaxed/initial {ratio:.3g}")
-    return rec
-
-
-def _matcher_rms(a: Any, b: Any) -> float | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            r = make_matcher("novelty", supercell=True).get_rms_dist(a, b)
-        except Exception:
-            return None
-    return None if r is None else round(float(r[0]), 5)
+    """Relax one pymatgen ``Structure`` with the settings' potential in this process
+    (:func:`cifllm.potentials.relax_with`); ``ok`` is True when the relaxation converged and passed every sanity
+    check; otherwise ``reason`` says why."""
+    return relax_with(_potential(settings), structure, settings.relax_settings())
 
 
 class RelaxTask:
@@ -510,11 +393,16 @@ def run_stability(
     settings: StabilitySettings,
     cache_dir: str | Path,
     progress: Callable[[str, int], Any] | None = None,
+    dft_hull: DftHull | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Relax every valid sample (``verdicts[i]["valid"]``), relax the references of every chemical system the samples
     need, and place each sample on its hull. Returns one stability record per sample (all keys of a relaxation
-    record plus ``e_above_hull``, ``stable``, ``metastable``, ``hull_*``, ``cached``) and run statistics."""
-    pkey = potential_key(settings.model)
+    record plus ``e_above_hull``, ``stable``, ``metastable``, ``hull_*``, ``cached``) and run statistics.
+    ``dft_hull``: place samples on this DFT-anchored hull instead (``reference`` is then ignored: nothing but the
+    samples is relaxed; ``hull_n_references`` counts its competing phases; ``formation_energy_per_atom`` is added)."""
+    pkey = potential_key(settings.model, settings.potential)
+    if dft_hull is not None:
+        reference = None
     cache = StabilityCache(cache_dir, pkey, settings)
     stats: dict[str, Any] = {"potential": pkey}
     t0 = time.perf_counter()
@@ -573,9 +461,16 @@ def run_stability(
     stats["reference_failures"] = dict(Counter(e.get("reason") for es in ref_entries.values() for e in es.values() if not e.get("ok")))
     # hull
     t2 = time.perf_counter()
-    for r in recs:
+    scorer = HullScorer(_potential(settings), dft_hull, stable_threshold=settings.stable_threshold, metastable_threshold=settings.metastable_threshold) if dft_hull is not None else None
+    for i, r in enumerate(recs):
         r.update(e_above_hull=None, stable=None, metastable=None, hull_reason=None, hull_n_references=None)
         if not r.get("ok"):
+            continue
+        if scorer is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                placed = scorer.place(text_to_structure(texts[i]), float(r["energy_per_atom"]))
+            r.update({k: v for k, v in placed.items() if k != "hull_n_entries"}, hull_n_references=placed.get("hull_n_entries"))
             continue
         if reference is None:
             r["hull_reason"] = "no_reference"
@@ -602,7 +497,7 @@ def prepare_hull(reference: HullReference, systems: Sequence[str], settings: Sta
     """Relax the uncached references of each exact chemical system in ``systems`` (one system at a time) and write
     its cache file, so that :func:`run_stability` finds them; returns per system ``{n_refs, relaxed, failed,
     seconds}`` (the hull-building cost per chemical system)."""
-    cache = StabilityCache(cache_dir, potential_key(settings.model), settings)
+    cache = StabilityCache(cache_dir, potential_key(settings.model, settings.potential), settings)
     out: dict[str, dict[str, Any]] = {}
     for sysname in systems:
         t0 = time.perf_counter()
@@ -742,9 +637,14 @@ def stability_stage(cfg: Any, samples: Sequence[dict[str, Any]], texts: Sequence
     CIF included) and plots; returns ``metrics["stability"]``. The cache folder is ``stability_cache`` (default
     ``<out>/stability_cache``); the hull references come from ``reference`` (``reference_split``)."""
     settings = StabilitySettings.from_config(cfg, cfg.n_workers())
-    potential_key(settings.model)  # fail early without the extra
+    potential_key(settings.model, settings.potential)  # fail early without the extra
     reference = None
-    if cfg.reference:
+    dft_hull = None
+    if settings.hull == "dft":
+        t0 = time.perf_counter()
+        dft_hull = DftHull.from_corpus(cfg.reference, split=cfg.reference_split) if cfg.reference else DftHull.from_registry()
+        log(f"stability: DFT-anchored hull from {dft_hull.source} ({len(dft_hull.entries)} phases with a DFT formation energy, {time.perf_counter() - t0:.1f} s)")
+    elif cfg.reference:
         t0 = time.perf_counter()
         reference = HullReference.from_corpus(cfg.reference, split=cfg.reference_split)
         log(f"stability: hull references from {cfg.reference} ({sum(len(v) for v in reference.systems.values())} structures, {len(reference.systems)} chemical systems, {time.perf_counter() - t0:.1f} s)")
@@ -752,7 +652,7 @@ def stability_stage(cfg: Any, samples: Sequence[dict[str, Any]], texts: Sequence
         log("stability: no reference= corpus: samples are relaxed but not placed on a hull (reason no_reference)")
     cache_dir = Path(cfg.stability_cache) if cfg.stability_cache else out / "stability_cache"
     ids = [str(s.get("sample_id") if s.get("sample_id") is not None else i) for i, s in enumerate(samples)]
-    recs, stats = run_stability(texts, ids, verdicts, reference, settings, cache_dir, progress)
+    recs, stats = run_stability(texts, ids, verdicts, reference, settings, cache_dir, progress, dft_hull=dft_hull)
     lines = [json.dumps({"sample_id": sid, **r}) for sid, r in zip(ids, recs, strict=True)]
     atomic_write_text(out / "stability.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     summary = summarize_stability(recs, verdicts, settings, {**stats, "cache": str(cache_dir)})

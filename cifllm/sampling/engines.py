@@ -63,6 +63,8 @@ class GenerationParams:
     #: the constraint engine (:mod:`cifllm.sampling.constraints`): only consistent cif-v2 text can be written
     constrained: bool = False
     constraint: ConstraintConfig = field(default_factory=ConstraintConfig)
+    #: record each sample's log-probability under the model (``Generation.logprob``; for likelihood ranking)
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -103,6 +105,9 @@ class Generation:
     #: the generated token ids before ``<|eos|>`` (HF engine; None where the engine does not report them). Reward
     #: fine-tuning scores exactly these tokens: decoded text does not always re-encode to them
     token_ids: tuple[int, ...] | None = None
+    #: sum of the model's log-probabilities (nats; raw logits, before temperature, top-k and the constraint mask) of the
+    #: generated tokens, EOS included when finished; None unless ``GenerationParams.logprobs``
+    logprob: float | None = None
 
 
 class Engine(Protocol):
@@ -289,12 +294,22 @@ class HFEngine:
                 kwargs.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
             else:
                 kwargs.update(temperature=None, top_k=None, top_p=None)
+            if params.logprobs:
+                kwargs.update(output_logits=True, return_dict_in_generate=True)
             seed = params.seed + b
             torch.manual_seed(seed)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs)
             dt = time.perf_counter() - t0
+            logprobs = None
+            if params.logprobs:
+                seqs = out.sequences
+                # (batch, steps) log p of each generated token under the raw logits
+                lp = torch.stack([torch.log_softmax(x.float(), dim=-1) for x in out.logits], dim=1)
+                gen = seqs[:, width : width + lp.shape[1]]
+                logprobs = lp.gather(2, gen.unsqueeze(-1)).squeeze(-1).tolist()
+                out = seqs
             new = out[:, width:].tolist()
             per = dt / max(1, len(new))
             for r, ids in enumerate(new):
@@ -306,7 +321,8 @@ class HFEngine:
                     finished = False
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 stats = proc.machines[r].stats.to_json() if proc is not None else None
-                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b, constraint=stats, token_ids=tuple(ids))
+                lp_sum = float(sum(logprobs[r][: len(ids) + int(finished)])) if logprobs is not None else None
+                yield Generation(prompt_i, start + r % n, text, len(ids), finished, seed, per, b, constraint=stats, token_ids=tuple(ids), logprob=lp_sum)
             if progress:
                 progress(len(new))
 
@@ -448,6 +464,8 @@ class VLLMEngine:
 
             cfg = constraint_config(params, prompt, TokenTable(self.tokenizer)) if prompt else params.constraint
             extra["extra_args"] = {"cifllm_constraint": {"prompt": cif_part(prompt.text) if prompt else "", "config": asdict(cfg)}}
+        if params.logprobs:
+            extra["logprobs"] = 0  # the sampled token's log-probability (vLLM's default: raw logits), summed per sample
         return SamplingParams(
             **extra,
             n=n,
@@ -488,7 +506,8 @@ class VLLMEngine:
                         ids = ids[: ids.index(self.eos_id)]
                         finished = True
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                    yield Generation(i, k, text, len(ids), finished, params.seed + offsets[i] + k, dt / max(1, total), b)
+                    lp = float(c.cumulative_logprob) if params.logprobs and c.cumulative_logprob is not None else None
+                    yield Generation(i, k, text, len(ids), finished, params.seed + offsets[i] + k, dt / max(1, total), b, logprob=lp)
             if progress:
                 progress(total)
 
