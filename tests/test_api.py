@@ -117,7 +117,7 @@ def test_cli_names_both_verdicts_each_with_its_own_reason(toy_model, monkeypatch
     assert main(["generate", "--composition", "NaCl", "--z", "4", "-n", "2", "--model", str(toy_model)]) == 0
     cap = capsys.readouterr()
     headers = [ln for ln in cap.out.splitlines() if ln.startswith("# sample ")]
-    assert headers[0].startswith("# sample 1: CDVAE-valid yes; CrystaLLM-consistent no (bond_length: bond_length_unreasonable (score 0.000;")
+    assert headers[0].startswith("# sample 1: CDVAE-valid yes; CrystaLLM-consistent no (crystallm_bond_length: ")
     assert headers[0].endswith("; composition kept yes")
     assert headers[1].startswith("# sample 2: CDVAE-valid no (parse: ") and "CrystaLLM-consistent no (parse: " in headers[1]
     assert "valid=" not in cap.out and cap.out.count("data_Na4Cl4\n") == 2 and "\n\n# sample 2" in cap.out
@@ -145,7 +145,7 @@ def test_verdict_reason_skipped_checks_name_the_check_that_stopped_them():
               "formula": {"ok": True}, "space_group": {"ok": None, "reason": "skipped_cell"}}
     assert verdict_reason(checks, "valid") == "cell: cell_flat (volume / abc 0.01)"
     assert verdict_reason(checks, "consistent") == "cell: cell_flat (volume / abc 0.01)"
-    assert verdict_reason({"formula": {"ok": True}, "space_group": {"ok": None, "reason": "skipped_parse"}}, "consistent") == "not checked: parse failed"
+    assert verdict_reason({"crystallm_formula": {"ok": True}, "crystallm_space_group": {"ok": None, "reason": "skipped_parse"}}, "consistent") == "not checked: parse failed"
     assert verdict_reason({"parse": {"ok": True}, "structural": {"ok": True}}, "valid") == ""
 
 
