@@ -240,3 +240,19 @@ def test_compute_and_merge_elemental_references(chgnet, tmp_path):
     write_elemental_references(refs, path, merge=True)
     back = load_elemental_references(chgnet, path)
     assert back.energies == {"Cl": -2.0, "Na": refs.energies["Na"]} and back.meta == {"m": 1}
+
+
+@pytest.mark.data
+def test_every_element_of_the_dft_data_has_shipped_references(data_dir):
+    """The DFT hull never lacks an element (they sit at 0), and each shipped potential has a reference energy for every
+    element of the MP rows, so no real MP composition gets ``no_elemental_reference``."""
+    import importlib.util
+
+    rows = dft_rows(data_dir)
+    elements = {el for r in rows for el, _ in r.composition}
+    assert len(rows) > 20_000 and len(elements) > 80
+    for name in ("chgnet", "sevennet"):
+        if importlib.util.find_spec({"chgnet": "chgnet", "sevennet": "sevenn"}[name]) is None:
+            continue
+        refs = load_elemental_references(get_potential(name))
+        assert elements <= set(refs.energies), sorted(elements - set(refs.energies))
