@@ -18,7 +18,13 @@ from cifllm.potentials import RelaxSettings, UnknownPotentialError, get_potentia
 from cifllm.potentials.base import mp2020_correction_per_atom
 from cifllm.potentials.dft import dft_rows, formula_of_cif
 from cifllm.potentials.hull import DftHull, HullEntry, HullScorer, formation_energy_per_atom
-from cifllm.potentials.references import ElementalReferences, load_elemental_references
+from cifllm.potentials.references import (
+    ElementalReferences,
+    ReferenceCandidate,
+    compute_elemental_references,
+    load_elemental_references,
+    write_elemental_references,
+)
 from cifllm.potentials.validation import classification, error_stats
 
 warnings.filterwarnings("ignore")
@@ -227,8 +233,6 @@ def test_dft_hull_from_a_corpus(tmp_path):
 def test_compute_and_merge_elemental_references(chgnet, tmp_path):
     """mu = relaxed energy per atom - the structure's DFT E_hull; merge keeps the other elements."""
     from pymatgen.core import Lattice, Structure
-
-    from cifllm.potentials.references import ReferenceCandidate, compute_elemental_references, write_elemental_references
 
     na = Structure.from_spacegroup("Im-3m", Lattice.cubic(4.23), ["Na"], [[0, 0, 0]])
     refs = compute_elemental_references(chgnet, {"Na": ReferenceCandidate("Na", na, "test:na", 0.01)}, RelaxSettings(fmax=0.05), elements=["Na", "Og"])
