@@ -9,8 +9,8 @@ out. For each held-out structure:
     incompleteness alone (the shared rows are a fraction of MP; a missing phase can only lower E_hull).
 (a) ``<potential>_sp``: the potential's single point on the DFT-relaxed structure, its own elemental references
     (shipped), MP2020 scale: potential error plus incompleteness. Also the formation-energy MAE against DFT.
-(a') ``<potential>_relaxed``: the same after relaxing with the potential (``--relax`` structures, the first of the
-    sample).
+(a') ``<potential>_relaxed``: the same after relaxing with the potential (``--relax`` structures spread evenly
+    over the sample, so both sources).
 ``vs_dft_on_same_hull``: (a) against (b) instead of MP's E_hull: the potential's error alone, hull held fixed.
 
 Metrics (:func:`cifllm.potentials.validation.hull_metrics`): E_hull MAE / RMSE / mean error with bootstrap 95%
@@ -147,7 +147,8 @@ def main() -> None:
         m = info["metrics"]["all"]
         print(f"{name} single point: {sp_s:.1f} s ({info['s_per_structure']} s/structure); E_f MAE {info['formation_energy_vs_dft']['mae']}; E_hull MAE {m['error']['mae']} stable F1 {m['stable']['f1']} metastable F1 {m['metastable']['f1']}", flush=True)
         if args.relax:
-            sub = list(range(min(args.relax, len(held))))
+            k = min(args.relax, len(held))
+            sub = sorted({int(j * len(held) / k) for j in range(k)})  # evenly spread: both sources
             settings = RelaxSettings(fmax=0.05, max_steps=500)
             t2 = time.perf_counter()
             rr = scorer.score([structures[i] for i in sub], relax=True, settings=settings)

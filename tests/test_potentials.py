@@ -18,7 +18,13 @@ from cifllm.potentials import RelaxSettings, UnknownPotentialError, get_potentia
 from cifllm.potentials.base import mp2020_correction_per_atom
 from cifllm.potentials.dft import dft_rows, formula_of_cif
 from cifllm.potentials.hull import DftHull, HullEntry, HullScorer, formation_energy_per_atom
-from cifllm.potentials.references import ElementalReferences, load_elemental_references
+from cifllm.potentials.references import (
+    ElementalReferences,
+    ReferenceCandidate,
+    compute_elemental_references,
+    load_elemental_references,
+    write_elemental_references,
+)
 from cifllm.potentials.validation import classification, error_stats
 
 warnings.filterwarnings("ignore")
@@ -228,12 +234,6 @@ def test_compute_and_merge_elemental_references(chgnet, tmp_path):
     """mu = relaxed energy per atom - the structure's DFT E_hull; merge keeps the other elements."""
     from pymatgen.core import Lattice, Structure
 
-    from cifllm.potentials.references import (
-        ReferenceCandidate,
-        compute_elemental_references,
-        write_elemental_references,
-    )
-
     na = Structure.from_spacegroup("Im-3m", Lattice.cubic(4.23), ["Na"], [[0, 0, 0]])
     refs = compute_elemental_references(chgnet, {"Na": ReferenceCandidate("Na", na, "test:na", 0.01)}, RelaxSettings(fmax=0.05), elements=["Na", "Og"])
     r = refs.elements["Na"]
@@ -244,3 +244,19 @@ def test_compute_and_merge_elemental_references(chgnet, tmp_path):
     write_elemental_references(refs, path, merge=True)
     back = load_elemental_references(chgnet, path)
     assert back.energies == {"Cl": -2.0, "Na": refs.energies["Na"]} and back.meta == {"m": 1}
+
+
+@pytest.mark.data
+def test_every_element_of_the_dft_data_has_shipped_references(data_dir):
+    """The DFT hull never lacks an element (they sit at 0), and each shipped potential has a reference energy for every
+    element of the MP rows, so no real MP composition gets ``no_elemental_reference``."""
+    import importlib.util
+
+    rows = dft_rows(data_dir)
+    elements = {el for r in rows for el, _ in r.composition}
+    assert len(rows) > 20_000 and len(elements) > 80
+    for name in ("chgnet", "sevennet"):
+        if importlib.util.find_spec({"chgnet": "chgnet", "sevennet": "sevenn"}[name]) is None:
+            continue
+        refs = load_elemental_references(get_potential(name))
+        assert elements <= set(refs.energies), sorted(elements - set(refs.energies))

@@ -3,6 +3,21 @@ points, relaxation, supported elements), CHGNet as the default backend and Seven
 potentials' own elemental reference energies (:mod:`~cifllm.potentials.references`, shipped in
 ``cifllm/resources/potentials``) and the DFT-anchored convex hull (:mod:`~cifllm.potentials.hull`).
 
+Use (ranking, S.U.N.)::
+
+    from cifllm.potentials import RelaxSettings, get_potential
+    from cifllm.potentials.hull import DftHull, HullScorer
+
+    pot = get_potential("chgnet")          # or "sevennet" (the mlip7 extra); the model loads once per process
+    energies = pot.single_point(structures)  # eV/atom, batched (None + a reason in single_point_records)
+    record = pot.relax(structure, RelaxSettings(fmax=0.1, max_steps=300))
+    hull = DftHull.from_registry()         # MP-20 + MPTS-52 DFT formation energies ($CIFLLM_DATA_DIR); or .from_corpus(dir)
+    scorer = HullScorer(pot, hull)         # the potential's shipped elemental references
+    verdicts = scorer.score(structures)    # energy_per_atom, formation_energy_per_atom, e_above_hull, stable, metastable
+
+Relaxation here runs in the calling process without a time limit (``max_steps`` bounds it); the evaluation stage
+bounds each structure in time with worker processes (:class:`cifllm.evaluation.stability.RelaxTask`).
+
 Layer: above ``data`` (the hull reads DFT formation energies from the dataset registry or a corpus), below
 ``sampling`` and ``evaluation`` (ranking and the stability stage use it).
 """

@@ -10,8 +10,9 @@ Which structure. For each element, the single-element row of the DFT data (:func
 with the lowest DFT E_hull (ties: fewest atoms) - MP's ground state where the data has it - relaxed with the
 potential; mu = relaxed energy per atom - that row's DFT E_hull, so a reference structure slightly above MP's ground
 state still estimates the ground state's energy. An element absent from the data falls back to ASE's reference
-state (``ase.build.bulk``; a dimer at ASE's bond length in a 12 A box for the diatomic gases), relaxed the same way
-(``dft_e_above_hull`` null). An element for which neither exists, or whose relaxation fails, has no reference:
+state (``ase.build.bulk``; a dimer at ASE's bond length in a 12 A box for the diatomic gases and Cl/Br/I), or a
+structure built here (trigonal Se, alpha-U, bct Pa, hcp Pm for dhcp, bcc Np standing in for alpha-Np), relaxed the
+same way (``dft_e_above_hull`` null). An element for which neither exists, or whose relaxation fails, has no reference:
 formation energies containing it are refused (``no_elemental_reference``).
 """
 
@@ -110,6 +111,12 @@ def ase_reference_structure(symbol: str, box_A: float = 12.0) -> tuple[Any, str]
         return Structure.from_spacegroup(152, Lattice.hexagonal(4.366, 4.954), ["Se"], [[0.2254, 0.0, 1 / 3]]), "trigonal Se (P3_121, a 4.366 c 4.954 A)"
     if symbol == "U":  # alpha-U (Cmcm, 4c); ase.build.bulk's one-atom orthorhombic cell is not it
         return Structure.from_spacegroup(63, Lattice.orthorhombic(2.854, 5.869, 4.955), ["U"], [[0.0, 0.1025, 0.25]]), "alpha-U (Cmcm, a 2.854 b 5.869 c 4.955 A)"
+    if symbol == "Pa":  # body-centred tetragonal Pa (I4/mmm), its ground state
+        return Structure.from_spacegroup(139, Lattice.tetragonal(3.925, 3.238), ["Pa"], [[0.0, 0.0, 0.0]]), "bct Pa (I4/mmm, a 3.925 c 3.238 A)"
+    if symbol == "Pm":  # hcp stand-in for double-hcp Pm (as ASE does for Nd and Pr; the stacking costs meV/atom)
+        return Structure.from_spacegroup(194, Lattice.hexagonal(3.65, 5.88), ["Pm"], [[1 / 3, 2 / 3, 0.25]]), "hcp Pm (a 3.65 c 5.88 A; dhcp ground state)"
+    if symbol == "Np":  # bcc gamma-Np stand-in: the 8-atom alpha-Np ground state is not built here (approximate)
+        return Structure.from_spacegroup(229, Lattice.cubic(3.52), ["Np"], [[0.0, 0.0, 0.0]]), "bcc Np (gamma, a 3.52 A; alpha-Np is the ground state: approximate)"
     state = reference_states[atomic_numbers[symbol]]
     if not state and symbol not in _HALOGEN_D:
         return None
