@@ -294,8 +294,25 @@ def test_stability_term_uses_the_hull_interface():
     finally:
         R.set_hull_factory(old)
     assert values["stability"] == pytest.approx([-0.05, 0.0, -1.0, None, None]) and seen == ["a", "b", "c", "d"]
-    with pytest.raises(ConfigError, match="needs a task"):
-        RewardModel({"stability": 1.0}, RewardContext())  # the CHGNet default needs the task's training side
+
+
+def test_default_stability_term_is_chgnet_on_the_dft_hull():
+    """The default stability term: CHGNet single point on the shipped DFT hull, no task needed; rock salt NaCl at its
+    DFT lattice constant is near the hull (reward ~0), a badly stretched copy far above it, garbage gives None."""
+    pytest.importorskip("chgnet")
+    from pymatgen.core import Lattice, Structure
+
+    from cifllm.cif import structure_to_text
+
+    fcc = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+
+    def rock_salt(a):
+        return structure_to_text(Structure(Lattice.cubic(a), ["Na"] * 4 + ["Cl"] * 4, fcc + [[(x + 0.5) % 1, y, z] for x, y, z in fcc]))
+
+    rs = [Rollout(text=rock_salt(5.69), valid=True), Rollout(text=rock_salt(8.5), valid=True), Rollout(text="data_x\n", valid=True)]
+    _, values = RewardModel({"stability": 1.0}, RewardContext())(rs)
+    good, bad, garbage = values["stability"]
+    assert good > -0.1 and bad < good - 0.3 and garbage is None
 
 
 def test_init_adapter_continues_an_existing_adapter(toy, tmp_path):

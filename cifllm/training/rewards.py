@@ -19,10 +19,12 @@ Built-in terms (their scale is chosen so that weight 1 is a sensible start; all 
 * ``novelty``   - 1 when the valid sample matches no structure of the task's training side (StructureMatcher,
   MatterGen tolerances, :mod:`cifllm.evaluation.matching`), 0 when it does; None for an invalid sample.
 * ``stability`` - ``-min(max(E_hull, 0), 1)``: energy above the hull in eV/atom from an :class:`EnergyAboveHull`
-  callable, clipped to [0, 1] eV/atom; None where the potential gives nothing. Off by default (weight 0): the
-  implementation for now is CHGNet (:class:`ChgnetHull`, the ``mlip`` extra, relaxation + hull of the training side's
-  structures relaxed with the same potential; slow on CPU). The interface is one call ``texts -> [eV/atom | None]``, so
-  a DFT-anchored hull or another potential replaces it by :func:`set_hull_factory` without touching the loop.
+  callable, clipped to [0, 1] eV/atom; None where the potential gives nothing. Off by default (weight 0). The default
+  implementation is :class:`DftHullEnergy`: a CHGNet single point of the sample as written on the DFT-anchored hull
+  (:mod:`cifllm.potentials`, the ``mlip`` extra; ~0.1 s a structure). :class:`ChgnetHull` (relaxation + hull of the
+  training side's structures relaxed with the same potential; slow on CPU) stays available. The interface is one call
+  ``texts -> [eV/atom | None]``, so another potential or hull replaces it by :func:`set_hull_factory` without
+  touching the loop.
 
 Your own term: ``register_reward("hardness", fn)`` with ``fn(rollouts) -> list[float | None]`` (plain, or
 ``register_reward(..., factory=True)`` for ``fn(context) -> term`` when it needs the task's rows), then
@@ -42,9 +44,13 @@ import numpy as np
 
 from cifllm.bench.oracle import RewardOracle
 from cifllm.bench.tasks import TaskSpec
+from cifllm.cif import CIFError, text_to_structure
 from cifllm.core.config import ConfigError
 from cifllm.evaluation.matching import ReferenceIndex
 from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability
+from cifllm.potentials import get_potential
+from cifllm.potentials.hull import HullScorer
+from cifllm.potentials.packaged_hull import load_packaged_hull
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -220,7 +226,35 @@ def _chgnet_factory(ctx: RewardContext) -> EnergyAboveHull:
     return ChgnetHull(HullReference.from_index(ctx.train_ref), (ctx.work_dir or Path(".")) / "stability_cache", max(ctx.time_limit_s, 300.0))
 
 
-_HULL_FACTORY: list[Callable[[RewardContext], EnergyAboveHull]] = [_chgnet_factory]
+class DftHullEnergy:
+    """:class:`EnergyAboveHull` on the DFT-anchored hull (the default of the ``stability`` term): a batched CHGNet
+    single point of each structure as sampled (no relaxation: ~0.1 s a structure on 2 cores), its formation energy
+    from CHGNet's shipped elemental references, placed on the shipped MP-20 + MPTS-52 hull
+    (:mod:`cifllm.potentials`). Needs no task: the hull does not depend on it."""
+
+    def __init__(self, potential: str = "chgnet") -> None:
+        self.scorer = HullScorer(get_potential(potential), load_packaged_hull())
+
+    def __call__(self, texts: Sequence[str]) -> list[float | None]:
+        structures, where = [], []
+        for i, t in enumerate(texts):
+            try:
+                structures.append(text_to_structure(t))
+                where.append(i)
+            except CIFError:
+                continue
+        out: list[float | None] = [None] * len(texts)
+        for i, rec in zip(where, self.scorer.score(structures) if structures else [], strict=True):
+            e = rec.get("e_above_hull")
+            out[i] = float(e) if isinstance(e, int | float) and math.isfinite(e) else None
+        return out
+
+
+def _dft_factory(ctx: RewardContext) -> EnergyAboveHull:
+    return DftHullEnergy()
+
+
+_HULL_FACTORY: list[Callable[[RewardContext], EnergyAboveHull]] = [_dft_factory]
 
 
 def set_hull_factory(factory: Callable[[RewardContext], EnergyAboveHull]) -> None:
