@@ -541,7 +541,7 @@ def _cases(seeds: list[tuple[str, str]], n: int, seed: int, only: tuple[str, ...
     cases = []
     for i in range(n):
         sname, text = seeds[i % len(seeds)]
-        mname, damaged = mutate(text, rng, only=only)
+        mname, damaged = mutate(text, rng, only=(only[i % len(only)],) if only else None)  # ``only``: each in turn
         cases.append((mname, sname, damaged))
     return cases
 
@@ -554,8 +554,8 @@ def fuzz_prep(n: int = 200, seed: int = 0, hang_s: float = 10.0, time_limit_s: f
 
     Outcome ``kept`` or the reject reason. Also counted: ``silent_corruption`` - a kept record whose composition
     differs from the ``_chemical_formula_sum`` of its file's first structure block (hydrogen included: the hydrogen
-    rule drops records without their H), or whose stated formula could not be read. ``only``: draw the first mutation
-    from these mutators (e.g. :data:`ISSUE31_MUTATORS`)."""
+    rule drops records without their H), or whose stated formula could not be read. ``only``: the first mutation of
+    input i is ``only[i % len(only)]`` (e.g. :data:`ISSUE31_MUTATORS`)."""
     rep = FuzzReport("prep: process_record")
     settings = FilterSettings(keep_partial=False)
     cases = _cases(seed_cifs(), n, seed, only)

@@ -150,9 +150,13 @@ def test_bond_check_is_bounded_on_a_huge_p1_text():
     assert check_bond_lengths(small, CheckSettings(), equivalent_atoms=np.arange(len(small))).reason != "too_many_sites_for_bond_check"
 
 
-def test_isolated_atoms_fail_the_bond_check():
-    """An atom with no neighbour within 24 A passed ("no bond with known radii")."""
+def test_isolated_atoms_fail_the_bond_check(monkeypatch):
+    """Atoms 87 A apart passed the bond check ("no bond with known radii"); now the sparse cell is refused before
+    CrystalNN, and an atom with no neighbour within 24 A counts as a failed bond."""
     s = Structure(Lattice.cubic(100.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    r = check_bond_lengths(s)
+    assert r.ok is False and r.reason == "cell_too_sparse_for_bond_check" and r.value is None
+    monkeypatch.setattr(checks, "MAX_BOND_VOLUME_PER_SITE", float("inf"))
     r = check_bond_lengths(s)
     assert r.ok is False and r.reason == "bond_length_unreasonable" and "no neighbour" in r.detail
 
@@ -238,3 +242,23 @@ def test_occupancy_above_tolerance_is_a_named_reject(structures, occ):
     cif = str(CifWriter(structures[0])).replace("  1\n", f"  {occ}\n")
     r = process_record(_record(cif), FilterSettings())
     assert isinstance(r, Reject) and r.reason == "bad_occupancy", r
+
+
+def test_elongated_cell_does_not_run_away_in_the_bond_check(structures):
+    """NaCl with a = 999 A: CrystalNN's Voronoi search widened its sphere to ~1,000 A (> 5 min, gigabytes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lines = structure_to_text(structures[0]).splitlines()
+    text = "\n".join("_cell_length_a 999.0000" if ln.startswith("_cell_length_a") else ln for ln in lines) + "\n"
+    t0 = time.perf_counter()
+    v = check_sample(text)
+    assert time.perf_counter() - t0 < 20.0
+    assert v.checks["bond_length"].reason == "cell_too_sparse_for_bond_check" and v.checks["bond_length"].value is None
+    # dense but elongated: a chain of 80 atoms 2.5 A apart in a 200 x 3 x 3 A cell (22.5 A^3 per site)
+    chain = Structure(Lattice.orthorhombic(200.0, 3.0, 3.0), ["Cu"] * 80, [[i / 80, 0, 0] for i in range(80)])
+    assert checks._voronoi_reach(chain) > checks.MAX_BOND_SEARCH_ATOMS
+    t0 = time.perf_counter()
+    r = check_bond_lengths(chain)
+    assert time.perf_counter() - t0 < 1.0
+    assert r.ok is False and r.reason == "bond_search_too_large" and r.value is None
+    assert checks._voronoi_reach(structures[0]) < 1_000  # a dense cell: far below the bound

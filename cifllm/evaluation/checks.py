@@ -18,7 +18,10 @@ bond_length        CrystaLLM bond-length reasonableness: CrystalNN bonds within 
                    score = fraction of such bonds, passes at >= 1.0 (all bonds); a site without
                    CrystalNN neighbours is judged by its nearest neighbour (none within 24 Angstrom: a
                    failed bond); more than ``max_bond_sites`` (200) symmetry-unique sites are not
-                   analysed: ``too_many_sites_for_bond_check`` (CrystalNN took 14-23 s on 1,000)
+                   analysed: ``too_many_sites_for_bond_check`` (CrystalNN took 14-23 s on 1,000), nor an
+                   elongated cell whose Voronoi search could reach > 50,000 atoms
+                   (``bond_search_too_large``) or a cell of > 500 Angstrom^3 per site
+                   (``cell_too_sparse_for_bond_check``)
 structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3; the
                    neighbour search's memory is bounded (:data:`MAX_NEIGHBOR_CUBES`) whatever the cell size
 compositional      CDVAE/DiffCSP: ``smact.screening.smact_validity`` (charge neutrality + Pauling test,
@@ -54,6 +57,8 @@ __all__ = [
     "VALIDITY_CHECKS",
     "CheckResult",
     "CheckSettings",
+    "MAX_BOND_SEARCH_ATOMS",
+    "MAX_BOND_VOLUME_PER_SITE",
     "MAX_NEIGHBOR_CUBES",
     "SampleVerdict",
     "check_bond_lengths",
@@ -272,6 +277,22 @@ def _nearest(structure: Any, i: int) -> list[tuple[Any, float]]:
     return []
 
 
+#: CrystalNN's Voronoi search widens its sphere (7, 14, 28, ... Angstrom) up to the cell's longest diagonal until the
+#: site is enclosed. A cell whose diagonal sphere holds more atoms than this (n / V x 4/3 pi d^3: ~22 n for a cube, far
+#: more for an elongated cell such as 999 x 5.7 x 5.7 Angstrom, which ran > 5 minutes and gigabytes) is not analysed.
+MAX_BOND_SEARCH_ATOMS = 50_000
+#: Nor is a cell with more volume per site than this (Angstrom^3; solids have 5-50, the corpus filter drops > 250):
+#: around an atom in such vacuum the search widens to the cell size (a 640 x 640 x 4.3 Angstrom LiOH cell: 25 s).
+MAX_BOND_VOLUME_PER_SITE = 500.0
+
+
+def _voronoi_reach(structure: Any) -> float:
+    """Atoms (periodic images included, estimated from the density) within the longest cell diagonal of any site."""
+    m = structure.lattice.matrix
+    d = max(float(np.linalg.norm(np.asarray(c) @ m)) for c in ([1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]))
+    return len(structure) / float(structure.volume) * 4.0 / 3.0 * math.pi * d**3
+
+
 def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings(), equivalent_atoms: Any = None) -> CheckResult:
     """CrystaLLM bond-length reasonableness score (see module table); passes when score >= ``bond_cutoff``.
 
@@ -281,7 +302,9 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     A site for which CrystalNN finds no neighbour (e.g. CsCl-type TlI, or atoms far apart) is judged by its nearest
     neighbour instead (CrystaLLM would divide by zero there and count the sample invalid); with no neighbour within
     24 Angstrom the site counts as one failed bond. More than ``settings.max_bond_sites`` symmetry-unique sites fail
-    ``too_many_sites_for_bond_check`` before CrystalNN runs (value None: no score was measured).
+    ``too_many_sites_for_bond_check`` before CrystalNN runs (value None: no score was measured), and so does a cell
+    whose Voronoi search could grow past :data:`MAX_BOND_SEARCH_ATOMS` atoms (``bond_search_too_large``) or with more
+    than :data:`MAX_BOND_VOLUME_PER_SITE` Angstrom^3 per site (``cell_too_sparse_for_bond_check``).
     """
     from pymatgen.analysis.local_env import CrystalNN
 
@@ -309,6 +332,12 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
         reps, weights = [int(u) for u in uniq], [int(c) for c in counts]
     if len(reps) > settings.max_bond_sites:
         return _fail("bond_length", "too_many_sites_for_bond_check", f"{len(reps)} symmetry-unique sites > {settings.max_bond_sites}: bonds not analysed")
+    vps = float(s.volume) / len(s)
+    if vps > MAX_BOND_VOLUME_PER_SITE:
+        return _fail("bond_length", "cell_too_sparse_for_bond_check", f"{vps:.4g} A^3 per site > {MAX_BOND_VOLUME_PER_SITE}: bonds not analysed")
+    reach = _voronoi_reach(s)
+    if reach > MAX_BOND_SEARCH_ATOMS:
+        return _fail("bond_length", "bond_search_too_large", f"~{reach:.3g} atoms within the cell diagonal > {MAX_BOND_SEARCH_ATOMS} (an elongated or sparse cell): bonds not analysed")
     cnn = CrystalNN()
     lo, hi = 1 - settings.bond_tolerance, 1 + settings.bond_tolerance
     good = total = 0.0
