@@ -67,6 +67,7 @@ __all__ = [
     "Reject",
     "process_record",
     "CENTERING_FACTOR",
+    "FILTER_VERSION",
     "count_atom_site_rows",
     "count_symmetry_operators",
     "stated_formula",
@@ -74,6 +75,10 @@ __all__ = [
     "hydrogen_missing",
     "canonical_composition_change",
 ]
+
+#: Bumped whenever :func:`process_record` can give another verdict for the same record and settings (the prep cache
+#: is keyed on it). 2: bracketed formulas, first structure block, hydrogen rule, occupancy tolerance (issue 31).
+FILTER_VERSION = 2
 
 #: Lattice points per conventional cell by the first letter of the H-M symbol (R: hexagonal setting).
 CENTERING_FACTOR = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
