@@ -19,7 +19,7 @@ bond_length        CrystaLLM bond-length reasonableness: CrystalNN bonds within 
                    CrystalNN neighbours is judged by its nearest neighbour (none within 24 Angstrom: a
                    failed bond); more than ``max_bond_sites`` (200) symmetry-unique sites are not
                    analysed: ``too_many_sites_for_bond_check`` (CrystalNN took 14-23 s on 1,000), nor an
-                   elongated cell whose Voronoi search could reach > 50,000 atoms
+                   elongated cell whose Voronoi search could reach > 100,000 atoms
                    (``bond_search_too_large``) or a cell of > 500 Angstrom^3 per site
                    (``cell_too_sparse_for_bond_check``)
 structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3; the
@@ -280,7 +280,8 @@ def _nearest(structure: Any, i: int) -> list[tuple[Any, float]]:
 #: CrystalNN's Voronoi search widens its sphere (7, 14, 28, ... Angstrom) up to the cell's longest diagonal until the
 #: site is enclosed. A cell whose diagonal sphere holds more atoms than this (n / V x 4/3 pi d^3: ~22 n for a cube, far
 #: more for an elongated cell such as 999 x 5.7 x 5.7 Angstrom, which ran > 5 minutes and gigabytes) is not analysed.
-MAX_BOND_SEARCH_ATOMS = 50_000
+#: Real cells stay well below: at most 13,194 (MP-20), 32,710 (MPTS-52), 2,079 (Carbon-24), 108 (Perov-5) in 700 each.
+MAX_BOND_SEARCH_ATOMS = 100_000
 #: Nor is a cell with more volume per site than this (Angstrom^3; solids have 5-50, the corpus filter drops > 250):
 #: around an atom in such vacuum the search widens to the cell size (a 640 x 640 x 4.3 Angstrom LiOH cell: 25 s).
 MAX_BOND_VOLUME_PER_SITE = 500.0
