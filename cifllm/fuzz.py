@@ -4,7 +4,11 @@ file on damaged files (deep nesting, a folder, binary, bad syntax: :func:`fuzz_i
 
 A mutation generator (:data:`MUTATORS`) damages real-looking CIFs: truncation, byte flips, line deletions, duplicated
 tags, huge / NaN / negative / zero numbers, degenerate angles, unknown elements, absurd row counts, binary, empty,
-non-UTF-8, partial and tiny occupancies. Each driver returns a :class:`FuzzReport`: inputs tried, crashes (an
+non-UTF-8, partial and tiny occupancies; and the classes of issue 31: formulas with groups, brackets and hydrate dots
+(sometimes with a damaged site list), several data blocks of one name holding different compounds, hydrogen stated
+but unlocated or at occupancy 0, ~1,000-site P1 texts (bond check), megabyte ``data_`` lines and formulas, 400-999
+Angstrom cells (neighbour-list memory), occupancies just above 1. :func:`deeply_nested` writes JSON/YAML nested
+thousands deep, and :func:`fuzz_input_files` feeds such files (and other damaged ones) to every CLI stage that reads one. Each driver returns a :class:`FuzzReport`: inputs tried, crashes (an
 exception escaped, or a check reported ``check_crashed``), hangs (an input over ``hang_s`` seconds), outcomes without a
 reason, outcomes by reason and mutator, and the slowest input. Used by ``tests/test_fuzz.py`` and
 ``benchmarks/bench_fuzz.py``; the drivers go through the public functions only (``process_record``,
@@ -14,8 +18,10 @@ reason, outcomes by reason and mutator, and the slowest input. Used by ``tests/t
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
+import math
 import random
 import re
 import resource
@@ -28,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifllm.cif import structure_to_text
+from cifllm.cif import CIFError, structure_to_text
+from cifllm.cif.formula import parse_stated_formula
 from cifllm.cli import main
 from cifllm.core.records import EVAL_DIR, METRICS_FILE, SAMPLES_FILE
 from cifllm.data.filters import FilterSettings, Reject, formula_disagreement, process_record, stated_formula
@@ -37,7 +44,22 @@ from cifllm.evaluation.checks import check_sample
 from cifllm.tokenization import build_tokenizer
 from cifllm.utils.limits import map_with_time_limit
 
-__all__ = ["FuzzReport", "MUTATORS", "seed_structures", "seed_cifs", "mutate", "fuzz_prep", "fuzz_checks", "fuzz_evaluate", "fuzz_input_files", "fuzz_tokenizer", "peak_rss_mb"]
+__all__ = [
+    "FuzzReport",
+    "ISSUE31_MUTATORS",
+    "MUTATORS",
+    "TOKENIZER_SKIPS",
+    "seed_structures",
+    "seed_cifs",
+    "mutate",
+    "deeply_nested",
+    "fuzz_prep",
+    "fuzz_checks",
+    "fuzz_evaluate",
+    "fuzz_input_files",
+    "fuzz_tokenizer",
+    "peak_rss_mb",
+]
 
 _NUMBER = re.compile(r"(?<![A-Za-z_])[-+]?\d+\.?\d*(?:[eE][-+]?\d+)?")
 
@@ -120,8 +142,9 @@ def seed_structures() -> list[tuple[str, Any]]:
 
 
 def seed_cifs() -> list[tuple[str, str]]:
-    """Seed CIF files as a user would bring them: pymatgen P1 CIFs, symmetrized CIFs with operators, and an
-    experimental-style CIF (labels only, ``_chemical_formula_sum`` per formula unit)."""
+    """Seed CIF files as a user would bring them: pymatgen P1 CIFs, symmetrized CIFs with operators, and two
+    experimental-style CIFs (``_chemical_formula_sum`` per formula unit): LiOH with its H unlocated (dropped by the
+    hydrogen rule) and SrTiO3 as a mineral database writes it (``data_global``, formula ``'Sr (Ti O3)'``)."""
     from pymatgen.io.cif import CifWriter
 
     out = []
@@ -137,6 +160,10 @@ def seed_cifs() -> list[tuple[str, str]]:
             "_atom_site_occupancy\nLi1 0.75 0.25 0 1\nO1 0.25 0.25 0.194 1\n",  # H unlocated, as in many X-ray structures
         )
     )
+    srtio3 = dict(seed_structures())["SrTiO3"]
+    exp = str(CifWriter(srtio3, symprec=0.1)).replace("data_SrTiO3", "data_global")
+    exp = re.sub(r"_chemical_formula_sum\s+'[^']*'", "_chemical_formula_sum   'Sr (Ti O3)'", exp)
+    out.append(("SrTiO3-exp", exp))  # mineral-database style: data_global, a bracketed formula per formula unit
     return out
 
 
@@ -308,6 +335,159 @@ def _tiny_occupancy(t: str, rng: random.Random) -> str:
     return _set_last_field(t, rng, lambda r: r.choice(["1e-30", "0.0001", "1e-5", "0.00001", "0"]), all_rows=rng.random() < 0.5)
 
 
+
+# ---- the classes of issue 31 (items 1-7)
+
+_FORMULA_LINE = re.compile(r"^(_chemical_formula_sum[ \t]+)(.*)$", re.MULTILINE)
+
+
+def _formula_of(t: str) -> tuple[str, dict[str, float]] | None:
+    """("sum" or "data", {element: amount}) of the formula a text states, or None."""
+    m = _FORMULA_LINE.search(t)
+    value = m.group(2) if m else (t.split("\n", 1)[0][5:] if t.startswith("data_") else "")
+    try:
+        comp = parse_stated_formula(value)
+    except CIFError:
+        return None
+    if comp is None:
+        return None
+    return ("sum" if m else "data"), {el.symbol: float(a) for el, a in comp.element_composition.items()}
+
+
+def _set_formula(t: str, where: str, value: str) -> str:
+    if where == "sum":
+        m = _FORMULA_LINE.search(t)
+        assert m is not None
+        return t[: m.start(2)] + value + t[m.end(2) :]
+    first, _, rest = t.partition("\n")
+    return f"data_{value}\n{rest}"
+
+
+def _amount(a: float) -> str:
+    return "" if a == 1 else (str(int(a)) if a == int(a) else f"{a:g}")
+
+
+def _bracket_formula(t: str, rng: random.Random) -> str:
+    """The stated formula rewritten with a bracketed group, a hydrate dot or a group count (same composition); half
+    the time one atom row is also deleted or relabelled, the damage the formula cross-check must then catch."""
+    found = _formula_of(t)
+    if found is None:
+        return t
+    where, amounts = found
+    els = list(amounts)
+    k = rng.randrange(len(els))
+    head, group = els[:k], els[k:]
+    style = rng.choice(["paren", "bracket", "count", "hydrate", "unknown_ratio"])
+    if style == "unknown_ratio" and len(els) >= 2:  # a substitution of unknown ratio: formula_unparsable
+        value = f"({els[0]},{els[1]})" + " ".join(f"{e}{_amount(amounts[e])}" for e in els[2:])
+    elif style == "count" and len(group) >= 1:
+        g = math.gcd(*[int(amounts[e]) for e in group]) if all(amounts[e] == int(amounts[e]) for e in group) else 1
+        value = " ".join(f"{e}{_amount(amounts[e])}" for e in head) + f" ({' '.join(f'{e}{_amount(amounts[e] / g)}' for e in group)}){_amount(g)}"
+    elif style == "hydrate":
+        value = " ".join(f"{e}{_amount(a)}" for e, a in amounts.items()) + " . 2 H2 O"  # states water the sites lack
+    else:
+        o, c = ("(", ")") if style == "paren" else ("[", "]")
+        value = " ".join(f"{e}{_amount(amounts[e])}" for e in head) + f" {o}{' '.join(f'{e}{_amount(amounts[e])}' for e in group)}{c}"
+    out = _set_formula(t, where, f"'{value.strip()}'" if where == "sum" else value.replace(" ", ""))
+    if rng.random() < 0.5:
+        lines, rows = _lines(out), _atom_rows(out)
+        if rows:
+            k = rng.choice(rows)
+            if rng.random() < 0.5:
+                del lines[k]
+            else:
+                parts = lines[k].split()
+                swap = {"Na": "K", "Cl": "Br", "Sr": "Ba", "Ti": "Zr", "O": "S", "Li": "Na", "H": "F", "Zn": "Cd", "Sm": "Nd", "Mn": "Fe", "Sn": "Pb", "Cu": "Ag", "Au": "Pt"}
+                lines[k] = " ".join(swap.get(p, p) for p in parts)
+            out = _join(lines)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _other_blocks() -> tuple[str, ...]:
+    return tuple(t for _, t in seed_cifs())
+
+
+def _duplicate_block(t: str, rng: random.Random) -> str:
+    """A second data block with the first block's name but another compound (``data_global`` style), after or
+    before the first: the record must be the first block's compound or be dropped."""
+    name = t.split("\n", 1)[0] if t.startswith("data_") else next((ln for ln in _lines(t) if ln.startswith("data_")), "data_global")
+    others = [o for o in _other_blocks() if o.strip() != t.strip()]
+    other = rng.choice(others)
+    other = re.sub(r"^data_\S*", name, other[other.find("data_") :] if "data_" in other else other, count=1, flags=re.MULTILINE)
+    return t.rstrip("\n") + "\n\n" + other if rng.random() < 0.8 else other.rstrip("\n") + "\n\n" + t
+
+
+def _hydrogen_unlocated(t: str, rng: random.Random) -> str:
+    """Stated hydrogen without hydrogen sites: H rows set to occupancy 0 or deleted (a hydride as the bare metal), or
+    H added to a stated formula whose sites have none (a hydrous mineral without its H)."""
+    lines, rows = _lines(t), _atom_rows(t)
+    h_rows = [k for k in rows if lines[k].split()[:1] in (["H"], ["H1"], ["H0"]) or re.match(r"^\s*H\d*\s", lines[k])]
+    if h_rows and rng.random() < 0.7:
+        if rng.random() < 0.5:
+            for k in h_rows:
+                lines[k] = " ".join([*lines[k].split()[:-1], rng.choice(["0", "0.0", "0.000"])])
+        else:
+            lines = [ln for k, ln in enumerate(lines) if k not in set(h_rows)]
+        return _join(lines)
+    found = _formula_of(t)
+    if found is None:
+        return t
+    where, amounts = found
+    amounts["H"] = amounts.get("H", 0.0) + rng.choice([1.0, 2.0, 4.0])
+    value = " ".join(f"{e}{_amount(a)}" for e, a in amounts.items())
+    return _set_formula(t, where, f"'{value}'" if where == "sum" else value.replace(" ", ""))
+
+
+def _huge_p1(t: str, rng: random.Random) -> str:
+    """A P1 text of ~1,000 symmetry-unique sites (jittered rock-salt grid, ~15 Angstrom^3 per atom) of the text's
+    elements: canonical text when the input is canonical, else a pymatgen CIF."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    els = [e for e in dict.fromkeys(re.findall(r"^\s*([A-Z][a-z]?)\s", "\n".join(_lines(t)[k] for k in _atom_rows(t)), re.MULTILINE)) if e != "X"][:2] or ["Na", "Cl"]
+    n = rng.choice([8, 9, 10])
+    frac = [((i + 0.5 + rng.uniform(-0.12, 0.12)) / n, (j + 0.5 + rng.uniform(-0.12, 0.12)) / n, (k + 0.5 + rng.uniform(-0.12, 0.12)) / n) for i in range(n) for j in range(n) for k in range(n)]
+    species = [els[(i + j + k) % len(els)] for i in range(n) for j in range(n) for k in range(n)]
+    try:
+        s = Structure(Lattice.cubic(2.5 * n), species, frac)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            canonical = "_atom_site_symmetry_multiplicity" in t and "_symmetry_equiv_pos" not in t
+            return structure_to_text(s, mode="p1") if canonical else str(CifWriter(s))
+    except Exception:  # an element pymatgen cannot place: the input unchanged
+        return t
+
+
+def _huge_formula(t: str, rng: random.Random) -> str:
+    """The ``data_`` line or ``_chemical_formula_sum`` replaced by a formula of 0.1-1.6 MB."""
+    unit = rng.choice(["Na1Cl1", "H2O1", "Si1O2"])
+    value = unit * (rng.choice([20_000, 100_000, 270_000]) // len(unit) * 6)
+    m = _FORMULA_LINE.search(t)
+    if m:
+        return t[: m.start(2)] + "'" + " ".join(re.findall(r"[A-Z][a-z]?\d*", value)) + "'" + t[m.end(2) :]
+    first, _, rest = t.partition("\n")
+    return f"data_{value}\n{rest}" if first.startswith("data_") else f"data_{value}\n{t}"
+
+
+def _huge_cell(t: str, rng: random.Random) -> str:
+    """Cell lengths of 400-999 Angstrom (one, two or all three axes): the neighbour search must stay bounded."""
+    lines = _lines(t)
+    axes = rng.choice([("a",), ("a", "b"), ("a", "b", "c")])
+    value = rng.choice(["400.0000", "640.5000", "999.0000", "999.9999"])
+    for k, ln in enumerate(lines):
+        for ax in axes:
+            if ln.strip().startswith(f"_cell_length_{ax}"):
+                lines[k] = f"_cell_length_{ax} {value}"
+    return _join(lines)
+
+
+def _occupancy_above_one(t: str, rng: random.Random) -> str:
+    """Occupancies just above 1: float noise, within the tolerance, at it and just beyond it."""
+    value = rng.choice(["1.0000000000000002", "1.0001", "1.001", "1.005", "1.01", "1.0100001", "1.02", "1.5"])
+    return _set_last_field(t, rng, lambda r: value, all_rows=rng.random() < 0.5)
+
+
 #: name -> mutation(text, rng) -> damaged text
 MUTATORS: dict[str, Callable[[str, random.Random], str]] = {
     "truncate": _truncate,
@@ -326,13 +506,30 @@ MUTATORS: dict[str, Callable[[str, random.Random], str]] = {
     "non_utf8": _non_utf8,
     "partial_occupancy": _partial_occupancy,
     "tiny_occupancy": _tiny_occupancy,
+    "bracket_formula": _bracket_formula,
+    "duplicate_block": _duplicate_block,
+    "hydrogen_unlocated": _hydrogen_unlocated,
+    "huge_p1": _huge_p1,
+    "huge_formula": _huge_formula,
+    "huge_cell": _huge_cell,
+    "occupancy_above_one": _occupancy_above_one,
 }
 
 
-def mutate(text: str, rng: random.Random) -> tuple[str, str]:
-    """(mutator name, damaged text); 1 in 4 inputs get two mutations (the name joins both)."""
-    names = sorted(MUTATORS)
-    name = rng.choice(names)
+#: Mutators left out of the tokenizer fuzz: a megabyte text only measures the tokenizer's linear speed (~5 us a byte).
+TOKENIZER_SKIPS = ("huge_formula",)
+
+
+#: The mutators of the input classes of issue 31 (items 1-7), for a fuzz run aimed at them.
+ISSUE31_MUTATORS = ("bracket_formula", "duplicate_block", "hydrogen_unlocated", "huge_p1", "huge_formula", "huge_cell", "occupancy_above_one")
+
+
+def mutate(text: str, rng: random.Random, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> tuple[str, str]:
+    """(mutator name, damaged text); 1 in 4 inputs get two mutations (the name joins both). ``skip``: mutators not
+    drawn; ``only``: the first mutation is drawn from these (the second from all)."""
+    names = sorted(set(MUTATORS) - set(skip))
+    first = sorted(set(only) - set(skip)) if only else names
+    name = rng.choice(first)
     out = MUTATORS[name](text, rng)
     if rng.random() < 0.25:
         second = rng.choice(names)
@@ -340,12 +537,12 @@ def mutate(text: str, rng: random.Random) -> tuple[str, str]:
     return name, out
 
 
-def _cases(seeds: list[tuple[str, str]], n: int, seed: int) -> list[tuple[str, str, str]]:
+def _cases(seeds: list[tuple[str, str]], n: int, seed: int, only: tuple[str, ...] | None = None) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     cases = []
     for i in range(n):
         sname, text = seeds[i % len(seeds)]
-        mname, damaged = mutate(text, rng)
+        mname, damaged = mutate(text, rng, only=(only[i % len(only)],) if only else None)  # ``only``: each in turn
         cases.append((mname, sname, damaged))
     return cases
 
@@ -353,14 +550,16 @@ def _cases(seeds: list[tuple[str, str]], n: int, seed: int) -> list[tuple[str, s
 # ------------------------------------------------------------------------------------------------ drivers
 
 
-def fuzz_prep(n: int = 200, seed: int = 0, hang_s: float = 10.0, time_limit_s: float = 30.0) -> FuzzReport:
+def fuzz_prep(n: int = 200, seed: int = 0, hang_s: float = 10.0, time_limit_s: float = 30.0, only: tuple[str, ...] | None = None) -> FuzzReport:
     """(a) The per-record preparation path (:func:`cifllm.data.filters.process_record`) under the prep time limit.
 
     Outcome ``kept`` or the reject reason. Also counted: ``silent_corruption`` - a kept record whose composition
-    differs from its file's own ``_chemical_formula_sum`` (hydrogen exception as in the filter)."""
+    differs from the ``_chemical_formula_sum`` of its file's first structure block (hydrogen included: the hydrogen
+    rule drops records without their H), or whose stated formula could not be read. ``only``: the first mutation of
+    input i is ``only[i % len(only)]`` (e.g. :data:`ISSUE31_MUTATORS`)."""
     rep = FuzzReport("prep: process_record")
     settings = FilterSettings(keep_partial=False)
-    cases = _cases(seed_cifs(), n, seed)
+    cases = _cases(seed_cifs(), n, seed, only)
     corrupt: list[list[str]] = []
     t0 = time.perf_counter()
 
@@ -383,12 +582,16 @@ def fuzz_prep(n: int = 200, seed: int = 0, hang_s: float = 10.0, time_limit_s: f
                     rep.no_reason.append([mname, sname, r.detail[:200]])
             else:
                 outcome = "kept"
-                stated = stated_formula(text)
+                try:
+                    stated = stated_formula(text)
+                except CIFError as exc:  # kept although its stated formula was never compared
+                    corrupt.append([mname, sname, f"kept with an unread stated formula: {exc}"[:200]])
+                    stated = None
                 if stated is not None:
                     from pymatgen.core import Composition
 
                     why = formula_disagreement(stated, Composition(r.reduced_formula), True) if r.reduced_formula else "no formula"
-                    if why and not ("H" in stated and "H" not in r.elements):
+                    if why:
                         corrupt.append([mname, sname, why])
         rep.note(mname, sname, outcome, dt, hang_s)
     rep.seconds = time.perf_counter() - t0
@@ -407,12 +610,14 @@ def _canonical_seeds() -> list[tuple[str, str]]:
     return out
 
 
-def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: float = 30.0) -> FuzzReport:
-    """(b) :func:`cifllm.evaluation.checks.check_sample` on damaged canonical texts (and 1 in 5 undamaged)."""
+def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: float = 30.0, only: tuple[str, ...] | None = None) -> FuzzReport:
+    """(b) :func:`cifllm.evaluation.checks.check_sample` on damaged canonical texts (and 1 in 5 undamaged). A check
+    reporting ``check_crashed`` or ``parse_crash`` (an exception from a library, not a verdict) is a crash. ``only``: as
+    in :func:`fuzz_prep` (then every text is damaged)."""
     rep = FuzzReport("check_sample")
     seeds = _canonical_seeds()
     by_name = dict(seeds)
-    cases = [(("none", c[1], by_name[c[1]]) if k % 5 == 4 else c) for k, c in enumerate(_cases(seeds, n, seed))]
+    cases = [(("none", c[1], by_name[c[1]]) if k % 5 == 4 and not only else c) for k, c in enumerate(_cases(seeds, n, seed, only))]
     t0 = time.perf_counter()
 
     def one(text: str) -> tuple[Any, float]:
@@ -429,7 +634,7 @@ def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: 
         else:
             v, dt = res
             outcome = "valid_all" if v.valid_all else v.reason
-            crashed = [f"{k}: {c.detail}" for k, c in v.checks.items() if c.reason == "check_crashed"]
+            crashed = [f"{k}: {c.reason}: {c.detail}" for k, c in v.checks.items() if c.reason in ("check_crashed", "parse_crash")]
             if crashed:
                 rep.crashes.append([mname, sname, crashed[0][:200]])
             if not v.valid_all and not v.reason:
@@ -441,7 +646,19 @@ def fuzz_checks(n: int = 60, seed: int = 0, hang_s: float = 10.0, time_limit_s: 
     return rep
 
 
-GARBAGE_KINDS = ("mutated_texts", "bad_json_lines", "wrong_types", "binary", "empty", "not_objects", "huge_text", "deep_json", "mixed")
+GARBAGE_KINDS = ("mutated_texts", "bad_json_lines", "wrong_types", "binary", "empty", "not_objects", "huge_text", "deep_json", "mixed", "deep_nesting")
+
+
+def deeply_nested(fmt: str, depth: int, rng: random.Random) -> str:
+    """A JSON (``fmt="json"``, one line) or YAML (``"yaml"``) document nested ``depth`` levels deep (lists or
+    mappings, flow or block style): Python's parsers raise RecursionError on it, not their own error."""
+    kind = rng.choice(["list", "dict"])
+    if fmt == "json":
+        return ("[" * depth + "1" + "]" * depth) if kind == "list" else ('{"a":' * depth + "1" + "}" * depth)
+    if rng.random() < 0.5:  # flow style
+        return "a: " + ("[" * depth + "1" + "]" * depth if kind == "list" else "{a: " * depth + "1" + "}" * depth) + "\n"
+    depth = min(depth, 1_500)  # block style: indentation grows with depth (1,500 levels: ~1 MB)
+    return "".join(" " * i + ("- " if kind == "list" else "a:") + "\n" for i in range(depth)) + " " * depth + "1\n"
 
 
 def _garbage_samples(rng: random.Random, texts: list[str], kind: str) -> tuple[str, str]:
@@ -475,6 +692,9 @@ def _garbage_samples(rng: random.Random, texts: list[str], kind: str) -> tuple[s
     elif kind == "deep_json":  # nested past the parsers' recursion limit, as a whole line or inside a field
         depth = rng.randint(1_000, 20_000)
         recs = [json.dumps(good()), "[" * depth + "]" * depth, '{"cif_text": "x", "prompt_meta": ' + "{\"a\": " * depth + "1" + "}" * depth + "}"]
+    elif kind == "deep_nesting":
+        deep = deeply_nested("json", rng.choice([2_000, 20_000, 100_000]), rng)
+        recs = [json.dumps(good()), rng.choice([deep, '{"sample_id": "d", "cif_text": "x", "prompt_meta": ' + deep + "}"])]
     else:
         recs = [json.dumps(good()), "garbage", json.dumps({"cif_text": None}), json.dumps({})]
     return kind, "\n".join(recs) + "\n"
@@ -627,7 +847,7 @@ def fuzz_tokenizer(n: int = 300, seed: int = 0, hang_s: float = 10.0) -> FuzzRep
         if i % 3 == 2:
             mname, t = "random_chars", "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0, 0x3000), 10])) for _ in range(rng.randint(0, 400)))
         else:
-            mname, t = mutate(text, rng)
+            mname, t = mutate(text, rng, TOKENIZER_SKIPS)
         t1 = time.perf_counter()
         try:
             ids = tok.encode(t, add_special_tokens=False).ids

@@ -1,7 +1,10 @@
 """Fuzz suite (seeded, deterministic): damaged CIFs through data preparation, ``check_sample``, ``cifllm evaluate`` and
-the tokenizer. Every input ends with a result or a named reason, nothing escapes, nothing hangs (> 10 s), and no
-kept record silently disagrees with its own stated formula. The default run is bounded (well under 60 s on 2 CPU
-cores); ``-m slow`` runs a larger one. Reports: ``benchmarks/bench_fuzz.py``."""
+the tokenizer, and deeply nested JSON/YAML through every CLI stage that reads such a file. Every input ends with a
+result or a named reason, nothing escapes, nothing hangs (> 10 s), and no kept record silently disagrees with its
+own stated formula. A run aimed at the input classes of issue 31 (bracketed formulas, equally named data blocks,
+unlocated hydrogen, ~1,000-site P1 texts, megabyte formulas, 400-999 A cells, occupancies just above 1) checks that
+each ends in its named reason. The default run is bounded (about a minute on 2 CPU cores); ``-m slow`` runs a larger
+one. Reports: ``benchmarks/bench_fuzz.py``."""
 
 from __future__ import annotations
 
@@ -53,6 +56,27 @@ def test_fuzz_evaluate_cli():
     assert set(rep.outcomes) == {"ok", "user_error"}  # wrong field types are refused, everything else gets verdicts
 
 
+def test_fuzz_issue31_input_classes():
+    """Each class ends in its named reason, without a crash, hang or silently corrupted record (the pre-fix code:
+    skipped formula checks, a hydride kept as the bare metal, 14-23 s bond checks, 17-90 s formula parses,
+    MemoryError in 999 A cells, parse_crash at occupancy 1.001)."""
+    prep = fuzz.fuzz_prep(3 * len(fuzz.seed_cifs()), seed=4, hang_s=HANG_S, only=fuzz.ISSUE31_MUTATORS)
+    _assert_clean(prep)
+    assert prep.extra["silent_corruption"] == 0, prep.extra["silent_corruption_examples"]
+    assert {"kept", "formula_disagrees", "hydrogen_missing", "formula_too_long"} <= set(prep.outcomes), prep.outcomes
+    checks = fuzz.fuzz_checks(14, seed=4, hang_s=HANG_S, only=fuzz.ISSUE31_MUTATORS)
+    _assert_clean(checks)
+    assert {"too_many_sites_for_bond_check", "formula_too_long"} <= set(checks.outcomes), checks.outcomes
+    assert set(fuzz.ISSUE31_MUTATORS) <= {m.split("+")[0] for m in prep.by_mutator} | {m.split("+")[0] for m in checks.by_mutator}
+
+
+def test_deeply_nested_documents_are_deep():
+    rng = random.Random(0)
+    for fmt in ("json", "yaml"):
+        doc = fuzz.deeply_nested(fmt, 5_000, rng)
+        assert doc.count("[") + doc.count("{") + doc.count("- ") + doc.count("a:") >= 1_500
+
+
 def test_fuzz_tokenizer():
     rep = fuzz.fuzz_tokenizer(60, seed=1, hang_s=HANG_S)
     _assert_clean(rep)
@@ -62,6 +86,14 @@ def test_fuzz_tokenizer():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [2, 3])
 def test_fuzz_large(seed):
-    for rep in (fuzz.fuzz_prep(600, seed=seed), fuzz.fuzz_checks(200, seed=seed), fuzz.fuzz_evaluate(30, seed=seed), fuzz.fuzz_tokenizer(600, seed=seed)):
+    for rep in (
+        fuzz.fuzz_prep(600, seed=seed),
+        fuzz.fuzz_checks(200, seed=seed),
+        fuzz.fuzz_prep(200, seed=seed, only=fuzz.ISSUE31_MUTATORS),
+        fuzz.fuzz_checks(60, seed=seed, only=fuzz.ISSUE31_MUTATORS),
+        fuzz.fuzz_evaluate(30, seed=seed),
+        fuzz.fuzz_input_files(0, seed=seed),
+        fuzz.fuzz_tokenizer(600, seed=seed),
+    ):
         _assert_clean(rep)
         assert rep.extra.get("silent_corruption", 0) == 0

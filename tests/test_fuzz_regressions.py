@@ -193,11 +193,12 @@ def test_duplicated_loop_tag_is_caught():
     assert isinstance(process_record(_record(bad), FilterSettings(check_formula=False)), type(process_record(_record(cif), FilterSettings())))
 
 
-def test_formula_check_accepts_good_files_and_unlocated_hydrogen():
+def test_formula_check_accepts_good_files_and_drops_unlocated_hydrogen():
     cif = _p1_cif()
     assert not isinstance(process_record(_record(cif), FilterSettings()), Reject)
     with_h = cif.replace("'Sm1 Mn6 Sn6'", "'Sm1 Mn6 Sn6 H2'")
-    assert not isinstance(process_record(_record(with_h), FilterSettings()), Reject)  # H stated, not located
+    r = process_record(_record(with_h), FilterSettings())  # H stated, not located: the hydrogen rule (issue 31)
+    assert isinstance(r, Reject) and r.reason == "hydrogen_missing", r
     per_unit = cif.replace("'Sm1 Mn6 Sn6'", "'Sm Mn6 Sn6'")
     assert not isinstance(process_record(_record(per_unit), FilterSettings()), Reject)
     moiety = cif.replace("_chemical_formula_sum   'Sm1 Mn6 Sn6'", "_chemical_formula_moiety   'Sm2 Mn12 Sn11'")

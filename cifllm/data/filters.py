@@ -1,26 +1,42 @@
 """Per-record processing: parse, filter (each drop has a named reason), canonicalize. Pure functions of one record.
 
 Reasons (stable codes used in reports): ``read_error``, ``unparsable``, ``empty``, ``not_cif``, ``too_large``,
-``binary``, ``partial_occupancy``, ``formula_disagrees``, ``unsupported_element``, ``too_many_atoms``,
-``min_distance``, ``volume_per_atom``, ``symmetry_failed``, ``canonical_composition_changed``, ``timeout`` and
-``worker_crash`` (the per-record time limit of :mod:`cifllm.data.prep`), ``too_many_tokens`` (applied later, after
-tokenization).
+``binary``, ``bad_occupancy``, ``partial_occupancy``, ``formula_unparsable``, ``formula_too_long``,
+``hydrogen_missing``, ``formula_disagrees``, ``unsupported_element``, ``too_many_atoms``, ``min_distance``,
+``volume_per_atom``, ``symmetry_failed``, ``canonical_composition_changed``, ``timeout`` and ``worker_crash`` (the
+per-record time limit of :mod:`cifllm.data.prep`), ``too_many_tokens`` (applied later, after tokenization).
 
 Bounds before expensive work: a CIF text is pre-scanned (:func:`count_atom_site_rows`, linear in its length) and one
 with more than ``max_atom_rows`` atom-site rows in a data block, or more than ``max_atom_images`` rows x symmetry
 operators, is dropped as ``too_many_atoms`` before pymatgen parses it
-(pymatgen's parse time grows faster than linearly with the rows: 8,000 rows take ~18 s).
+(pymatgen's parse time grows faster than linearly with the rows: 8,000 rows take ~18 s). A stated formula longer than
+:data:`~cifllm.cif.canonical.MAX_FORMULA_CHARS` is dropped as ``formula_too_long`` before it is parsed.
+
+Several data blocks: the record is the first block that holds a structure (:func:`cifllm.cif.io.structure_block`),
+and its stated formula is read from that same block, so a file of several blocks (named alike or not) is kept as its
+first structure or dropped, never as another block's compound.
+
+Occupancy: a site's occupancies may sum to at most ``1 +`` :data:`~cifllm.cif.canonical.OCCUPANCY_TOLERANCE` (rescaled
+to 1); more is ``bad_occupancy``. A row with occupancy 0 is not an atom (pymatgen skips it).
 
 Cross-checks that catch corruption:
 
-* ``formula_disagrees``: when the CIF states ``_chemical_formula_sum`` (or ``_chemical_formula_moiety`` with one
-  moiety), the parsed sites must give the same composition. Ordered structure and whole-number stated counts: the
-  ratios must agree exactly (every element count of the cell = Z x the stated count, one Z for all elements).
-  Otherwise (partial occupancies, fractional stated counts) with Z = parsed atoms / stated atoms, every element must
-  satisfy ``|parsed / Z - stated| <= 0.01 + 0.02 x stated`` (stated counts rounded to two decimals, plus 2%).
-  Exception: hydrogen stated in the formula but absent from the sites (X-ray structures often leave H unlocated) is
-  not compared; hydrogen in the sites but not in the formula is a disagreement. A stated formula that does not parse
-  (``?``, charges, several moieties) is not compared.
+* ``formula_disagrees``: when the CIF states ``_chemical_formula_sum`` (or else ``_chemical_formula_moiety``, its
+  moieties summed), the parsed sites must give the same composition. The value is read by
+  :func:`cifllm.cif.formula.parse_stated_formula`: groups in brackets (``'Mg3 Si4 (O12 H2)'``), hydrate dots
+  (``'Cu S O4 . 5 H2 O'``), moieties with counts and charges. A stated formula that does not parse (a comma inside
+  brackets such as ``'(Mg,Fe)2 Si O4'``, an unknown symbol) drops the record as ``formula_unparsable``: the
+  cross-check is never skipped for a formula that is there; only a missing, ``?`` or ``.`` formula is not compared.
+  Ordered structure and whole-number stated counts: the ratios must agree exactly (every element count of the cell =
+  Z x the stated count, one Z for all elements). Otherwise (partial occupancies, fractional stated counts) with Z =
+  parsed atoms / stated atoms, every element must satisfy ``|parsed / Z - stated| <= 0.01 + 0.02 x stated`` (stated
+  counts rounded to two decimals, plus 2%).
+* ``hydrogen_missing`` (the hydrogen rule): a record whose stated formula has hydrogen (H or D) but whose sites give
+  none - H never located (common in X-ray structures of hydrous minerals and hydrates), or H rows with occupancy 0 -
+  is dropped. Such a site list is an incomplete model, not the compound: kept, it would enter the corpus under the
+  formula of its sites (kaolinite Al2Si2O5(OH)4 as "Al2Si2O9", a hydride as the bare metal), a composition that is
+  neither stated nor charge-balanced. Hydrogen that is located but in the wrong amount is ``formula_disagrees``, and
+  hydrogen in the sites but not in the formula likewise. Records whose H is located in full are kept as any other.
 * ``canonical_composition_changed``: the canonical text must keep the composition of the structure it was made from,
   checked on every record (cheap, without the ``StructureMatcher`` round trip): the sites re-derived from the text
   (:func:`cifllm.cif.expand_sites`, multiplicity x occupancy) must hold every element in the same proportion as the
@@ -40,7 +56,8 @@ from typing import Any
 import numpy as np
 
 from cifllm.cif import CIFError, expand_sites, format_formula, parse_canonical, structure_to_text
-from cifllm.cif.io import read_cif_text, structure_from_dict
+from cifllm.cif.formula import parse_stated_formula
+from cifllm.cif.io import read_cif_text, structure_block, structure_from_dict
 from cifllm.cif.matching import make_matcher, round_trip
 from cifllm.data.readers import RawRecord
 
@@ -50,12 +67,18 @@ __all__ = [
     "Reject",
     "process_record",
     "CENTERING_FACTOR",
+    "FILTER_VERSION",
     "count_atom_site_rows",
     "count_symmetry_operators",
     "stated_formula",
     "formula_disagreement",
+    "hydrogen_missing",
     "canonical_composition_change",
 ]
+
+#: Bumped whenever :func:`process_record` can give another verdict for the same record and settings (the prep cache
+#: is keyed on it). 2: bracketed formulas, first structure block, hydrogen rule, occupancy tolerance (issue 31).
+FILTER_VERSION = 2
 
 #: Lattice points per conventional cell by the first letter of the H-M symbol (R: hexagonal setting).
 CENTERING_FACTOR = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
@@ -205,40 +228,35 @@ def _tag_value(text: str, m: re.Match) -> str:
 
 
 def stated_formula(text: str):
-    """The composition the CIF states: ``_chemical_formula_sum``, else ``_chemical_formula_moiety`` when it has one
-    moiety; None when neither is given or the value does not parse (``?``, charges, several moieties)."""
-    from pymatgen.core import Composition
-
+    """The composition the CIF states, read from the block :func:`cifllm.cif.io.read_cif_text` parses:
+    ``_chemical_formula_sum``, else ``_chemical_formula_moiety`` (moieties summed); None when neither states one
+    (missing, ``?``, ``.``). Raises :class:`~cifllm.cif.canonical.CIFError` ``formula_unparsable`` or
+    ``formula_too_long`` (see :func:`cifllm.cif.formula.parse_stated_formula`)."""
+    block = structure_block(text) or text
     found: dict[str, str] = {}
-    for m in _FORMULA_TAG.finditer(text):
-        found.setdefault(m.group(1).lower(), _tag_value(text, m))
-    value = found.get("_chemical_formula_sum")
-    if value is None:
-        value = found.get("_chemical_formula_moiety")
-        if value is None or "," in value:
-            return None
-    if not value or value in ("?", ".") or re.search(r"[+\-()\[\]]", value):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            comp = Composition(value)
-    except Exception:
-        return None
-    if len(comp) == 0 or any(not (a > 0 and math.isfinite(a)) for a in comp.values()):
-        return None
-    return comp
+    for m in _FORMULA_TAG.finditer(block):
+        found.setdefault(m.group(1).lower(), _tag_value(block, m))
+    comp = parse_stated_formula(found.get("_chemical_formula_sum"))
+    return comp if comp is not None else parse_stated_formula(found.get("_chemical_formula_moiety"))
+
+
+_HYDROGEN = ("H", "D", "T")
+
+
+def hydrogen_missing(stated: Any, parsed: Any) -> str | None:
+    """Why the hydrogen rule drops a record (the stated formula has H but the sites give none), or None."""
+    st = {el.symbol for el in stated.elements}
+    pa = {el.symbol for el in parsed.elements}
+    if st & set(_HYDROGEN) and not pa & set(_HYDROGEN):
+        return f"stated {stated.formula} has hydrogen, the sites give none ({parsed.formula}): H not located or occupancy 0"
+    return None
 
 
 def formula_disagreement(stated: Any, parsed: Any, ordered: bool) -> str | None:
     """Why ``parsed`` (the sites' composition) disagrees with ``stated`` (the CIF's formula), or None (see the module
-    docstring for the tolerance and the hydrogen exception)."""
+    docstring for the tolerance; missing hydrogen is :func:`hydrogen_missing`, checked first)."""
     st = {el.symbol: float(a) for el, a in stated.element_composition.items()}
     pa = {el.symbol: float(a) for el, a in parsed.element_composition.items()}
-    if "H" in st and "H" not in pa:
-        st.pop("H")
-    if "D" in st and "D" not in pa:
-        st.pop("D")
     if set(st) != set(pa) or not st:
         return f"stated {stated.formula} has elements {sorted(st)}, the sites give {sorted(pa)} ({parsed.formula})"
     z = sum(pa.values()) / sum(st.values())
@@ -306,16 +324,23 @@ def process_record(rec: RawRecord, cfg: FilterSettings) -> Canonical | Reject:
         else:
             s = read_cif_text(rec.cif or "", rec.where)
     except CIFError as exc:
-        return reject(exc.reason if exc.reason in ("empty", "not_cif", "too_large", "binary") else "unparsable", exc.detail)
+        return reject(exc.reason if exc.reason in ("empty", "not_cif", "too_large", "binary", "bad_occupancy") else "unparsable", exc.detail)
     except Exception as exc:  # defensive: a reader bug must not kill the run
         return reject("unparsable", f"{type(exc).__name__}: {exc}")
     if not s.is_ordered and not cfg.keep_partial:
         return reject("partial_occupancy", "disordered or partially occupied sites")
     if cfg.check_formula and rec.structure is None:
-        stated = stated_formula(rec.cif or "")
-        why = formula_disagreement(stated, s.composition, s.is_ordered) if stated is not None else None
-        if why:
-            return reject("formula_disagrees", why)
+        try:
+            stated = stated_formula(rec.cif or "")
+        except CIFError as exc:
+            return reject(exc.reason, exc.detail)
+        if stated is not None:
+            why = hydrogen_missing(stated, s.composition)
+            if why:
+                return reject("hydrogen_missing", why)
+            why = formula_disagreement(stated, s.composition, s.is_ordered)
+            if why:
+                return reject("formula_disagrees", why)
     bad = sorted({el.symbol for el in s.composition.elements if getattr(el, "Z", 999) > cfg.max_z})
     if bad:
         return reject("unsupported_element", f"{bad} (Z > {cfg.max_z})")

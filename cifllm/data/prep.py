@@ -30,7 +30,7 @@ from cifllm.core.config import BlockAccess, config_to_dict, save_config
 from cifllm.core.records import CONFIG_FILE, REPORT_FILE
 from cifllm.data.corpus import CorpusRow, formula_split, write_corpus
 from cifllm.data.dedup import group_duplicates
-from cifllm.data.filters import Canonical, FilterSettings, Reject, process_record
+from cifllm.data.filters import FILTER_VERSION, Canonical, FilterSettings, Reject, process_record
 from cifllm.data.readers import RawRecord, iter_dataset, load_join_table
 from cifllm.data.registry import DataError, load_registry, resolve_data_dir
 from cifllm.tokenization import build_tokenizer
@@ -136,7 +136,7 @@ def _canonicalize(
     cache_dir = out / ".prep_cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    tag = hashlib.sha1(json.dumps({**asdict(settings), "canonical_version": CANONICAL_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    tag = hashlib.sha1(json.dumps({**asdict(settings), "canonical_version": CANONICAL_VERSION, "filter_version": FILTER_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
     cache_file = cache_dir / f"canonical-{tag}.jsonl"
     cached: dict[str, dict[str, Any]] = {}
     if cache_file.exists():

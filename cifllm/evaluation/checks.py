@@ -17,9 +17,14 @@ space_group        stated space group == ``SpacegroupAnalyzer(symprec=0.1)`` of 
 bond_length        CrystaLLM's bond-length rule made stricter: CrystalNN bonds within +-32% of summed radii (ionic
                    radii when the electronegativity difference >= 1.7, atomic radii otherwise; bonds to H < 2.5x);
                    score = fraction of such bonds, passes at >= 1.0 (all bonds); a site without
-                   CrystalNN neighbours is judged by its nearest neighbour, bonds to a site's own images count,
-                   disordered sites count as their majority element
-structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3
+                   CrystalNN neighbours is judged by its nearest neighbour (none within 24 Angstrom: a
+                   failed bond); more than ``max_bond_sites`` (200) symmetry-unique sites are not
+                   analysed: ``too_many_sites_for_bond_check`` (CrystalNN took 14-23 s on 1,000), nor an
+                   elongated cell whose Voronoi search could reach > 100,000 atoms
+                   (``bond_search_too_large``) or a cell of > 500 Angstrom^3 per site
+                   (``cell_too_sparse_for_bond_check``)
+structural         CDVAE/DiffCSP: every interatomic distance >= 0.5 Angstrom, volume >= 0.1 Angstrom^3; the
+                   neighbour search's memory is bounded (:data:`MAX_NEIGHBOR_CUBES`) whatever the cell size
 compositional      CDVAE/DiffCSP: ``smact.screening.smact_validity`` (charge neutrality + Pauling test,
                    single elements and all-metal alloys valid), SMACT 2014 oxidation states by default
 crystallm_*        CrystaLLM's own validity, reproduced (:mod:`cifllm.evaluation.crystallm_consistency`):
@@ -62,6 +67,9 @@ __all__ = [
     "VALIDITY_CHECKS",
     "CheckResult",
     "CheckSettings",
+    "MAX_BOND_SEARCH_ATOMS",
+    "MAX_BOND_VOLUME_PER_SITE",
+    "MAX_NEIGHBOR_CUBES",
     "SampleVerdict",
     "check_bond_lengths",
     "check_cell",
@@ -114,6 +122,7 @@ class CheckSettings:
     bond_tolerance: float = 0.32  #: a bond passes when length / expected length lies within 1 +- this (CrystaLLM bond-length score)
     bond_h_factor: float = 2.5  #: a bond to H passes below this ratio of its expected length
     bond_cutoff: float = 1.0  #: smallest bond-length score (share of bonds that pass) for the bond_length check to pass
+    max_bond_sites: int = 200  #: most symmetry-unique sites CrystalNN analyses (~15 ms each); more fail too_many_sites_for_bond_check
     min_distance: float = 0.5  #: smallest interatomic distance (Angstrom) the structural check accepts (CDVAE/DiffCSP)
     min_volume: float = 0.1  #: smallest cell volume (Angstrom^3) the structural check accepts
     smact_oxidation_states: str = "smact14"  #: smact oxidation-state set of the compositional check: smact14 (CDVAE's) or icsd24 (smact 4 default)
@@ -261,13 +270,31 @@ def check_space_group(parsed: CanonicalCIF, structure: Any, settings: CheckSetti
 
 
 def _nearest(structure: Any, i: int) -> list[tuple[Any, float]]:
-    """The nearest neighbour of site ``i`` (periodic images included) as [(element, distance)], or []."""
+    """The nearest neighbour of site ``i`` (periodic images included) within 24 Angstrom as [(element, distance)], or
+    [] (an isolated atom)."""
     for r in (6.0, 12.0, 24.0):
         nbrs = [n for n in structure.get_neighbors(structure[i], r) if n.nn_distance > 1e-8]
         if nbrs:
             n = min(nbrs, key=lambda x: x.nn_distance)
             return [(n.specie, float(n.nn_distance))]
     return []
+
+
+#: CrystalNN's Voronoi search widens its sphere (7, 14, 28, ... Angstrom) up to the cell's longest diagonal until the
+#: site is enclosed. A cell whose diagonal sphere holds more atoms than this (n / V x 4/3 pi d^3: ~22 n for a cube, far
+#: more for an elongated cell such as 999 x 5.7 x 5.7 Angstrom, which ran > 5 minutes and gigabytes) is not analysed.
+#: Real cells stay well below: at most 13,194 (MP-20), 32,710 (MPTS-52), 2,079 (Carbon-24), 108 (Perov-5) in 700 each.
+MAX_BOND_SEARCH_ATOMS = 100_000
+#: Nor is a cell with more volume per site than this (Angstrom^3; solids have 5-50, the corpus filter drops > 250):
+#: around an atom in such vacuum the search widens to the cell size (a 640 x 640 x 4.3 Angstrom LiOH cell: 25 s).
+MAX_BOND_VOLUME_PER_SITE = 500.0
+
+
+def _voronoi_reach(structure: Any) -> float:
+    """Atoms (periodic images included, estimated from the density) within the longest cell diagonal of any site."""
+    m = structure.lattice.matrix
+    d = max(float(np.linalg.norm(np.asarray(c) @ m)) for c in ([1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]))
+    return len(structure) / float(structure.volume) * 4.0 / 3.0 * math.pi * d**3
 
 
 def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings(), equivalent_atoms: Any = None) -> CheckResult:
@@ -277,7 +304,11 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     symmetry-equivalent sites have the same bonds, so the score equals CrystaLLM's all-site score. Disordered sites
     count as their majority element; bonds whose expected length is unknown (no radius in pymatgen) are not counted.
     A site for which CrystalNN finds no neighbour (e.g. CsCl-type TlI, or atoms far apart) is judged by its nearest
-    neighbour instead (CrystaLLM would divide by zero there and count the sample invalid).
+    neighbour instead (CrystaLLM would divide by zero there and count the sample invalid); with no neighbour within
+    24 Angstrom the site counts as one failed bond. More than ``settings.max_bond_sites`` symmetry-unique sites fail
+    ``too_many_sites_for_bond_check`` before CrystalNN runs (value None: no score was measured), and so does a cell
+    whose Voronoi search could grow past :data:`MAX_BOND_SEARCH_ATOMS` atoms (``bond_search_too_large``) or with more
+    than :data:`MAX_BOND_VOLUME_PER_SITE` Angstrom^3 per site (``cell_too_sparse_for_bond_check``).
     """
     from pymatgen.analysis.local_env import CrystalNN
 
@@ -303,6 +334,14 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
         eq = np.asarray(equivalent_atoms)
         uniq, counts = np.unique(eq, return_counts=True)
         reps, weights = [int(u) for u in uniq], [int(c) for c in counts]
+    if len(reps) > settings.max_bond_sites:
+        return _fail("bond_length", "too_many_sites_for_bond_check", f"{len(reps)} symmetry-unique sites > {settings.max_bond_sites}: bonds not analysed")
+    vps = float(s.volume) / len(s)
+    if vps > MAX_BOND_VOLUME_PER_SITE:
+        return _fail("bond_length", "cell_too_sparse_for_bond_check", f"{vps:.4g} A^3 per site > {MAX_BOND_VOLUME_PER_SITE}: bonds not analysed")
+    reach = _voronoi_reach(s)
+    if reach > MAX_BOND_SEARCH_ATOMS:
+        return _fail("bond_length", "bond_search_too_large", f"~{reach:.3g} atoms within the cell diagonal > {MAX_BOND_SEARCH_ATOMS} (an elongated or sparse cell): bonds not analysed")
     cnn = CrystalNN()
     lo, hi = 1 - settings.bond_tolerance, 1 + settings.bond_tolerance
     good = total = 0.0
@@ -315,6 +354,10 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
                 pairs = [(nn["site"].specie, float(np.linalg.norm(nn["site"].coords - s[i].coords))) for nn in cnn.get_nn_info(s, i)]
                 if not pairs:
                     pairs = _nearest(s, i)
+                if not pairs:  # an isolated atom: no bond at all is not a reasonable one
+                    total += w
+                    worst = (math.inf, f"{el_i.symbol} has no neighbour within 24 A")
+                    continue
                 for el_j, length in pairs:
                     if length <= 0:
                         continue
@@ -338,12 +381,38 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
     return _pass("bond_length", score)
 
 
+#: Most cubes of pymatgen's cell-list neighbour search (``find_points_in_spheres``: 224 bytes a cube, the atoms' extent
+#: + 2 r divided into cubes of side max(r, 1 Angstrom)), so ~45 MB. A 0.5 Angstrom search over a 400 Angstrom cell
+#: needed 2.5 GB and a 999 Angstrom cell a MemoryError; a larger radius (fewer, larger cubes) keeps the bound.
+MAX_NEIGHBOR_CUBES = 200_000
+
+
+def _neighbor_search_radius(structure: Any, r_min: float) -> float:
+    """The smallest search radius >= ``r_min`` (Angstrom) for which pymatgen's neighbour search uses at most
+    :data:`MAX_NEIGHBOR_CUBES` cubes; pairs farther apart than ``r_min`` are discarded afterwards."""
+    coords = np.asarray(structure.cart_coords, dtype=float)
+    extent = coords.max(axis=0) - coords.min(axis=0) if len(coords) else np.zeros(3)
+
+    def cubes(r: float) -> float:
+        side = max(r, 1.0)  # pymatgen searches radii below 1 Angstrom with 1 Angstrom and filters
+        return float(np.prod(np.ceil((extent + 2 * side + 1e-6) / side)))
+
+    r = r_min
+    while cubes(r) > MAX_NEIGHBOR_CUBES:
+        r *= 1.25
+    return r
+
+
 def check_structural(structure: Any, settings: CheckSettings = CheckSettings()) -> CheckResult:
-    """Every interatomic distance (periodic images included) >= ``min_distance`` Angstrom; volume >= ``min_volume``."""
+    """Every interatomic distance (periodic images included) >= ``min_distance`` Angstrom; volume >= ``min_volume``.
+    The neighbour search's memory is bounded whatever the cell size (:func:`_neighbor_search_radius`)."""
     vol = float(structure.volume)
     if not vol >= settings.min_volume:
         return _fail("structural", "small_volume", f"volume {vol:.4g} A^3 < {settings.min_volume}", vol)
-    centers, points, images, dists = structure.get_neighbor_list(settings.min_distance, exclude_self=False)
+    r = _neighbor_search_radius(structure, settings.min_distance)
+    centers, points, images, dists = structure.get_neighbor_list(r, exclude_self=False)
+    near = dists < settings.min_distance
+    centers, points, images, dists = centers[near], points[near], images[near], dists[near]
     mask = ~((centers == points) & np.all(images == 0, axis=1)) if len(centers) else np.zeros(0, bool)
     if mask.any():
         d = float(dists[mask].min())
