@@ -178,3 +178,17 @@ def test_transfer_sweep_on_a_downstream_file(structures, tmp_path):
     assert sorted(r["size"] for r in runs if r["kind"] == "run") == [8, 16, 24]
     report = (out / "REPORT.md").read_text()
     assert "measured sites" in report and "sites MAE (sites/cell)" in report
+
+
+def test_shipped_converged_sweep_config_loads():
+    from pathlib import Path
+
+    from cifllm.scaling.protocol import plan_steps
+    from cifllm.scaling.sweep import load_scaling_config, pretrain_config_for
+
+    cfg = load_scaling_config(Path(__file__).resolve().parents[1] / "eval" / "scaling_converged.yaml")
+    assert len(cfg.sizes) >= 7 and cfg.repeats >= 3 and cfg.early_stop.lr_schedule == "constant"
+    per_step = pretrain_config_for(cfg).batch_size
+    plans = [plan_steps(n, per_step, cfg.early_stop) for n in cfg.sizes]
+    assert all(p.warmup_steps == cfg.early_stop.warmup_steps for p in plans)
+    assert all(p.epochs_at_cap >= 10 for p in plans)  # the safety bound leaves every size at least 10 passes
