@@ -197,3 +197,26 @@ def test_transfer_sweep_end_to_end_resumes(toy_corpus, tmp_path):
     # resume: every row is there, nothing is re-run
     run_sweep(load_scaling_config(None, over))
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_interrupted_early_stopping_run_resumes_with_its_counter(tiny_corpus, tmp_path):
+    """Remove the last checkpoint and the model of a finished run (= a run killed one evaluation before its stop) and
+    run again: it resumes from the previous checkpoint with the early-stopping counter restored and stops at the same
+    step with the same best step (a reset counter would train `patience` more evaluations)."""
+    import shutil
+
+    from cifllm.core.config import load_config
+    from cifllm.scaling.protocol import STOP_EARLY, pretrain_early_stopping, read_early_stopping
+    from cifllm.training.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, {
+        "preset": "tiny", "corpus": str(tiny_corpus), "out": str(tmp_path / "run"), "max_position_embeddings": 256,
+        "max_steps": 400, "eval_steps": 5, "save_steps": 5, "batch_size": 4, "lr": 1e-2, "warmup_steps": 2,
+        "precision": "fp32", "progress": False, "logging_steps": 50, "lr_schedule": "wsd", "decay_steps": 1,
+    })
+    first = read_early_stopping(pretrain_early_stopping(cfg, patience=3, min_delta=0.0))
+    assert first["stop_reason"] == STOP_EARLY and first["steps_run"] - first["best_step"] == 15
+    shutil.rmtree(tmp_path / "run" / "model")
+    shutil.rmtree(tmp_path / "run" / f"checkpoint-{first['steps_run']}")
+    again = read_early_stopping(pretrain_early_stopping(cfg, patience=3, min_delta=0.0))
+    assert (again["steps_run"], again["best_step"], again["stop_reason"]) == (first["steps_run"], first["best_step"], STOP_EARLY)

@@ -26,7 +26,7 @@ Schedule of one size ``n`` (:func:`plan_steps`; one step = ``per_step`` = batch 
 arguments, run folder and resume) plus those two Trainer settings; ``model/cifllm_run.json`` gains ``early_stopping``:
 ``max_steps``, ``eval_steps``, ``steps_run``, ``best_step``, ``best_val_loss`` (nats/token), ``init_val_loss`` (at step
 0), ``stop_reason`` (``early_stop`` / ``step_cap``), ``restored_best`` and the validation curve. A killed run resumes
-from its last checkpoint with the early-stopping counter and the best checkpoint restored from the trainer state.
+from its last checkpoint with the early-stopping counter (``restore_callback_states_from_checkpoint``) and the best checkpoint restored from the trainer state.
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ def pretrain_early_stopping(cfg: PretrainConfig, patience: int, min_delta: float
     args.load_best_model_at_end = True
     args.metric_for_best_model = "eval_loss"
     args.greater_is_better = False
+    # a resumed run takes the early-stopping counter over from the checkpoint (transformers' default is to reset it,
+    # which would let an interrupted run train `patience` evaluations longer than an uninterrupted one)
+    args.restore_callback_states_from_checkpoint = True
 
     start_run_folder(prep, data_manifest)
     tok = prep.tokenizer
