@@ -165,7 +165,7 @@ def test_transfer_sweep_on_a_downstream_file(structures, tmp_path):
     down = _rows(structures[::2])  # 24 rows; their formulas leave the pool (downstream_overlap)
     f = _write_csv(tmp_path / "mine.csv", down)
     over = {
-        "corpus": str(corpus), "out": str(tmp_path / "sweep"), "sizes": [8, 16, 24], "repeats": 1, "val_rows": 12, "generative_metric": False,
+        "corpus": str(corpus), "out": str(tmp_path / "sweep"), "sizes": [8, 16, 24], "full_pool": True, "repeats": 1, "val_rows": 12, "generative_metric": False,
         "pretrain_overrides": ["max_position_embeddings=256", "batch_size=4", "precision=fp32", "logging_steps=50"],
         "early_stop": {"epochs_cap": 3, "min_steps": 4, "max_steps_cap": 8, "eval_epochs": 1, "eval_min_steps": 2, "eval_max_steps": 4, "patience": 1, "warmup_steps": 2},
         "downstream": {"file": str(f), "property": "sites", "unit": "sites/cell", "log_target": False, "epochs": 2, "patience": 2},
@@ -175,7 +175,8 @@ def test_transfer_sweep_on_a_downstream_file(structures, tmp_path):
     assert pool["downstream"]["origin"] == str(f) and pool["downstream"]["unit"] == "sites/cell"
     assert pool["dropped"]["downstream_overlap"] > 0
     runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
-    assert sorted(r["size"] for r in runs if r["kind"] == "run") == [8, 16, 24]
+    assert pool["pool_train"] > 24
+    assert sorted(r["size"] for r in runs if r["kind"] == "run") == [8, 16, 24, pool["pool_train"]]  # full_pool: the whole pool last
     report = (out / "REPORT.md").read_text()
     assert "measured sites" in report and "sites MAE (sites/cell)" in report
 
@@ -187,7 +188,7 @@ def test_shipped_converged_sweep_config_loads():
     from cifllm.scaling.sweep import load_scaling_config, pretrain_config_for
 
     cfg = load_scaling_config(Path(__file__).resolve().parents[1] / "eval" / "scaling_converged.yaml")
-    assert len(cfg.sizes) >= 7 and cfg.repeats >= 3 and cfg.early_stop.lr_schedule == "constant"
+    assert len(cfg.sizes) + cfg.full_pool >= 7 and cfg.repeats >= 3 and max(cfg.sizes) < 35_000 and cfg.early_stop.lr_schedule == "constant"
     per_step = pretrain_config_for(cfg).batch_size
     plans = [plan_steps(n, per_step, cfg.early_stop) for n in cfg.sizes]
     assert all(p.warmup_steps == cfg.early_stop.warmup_steps for p in plans)

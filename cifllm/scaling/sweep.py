@@ -115,6 +115,8 @@ class ScalingConfig:
     # -- protocol early_stop (cifllm.scaling.transfer) ----------------------------------------------------------------
     #: corpus sources whose structures may be pretrained on (DFT-computed); rows of other sources only are excluded
     include_sources: tuple[str, ...] = COMPUTED_SOURCES
+    #: also run the whole computed pool (all its training CIFs) as the largest size; its row's size is the pool size
+    full_pool: bool = False
     #: also LoRA-fine-tune on ``task`` and score its test NLL (the generative curve; needs ``splits``)
     generative_metric: bool = True
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
@@ -146,7 +148,7 @@ def _parse_only(s: str) -> tuple[int, int] | None:
 
 
 #: keys a sweep may change when it continues in the same ``out`` (the rest define the runs already in runs.jsonl)
-RESUME_MUTABLE_KEYS = frozenset({"sizes", "repeats", "out", "target", "keep_models", "threads", "only", "progress"})
+RESUME_MUTABLE_KEYS = frozenset({"sizes", "full_pool", "repeats", "out", "target", "keep_models", "threads", "only", "progress"})
 
 
 def pretrain_config_for(cfg: ScalingConfig) -> PretrainConfig:
@@ -319,6 +321,8 @@ def render_sweep_pbs(cfg: ScalingConfig, job_dir: str | Path, workdir: str = "."
     tpl = resources_root() / "templates" / "miyabi" / "scaling.pbs.tmpl"
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.protocol == "early_stop" and cfg.full_pool:
+        raise ValueError("--emit-pbs needs every size written out: full_pool=true is only resolved when the pool is built; list the pool size in sizes")
     group = group or os.environ.get("GROUP") or "CHANGE_ME"
     files = []
     base_args = ["--task", cfg.task]

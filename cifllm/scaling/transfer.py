@@ -316,7 +316,7 @@ def run_transfer_sweep(cfg: Any) -> Path:
     train, val, counts = build_pool(cfg, data, gen[1] if gen else set())
     base = _pretrain_config(cfg)
     per_step = base.batch_size * base.grad_accum
-    sizes = sorted(set(cfg.sizes))
+    sizes = sorted(set(cfg.sizes) | ({len(train)} if cfg.full_pool else set()))
     if sizes[0] < per_step:
         raise ValueError(f"size {sizes[0]} is smaller than one pretraining batch ({per_step} CIFs per step): no step could be made")
     if sizes[-1] > len(train):
