@@ -230,7 +230,7 @@ def _regression(model_dir: Path | None, cfg: Any, data: PropertySet, seed: int, 
 
 
 def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict], manifest: dict, data: PropertySet, gen: tuple | None) -> dict[str, Any]:
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     seed = cfg.seed + repeat
     run = cfg.out_dir / "runs" / f"{size}-r{repeat}"
     corpus_dir = nested_subset_corpus(run, train, val, manifest, size, seed, {"protocol": "early_stop", "repeat": repeat})
@@ -238,12 +238,13 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
     plan = plan_steps(size, base.batch_size * base.grad_accum, cfg.early_stop)
     pcfg = _pretrain_config(cfg, {**plan.overrides(), "corpus": str(corpus_dir), "out": str(run / "pretrain"), "seed": seed, "progress": cfg.progress})
     model = run / "pretrain" / MODEL_DIR
-    t_pre = time.time()
+    t_pre, c_pre = time.time(), time.process_time()
     if not (model / "config.json").is_file():
         pretrain_early_stopping(pcfg, cfg.early_stop.patience, cfg.early_stop.min_delta, resume=True)
     pre = json.loads((model / "cifllm_run.json").read_text())
     es = pre["early_stopping"]
     pretrain_s = round(time.time() - t_pre, 1)
+    pretrain_cpu_s = round(time.process_time() - c_pre, 1)
     t_down = time.time()
     reg = _regression(model, cfg, data, seed, pcfg.preset, int(pre["max_position_embeddings"]))
     row: dict[str, Any] = {
@@ -254,7 +255,8 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
             "max_steps": es["max_steps"], "eval_steps": es["eval_steps"], "steps_run": es["steps_run"], "best_step": es["best_step"],
             "best_val_loss": es["best_val_loss"], "init_val_loss": es["init_val_loss"], "stop_reason": es["stop_reason"],
             "restored_best": es["restored_best"], "epochs_run": es["epochs_run"], "tokens_seen": pre["tokens_seen"],
-            "train_s": pre["train_seconds_this_session"], "wall_s": pretrain_s, "converged": es["stop_reason"] == STOP_EARLY,
+            "train_s": pre["train_seconds_this_session"], "wall_s": pretrain_s, "cpu_s_this_session": pretrain_cpu_s,
+            "resumed_from": pre.get("resumed_from"), "converged": es["stop_reason"] == STOP_EARLY,
             "lr_schedule": cfg.early_stop.lr_schedule, "val_curve": es.get("val_curve"),
             "best_epoch": round(es["best_step"] * plan.per_step / size, 3) if es.get("best_step") is not None else None,
         },
@@ -278,6 +280,7 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
             raise ValueError(f"{nll['n_skipped']} test CIFs of task {task.name} are longer than the run's context; set max_position_embeddings in pretrain_overrides")
         row.update(test_nll=nll["nll"], test_tokens=nll["n_tokens"], test_texts=nll["n_texts"], generative_wall_s=round(time.time() - t_gen, 1))
     row["wall_s"] = round(time.time() - t0, 1)
+    row["cpu_s_this_session"] = round(time.process_time() - c0, 1)  # CPU seconds of this process (threads=1: one core)
     if not all(math.isfinite(row[m]) for m in METRICS if row.get(m) is not None):
         row["status"] = "non_finite"
     if not cfg.keep_models:
