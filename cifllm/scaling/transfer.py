@@ -506,7 +506,10 @@ def plot_val_curves(runs: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("Pretraining validation curves (dot: best step, restored; red x: stopped on the step cap)", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:  # rows written before issue 32 carry no validation curve
+        ax.text(0.5, 0.5, "no validation curve recorded in these rows", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
