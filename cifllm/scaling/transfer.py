@@ -30,17 +30,13 @@ Files (``out``): ``config.yaml``, ``pool.json``, ``runs.jsonl`` (run and referen
 ``transfer_fit.json`` and ``REPORT.md`` (the summary). Finished rows are skipped when the sweep is run again; an
 interrupted pretraining resumes from its last checkpoint.
 
-Budget on this machine (2 CPU cores shared with other jobs), and why the ``tiny`` preset: the ``tiny`` preset
-(0.14 M parameters) trains at ~9.5-12.7k tokens/s through the Trainer with both cores busy (load 5;
-``benchmarks/results/train_cpu.md``), the ``mini`` preset (4.9 M) at ~3k tokens/s on 2 idle cores. A CIF of the
-computed pool is ~295 tokens (``pool.json``). With the defaults (batch 16; step cap 10 passes, at least 60 and at most
-2,000 steps) the caps of the six sizes are 400 / 780 / 1,560 / 2,000 / 2,000 / 2,000 steps, i.e. at most
-1.9 + 3.7 + 7.4 + 3 x 9.4 = 41 M tokens per repeat, 82 M for 2 repeats: ~2.3 h at 10k tokens/s if no run stops
-early (early stopping shortens the small sizes). The regression fine-tune (562 train CIFs x at most 15 epochs, ~140k
-tokens per epoch) adds ~3.5 min per run, ~50 min for 12 runs and 2 n = 0 references; the LoRA fine-tune and test NLL of
-the generative metric ~1-2 min per run. Total ~3-3.5 h with ``tiny``; ``mini`` would need ~3x longer for pretraining
-alone at the same caps, so the default stays ``tiny`` (a GPU run can set ``pretrain_config=builtin:mini``; no new
-preset was needed).
+Budget and model size (issue 32): the ``tiny`` preset (0.14 M parameters), batch 16, a constant learning rate after
+100 warm-up steps, and a step cap of 200 passes (at least 2,000, at most 40,000 steps) that only bounds the cost: the
+stop comes from the validation loss (``eval/scaling_converged.yaml``). ``mini`` (4.9 M) trains >= 3x slower per token on
+CPU (~3k tokens/s on 2 idle cores against ~10k for ``tiny`` with both busy, ``benchmarks/results/train_cpu.md``) and
+would need more steps to converge, so every run would cost several times more on 2 shared cores; the pilot that fixed the rule (steps to convergence and CPU seconds per step at 625 and 5,000 CIFs) is in BENCHMARKS.md,
+"Converged Sim2Real sweep" and ``benchmarks/results/scaling-converged/pilot/``. The issue-17 budget (``lr_schedule:
+cosine``, a cap of ~10 passes, at most 2,000 steps) ended every run on its cap.
 """
 
 from __future__ import annotations
