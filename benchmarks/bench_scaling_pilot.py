@@ -34,8 +34,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--repeat", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--partial-cpu-s", type=float, default=None, metavar="S",
+                    help="do not train: summarize the run so far from its log.jsonl (a pilot still running or stopped), with S CPU seconds measured outside (ps)")
     ap.add_argument("overrides", nargs="*", help="ScalingConfig key=value")
     a = ap.parse_args()
+    if a.partial_cpu_s is not None:
+        partial(a)
+        return
     torch.set_num_threads(1)
     cfg = load_scaling_config(a.config, a.overrides)
     out = Path(a.out)
@@ -61,6 +66,28 @@ def main() -> None:
     }
     atomic_write_json(out / f"pilot-{a.size}-r{a.repeat}.json", rec)
     print(json.dumps({k: rec[k] for k in ("size", "cpu_s", "cpu_s_per_step", "stop_fraction_of_cap")} | {"stop": es["stop_reason"], "steps": es["steps_run"], "best": es["best_step"], "best_val": es["best_val_loss"]}))
+
+
+def partial(a: argparse.Namespace) -> None:
+    """``<out>/pilot-<size>-r<repeat>.partial.json``: the validation curve and steps of an unfinished pilot."""
+    cfg = load_scaling_config(a.config, a.overrides)
+    run = Path(a.out) / "runs" / f"{a.size}-r{a.repeat}" / "pretrain"
+    logs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    curve = [(int(r["step"]), float(r["eval_loss"])) for r in logs if "eval_loss" in r]
+    steps = max(int(r["step"]) for r in logs)
+    best = min((c for c in curve if c[0] > 0), key=lambda c: c[1])
+    plan = plan_steps(a.size, _pretrain_config(cfg).batch_size, cfg.early_stop)
+    es = cfg.early_stop
+    since = [c for c in curve if c[0] > best[0]]
+    rec = {
+        "finished": False, "size": a.size, "repeat": a.repeat, "steps_so_far": steps, "epochs_so_far": round(steps * plan.per_step / a.size, 2),
+        "plan": {"max_steps": plan.max_steps, "eval_steps": plan.eval_steps, "warmup_steps": plan.warmup_steps, "epochs_at_cap": round(plan.epochs_at_cap, 2)},
+        "best_step_so_far": best[0], "best_val_loss_so_far": best[1], "evals_since_best": len(since), "patience": es.patience, "min_delta": es.min_delta,
+        "val_curve": curve, "cpu_s_so_far": a.partial_cpu_s, "cpu_s_per_step": round(a.partial_cpu_s / max(1, steps), 4),
+        "note": "unfinished pilot: the run was still training when this was written (CPU seconds from ps, including start-up)",
+    }
+    atomic_write_json(Path(a.out) / f"pilot-{a.size}-r{a.repeat}.partial.json", rec)
+    print(json.dumps({k: rec[k] for k in ("size", "steps_so_far", "best_step_so_far", "best_val_loss_so_far", "evals_since_best", "cpu_s_per_step")}))
 
 
 if __name__ == "__main__":
