@@ -194,9 +194,19 @@ def test_transfer_sweep_end_to_end_resumes(toy_corpus, tmp_path):
     report = (out / "REPORT.md").read_text()
     assert "| 16 | 0 |" in report and "scratch" in report and "## Convergence" in report
     assert f"{len(capped)} stopped on the step cap and count as **not converged**" in report
-    # resume: every row is there, nothing is re-run
-    run_sweep(load_scaling_config(None, over))
+    # resume: every row is there, nothing is re-run; at a constant rate the step cap (a safety bound) may be raised
+    raised = {**over, "early_stop": {**over["early_stop"], "max_steps_cap": 16}}
+    run_sweep(load_scaling_config(None, raised))
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(rows)
+    assert load_scaling_config(out / "config.yaml").early_stop.max_steps_cap == 16
+    # ... but not under the cosine schedule, where the cap shapes the learning rate of every step
+    from cifllm.core.config import ConfigError, save_config
+
+    cos = {**over, "out": str(tmp_path / "cos"), "early_stop": {**over["early_stop"], "lr_schedule": "cosine"}}
+    (tmp_path / "cos").mkdir()
+    save_config(load_scaling_config(None, cos), tmp_path / "cos" / "config.yaml")
+    with pytest.raises(ConfigError, match="early_stop.max_steps_cap"):
+        run_sweep(load_scaling_config(None, {**cos, "early_stop": {**cos["early_stop"], "max_steps_cap": 16}}))
 
 
 def test_interrupted_early_stopping_run_resumes_with_its_counter(tiny_corpus, tmp_path):
