@@ -11,8 +11,8 @@ Schedule of one size ``n`` (:func:`plan_steps`; one step = ``per_step`` = batch 
 * learning rate (``lr_schedule``): ``constant`` (default) = linear warm-up over ``warmup_steps`` then the peak rate
   until the stop, so the trajectory does not depend on the cap and the stop comes from the validation loss alone (the
   ``wsd`` schedule of :class:`cifllm.training.config.TrainArgs` with a one-step decay); ``cosine`` = the issue-17
-  protocol, a cosine decay spanning the cap with ``warmup_fraction`` of it as warm-up (the decaying rate keeps the
-  loss falling to the last step, so those runs all ended on the cap);
+  protocol, a cosine decay spanning the cap with ``warmup_fraction`` of it as warm-up (with a cap of ~10 passes every
+  run of that sweep ended on the cap, its best validation loss at the last step);
 * step cap ``max_steps = clip(ceil(epochs_cap * n / per_step), min_steps, max_steps_cap)``, rounded up to a whole
   number of evaluation intervals: a *safety bound*; a run that reaches it is reported ``stop_reason = step_cap`` and
   counts as not converged;
@@ -26,7 +26,8 @@ Schedule of one size ``n`` (:func:`plan_steps`; one step = ``per_step`` = batch 
 arguments, run folder and resume) plus those two Trainer settings; ``model/cifllm_run.json`` gains ``early_stopping``:
 ``max_steps``, ``eval_steps``, ``steps_run``, ``best_step``, ``best_val_loss`` (nats/token), ``init_val_loss`` (at step
 0), ``stop_reason`` (``early_stop`` / ``step_cap``), ``restored_best`` and the validation curve. A killed run resumes
-from its last checkpoint with the early-stopping counter (``restore_callback_states_from_checkpoint``) and the best checkpoint restored from the trainer state.
+from its last checkpoint with the early-stopping counter (``restore_callback_states_from_checkpoint``) and the best
+checkpoint restored from the trainer state.
 """
 
 from __future__ import annotations
