@@ -14,13 +14,14 @@ Data, either of two instances of one format (rows ``{id, text, reduced_formula, 
   (the N-th data row, 1-based, header not counted) and the reason: missing column, unparsable CIF, non-numeric or
   non-finite value, unknown split, duplicate id, a negative value with ``log_target``. Rows with an empty value are
   dropped and counted (``no_<property>``), as are hydrogen-rich rows (below).
-* **the project's SuperCon3D setup** (``file`` empty; :func:`load_property_set`): corpus rows that carry a record of one of ``sources`` (default ``supercon3d``:
-ICSD-derived experimental structures with measured Tc) with ``property`` in that record. The split is the source's
-own fixed split (``train``/``val``/``test`` of each record's provenance: SuperCon3D's random 8:1:1, seed 42), the same
-for every pretraining size. Rows whose records disagree on the split, or whose H atomic fraction exceeds
-``max_hydrogen_fraction`` (high-pressure hydrides such as LaH10 at 250 K; not ambient-pressure Tc) are dropped and
-counted. The target of a row is the median of its records' values. :func:`write_property_file` writes this
-  set as a file of the first kind (``cifllm/scaling`` tests check both routes give the same rows).
+* **the project's SuperCon3D setup** (``file`` empty; :func:`load_property_set`): corpus rows that carry a record of
+  one of ``sources`` (default ``supercon3d``: ICSD-derived experimental structures with measured Tc) with ``property``
+  in that record. The split is the source's own fixed split (``train``/``val``/``test`` of each record's provenance:
+  SuperCon3D's random 8:1:1, seed 42), the same for every pretraining size. Rows whose records disagree on the split,
+  or whose H atomic fraction exceeds ``max_hydrogen_fraction`` (high-pressure hydrides such as LaH10 at 250 K; not
+  ambient-pressure Tc) are dropped and counted. The target of a row is the median of its records' values.
+  :func:`write_property_file` writes this set as a file of the first kind (``tests/test_scaling_downstream.py``
+  checks both routes give the same rows).
 
 Model (:func:`finetune_regressor`), and why: the whole pretrained transformer (no LM head) is fine-tuned together
 with a head ``Linear(h, head_hidden) -> SiLU -> Linear(head_hidden, 1)`` on the mean-pooled last hidden state over
