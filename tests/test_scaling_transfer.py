@@ -62,13 +62,25 @@ def toy_corpus(structures, tmp_path_factory):
 def test_plan_steps_grow_with_size_and_are_clipped():
     from cifllm.scaling.protocol import EarlyStopConfig, plan_steps
 
-    es = EarlyStopConfig(epochs_cap=10, min_steps=60, max_steps_cap=2400, eval_epochs=0.5, eval_min_steps=10, eval_max_steps=150)
+    es = EarlyStopConfig(lr_schedule="cosine", epochs_cap=10, min_steps=60, max_steps_cap=2400, eval_epochs=0.5, eval_min_steps=10, eval_max_steps=150)
     small, mid, big = plan_steps(32, 16, es), plan_steps(1600, 16, es), plan_steps(100_000, 16, es)
     assert small.max_steps == 60 and small.eval_steps == 10  # floors
     assert mid.max_steps == 1000 and mid.eval_steps == 50 and mid.warmup_steps == 50  # 10 passes, eval every half pass
     assert big.max_steps == 2400 and big.eval_steps == 150  # caps
     for p in (small, mid, big):
         assert p.max_steps % p.eval_steps == 0 and 0 < p.warmup_steps < p.max_steps
+        assert p.overrides()["lr_schedule"] == "cosine"  # issue 17: the decay spans the cap
+    # the default (issue 32): the rate is constant after a fixed warm-up, so the cap is only a safety bound
+    const = EarlyStopConfig(epochs_cap=10, min_steps=60, max_steps_cap=2400, eval_epochs=0.5, eval_min_steps=10, eval_max_steps=150, warmup_steps=100)
+    a, b = plan_steps(1600, 16, const), plan_steps(100_000, 16, const)
+    assert a.warmup_steps == b.warmup_steps == 100 and a.max_steps == 1000
+    ov = b.overrides()
+    assert ov["lr_schedule"] == "wsd" and ov["decay_steps"] == 1 and ov["warmup_steps"] == 100
+    from cifllm.training.config import TrainArgs
+
+    args = TrainArgs(**ov)
+    name, kw = args.scheduler()
+    assert name == "warmup_stable_decay" and kw["num_decay_steps"] == 1
     with pytest.raises(ValueError, match="patience"):
         EarlyStopConfig(patience=0)
 
@@ -168,12 +180,53 @@ def test_transfer_sweep_end_to_end_resumes(toy_corpus, tmp_path):
     assert [r["pretrain"]["max_steps"] for r in runs] == [6, 12, 12]  # 3 passes at 4 CIFs/step, capped at 12
     pool = json.loads((out / "pool.json").read_text())
     assert pool["pool_train"] == 48 and pool["excluded_not_computed"]["perov_5"] == 36
-    for f in ("REPORT.md", "transfer_scaling.png", "transfer_fit.json", "mae/REPORT.md", "mae_log1p/scaling.png"):
+    for r in runs:
+        p = r["pretrain"]
+        assert p["converged"] == (p["stop_reason"] == "early_stop") and p["lr_schedule"] == "constant"
+        assert p["val_curve"] and p["val_curve"][0][0] == 0 and p["best_step"] in [s for s, _ in p["val_curve"]]
+    for f in ("REPORT.md", "transfer_scaling.png", "transfer_fit.json", "val_curves.png"):
         assert (out / f).is_file(), f
     fit = json.loads((out / "transfer_fit.json").read_text())
+    conv = fit["convergence"]
+    capped = [[r["size"], r["repeat"]] for r in runs if r["pretrain"]["stop_reason"] == "step_cap"]
+    assert conv["runs"] == 3 and conv["step_cap"] == capped and conv["fitted"] == 3 - len(capped)
     assert fit["metrics"]["test_nll"]["fit"] is None and fit["metrics"]["mae"]["references"]["scratch"]["n"] == 1
     report = (out / "REPORT.md").read_text()
-    assert "| 16 | 0 |" in report and "scratch" in report
-    # resume: every row is there, nothing is re-run
-    run_sweep(load_scaling_config(None, over))
+    assert "| 16 | 0 |" in report and "scratch" in report and "## Convergence" in report
+    assert f"{len(capped)} stopped on the step cap and count as **not converged**" in report
+    # resume: every row is there, nothing is re-run; at a constant rate the step cap (a safety bound) may be raised
+    raised = {**over, "early_stop": {**over["early_stop"], "max_steps_cap": 16}}
+    run_sweep(load_scaling_config(None, raised))
     assert len((out / "runs.jsonl").read_text().splitlines()) == len(rows)
+    assert load_scaling_config(out / "config.yaml").early_stop.max_steps_cap == 16
+    # ... but not under the cosine schedule, where the cap shapes the learning rate of every step
+    from cifllm.core.config import ConfigError, save_config
+
+    cos = {**over, "out": str(tmp_path / "cos"), "early_stop": {**over["early_stop"], "lr_schedule": "cosine"}}
+    (tmp_path / "cos").mkdir()
+    save_config(load_scaling_config(None, cos), tmp_path / "cos" / "config.yaml")
+    with pytest.raises(ConfigError, match="early_stop.max_steps_cap"):
+        run_sweep(load_scaling_config(None, {**cos, "early_stop": {**cos["early_stop"], "max_steps_cap": 16}}))
+
+
+def test_interrupted_early_stopping_run_resumes_with_its_counter(tiny_corpus, tmp_path):
+    """Remove the last checkpoint and the model of a finished run (= a run killed one evaluation before its stop) and
+    run again: it resumes from the previous checkpoint with the early-stopping counter restored and stops at the same
+    step with the same best step (a reset counter would train `patience` more evaluations)."""
+    import shutil
+
+    from cifllm.core.config import load_config
+    from cifllm.scaling.protocol import STOP_EARLY, pretrain_early_stopping, read_early_stopping
+    from cifllm.training.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, {
+        "preset": "tiny", "corpus": str(tiny_corpus), "out": str(tmp_path / "run"), "max_position_embeddings": 256,
+        "max_steps": 400, "eval_steps": 5, "save_steps": 5, "batch_size": 4, "lr": 1e-2, "warmup_steps": 2,
+        "precision": "fp32", "progress": False, "logging_steps": 50, "lr_schedule": "wsd", "decay_steps": 1,
+    })
+    first = read_early_stopping(pretrain_early_stopping(cfg, patience=3, min_delta=0.0))
+    assert first["stop_reason"] == STOP_EARLY and first["steps_run"] - first["best_step"] == 15
+    shutil.rmtree(tmp_path / "run" / "model")
+    shutil.rmtree(tmp_path / "run" / f"checkpoint-{first['steps_run']}")
+    again = read_early_stopping(pretrain_early_stopping(cfg, patience=3, min_delta=0.0))
+    assert (again["steps_run"], again["best_step"], again["stop_reason"]) == (first["steps_run"], first["best_step"], STOP_EARLY)

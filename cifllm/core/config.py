@@ -2,7 +2,9 @@
 
 * Sources, later wins: the dataclass defaults <- a YAML file <- ``key=value`` overrides <- values a CLI flag gave.
 * Nested blocks are dataclass fields whose type is a dataclass; in YAML they are mappings, on the command line dotted
-  keys (``train.lr=1e-3``). A plain leaf name (``lr=1e-3``) still works when exactly one block has that key.
+  keys (``train.lr=1e-3``). A plain leaf name (``lr=1e-3``) still works when exactly one block has that key. A block
+  class may name one of its fields ``SHORTHAND`` (a ``ClassVar``): a scalar given for the block itself sets that field
+  (``downstream=data.csv`` is ``downstream.file=data.csv``).
 * Unknown keys are errors naming the close matches; values are coerced to the field's declared type.
 * ``cifllm <stage> --help`` lists every key (:func:`config_help`) with its default and its ``#:`` comment.
 * The resolved config is written into every run folder (``config.yaml``, :func:`save_config`) so a run can be repeated
@@ -165,6 +167,8 @@ def flatten(values: Mapping[str, Any], cls: type | None = None, prefix: str = ""
         sub = hints.get(k)
         if isinstance(v, Mapping) and (cls is None or _is_block(sub)):
             out.update(flatten(v, sub if cls is not None else None, f"{key}."))
+        elif cls is not None and _is_block(sub) and getattr(sub, "SHORTHAND", None):
+            out[f"{key}.{sub.SHORTHAND}"] = v
         else:
             out[key] = v
     return out

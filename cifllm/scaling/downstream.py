@@ -2,12 +2,26 @@
 superconducting Tc of SuperCon3D, K) predicted from the crystal structure by the pretrained model plus a small
 regression head.
 
-Data (:func:`load_property_set`): corpus rows that carry a record of one of ``sources`` (default ``supercon3d``:
-ICSD-derived experimental structures with measured Tc) with ``property`` in that record. The split is the source's
-own fixed split (``train``/``val``/``test`` of each record's provenance: SuperCon3D's random 8:1:1, seed 42), the same
-for every pretraining size. Rows whose records disagree on the split, or whose H atomic fraction exceeds
-``max_hydrogen_fraction`` (high-pressure hydrides such as LaH10 at 250 K; not ambient-pressure Tc) are dropped and
-counted. The target of a row is the median of its records' values.
+Data, either of two instances of one format (rows ``{id, text, reduced_formula, y}`` in fixed train/val/test splits):
+
+* **a user's file** (``file``; on the command line ``downstream=<file>`` is short for ``downstream.file=<file>``;
+  :func:`load_property_file`): a CSV (``.csv``) or JSON-lines (``.jsonl`` / ``.ndjson``) table, one structure per row,
+  with a column of CIF texts (``cif_column``), the measured value (column ``property``), optionally an id
+  (``id_column``; else ``row<N>``) and a split (``split_column`` with ``train``/``val``/``test``; when the file has
+  no such column, a split hashed on the reduced formula with ``val_fraction``/``test_fraction``, so polymorphs of a
+  composition never straddle splits). Every CIF is parsed with pymatgen (at most ``cif_time_limit_s`` seconds each)
+  and rewritten as canonical text, like the corpus. A bad row stops the run with one line naming the file, the row
+  (the N-th data row, 1-based, header not counted) and the reason: missing column, unparsable CIF, non-numeric or
+  non-finite value, unknown split, duplicate id, a negative value with ``log_target``. Rows with an empty value are
+  dropped and counted (``no_<property>``), as are hydrogen-rich rows (below).
+* **the project's SuperCon3D setup** (``file`` empty; :func:`load_property_set`): corpus rows that carry a record of
+  one of ``sources`` (default ``supercon3d``: ICSD-derived experimental structures with measured Tc) with ``property``
+  in that record. The split is the source's own fixed split (``train``/``val``/``test`` of each record's provenance:
+  SuperCon3D's random 8:1:1, seed 42), the same for every pretraining size. Rows whose records disagree on the split,
+  or whose H atomic fraction exceeds ``max_hydrogen_fraction`` (high-pressure hydrides such as LaH10 at 250 K; not
+  ambient-pressure Tc) are dropped and counted. The target of a row is the median of its records' values.
+  :func:`write_property_file` writes this set as a file of the first kind (``tests/test_scaling_downstream.py``
+  checks both routes give the same rows).
 
 Model (:func:`finetune_regressor`), and why: the whole pretrained transformer (no LM head) is fine-tuned together
 with a head ``Linear(h, head_hidden) -> SiLU -> Linear(head_hidden, 1)`` on the mean-pooled last hidden state over
@@ -31,42 +45,75 @@ row, on composition + cell features (the oracle's full feature set).
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from cifllm.bench.oracle import FEATURE_NAMES, featurize
+from cifllm.cif import format_formula, structure_to_text
+from cifllm.cif.io import MAX_CIF_CHARS, read_cif_text
+from cifllm.core.errors import CifllmError
 from cifllm.data.corpus import load_corpus
 from cifllm.modeling import build_model, make_config
 from cifllm.tokenization import as_pretrained
+from cifllm.utils import atomic_write_text
+from cifllm.utils.limits import map_with_time_limit
 
 __all__ = [
     "COMPOSITION_FEATURES",
     "DownstreamConfig",
+    "DownstreamError",
     "PropertySet",
     "finetune_regressor",
     "gbt_baseline",
+    "load_downstream",
+    "load_property_file",
     "load_property_set",
     "scratch_backbone",
+    "write_property_file",
 ]
 
 #: oracle features that depend on composition only (element statistics + number of elements)
 COMPOSITION_FEATURES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n.split("_")[-1] in ("mean", "std", "min", "max", "range")) + ("n_elements",)
 SPLITS = ("train", "val", "test")
+#: split names accepted in a file's split column (case-insensitive) -> the split
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+#: file suffixes read as CSV / as JSON lines
+CSV_SUFFIXES = (".csv",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+class DownstreamError(CifllmError, ValueError):
+    """A downstream property file (or corpus set) that cannot be used; the message names the file, row and reason."""
 
 
 @dataclass(frozen=True)
 class DownstreamConfig:
     """The measured-property regression of the sweep (module docstring)."""
 
+    #: ``downstream=<file>`` on the command line sets ``downstream.file`` (cifllm.core.config block shorthand)
+    SHORTHAND: ClassVar[str] = "file"
+
+    #: CSV or JSONL of CIF texts with a measured property (``downstream=<file>``); "" = the corpus rows of ``sources``
+    file: str = ""
+    cif_column: str = "cif"  #: file: column holding the CIF text
+    id_column: str = "id"  #: file: column holding a row id (optional; absent = row<N>)
+    split_column: str = "split"  #: file: column holding train/val/test (optional; absent = split hashed on the formula)
+    val_fraction: float = 0.1  #: file without a split column: fraction of formulas in val
+    test_fraction: float = 0.1  #: file without a split column: fraction of formulas in test
+    split_seed: int = 42  #: file without a split column: seed of the hashed split
+    cif_time_limit_s: float = 20.0  #: file: most seconds to parse and canonicalize one CIF
     sources: tuple[str, ...] = ("supercon3d",)  #: corpus sources whose records hold the measured property and its split
-    property: str = "tc"  #: property key of those records (Tc in K)
+    property: str = "tc"  #: property key of those records, or the file's value column (Tc in K)
+    unit: str = "K"  #: unit of the property (labels of the report)
     max_hydrogen_fraction: float = 0.5  #: rows with a larger H atomic fraction are dropped (high-pressure hydrides)
     log_target: bool = True  #: regress log1p(y) (skewed, non-negative targets such as Tc)
     pooling: Literal["mean", "last"] = "mean"  #: mean over the CIF's tokens, or the last token's hidden state
@@ -89,6 +136,12 @@ class DownstreamConfig:
             raise ValueError("need lr_backbone >= 0 and lr_head > 0")
         if not 0 <= self.max_hydrogen_fraction <= 1:
             raise ValueError(f"max_hydrogen_fraction must be in [0, 1], got {self.max_hydrogen_fraction}")
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"need 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1, got {self.val_fraction}, {self.test_fraction}")
+        if not self.cif_time_limit_s > 0:
+            raise ValueError(f"cif_time_limit_s must be > 0, got {self.cif_time_limit_s}")
+        if not self.property.strip():
+            raise ValueError("property (the value column) must not be empty")
 
 
 @dataclass
@@ -100,6 +153,7 @@ class PropertySet:
     test: list[dict[str, Any]]
     dropped: dict[str, int] = field(default_factory=dict)
     target: str = "tc"  #: the property name
+    origin: str = ""  #: where the rows came from (the file, or corpus + sources)
 
     @property
     def formulas(self) -> set[str]:
@@ -114,7 +168,7 @@ class PropertySet:
             y = np.asarray([r["y"] for r in rows], float)
             return {"n": len(rows), "median": float(np.median(y)) if len(y) else None, "max": float(y.max()) if len(y) else None}
 
-        return {"property": self.target, **{s: stats(getattr(self, s)) for s in SPLITS}, "dropped": dict(self.dropped)}
+        return {"property": self.target, "origin": self.origin, **{s: stats(getattr(self, s)) for s in SPLITS}, "dropped": dict(self.dropped)}
 
 
 def _hydrogen_fraction(formula: str) -> float:
@@ -160,7 +214,154 @@ def load_property_set(corpus: str | Path, cfg: DownstreamConfig) -> PropertySet:
         if not out[s]:
             raise ValueError(f"{corpus}: the downstream task ({'/'.join(sorted(want))}, {cfg.property}) has no {s} rows")
         out[s].sort(key=lambda r: r["id"])
-    return PropertySet(train=out["train"], val=out["val"], test=out["test"], dropped=dropped, target=cfg.property)
+    return PropertySet(train=out["train"], val=out["val"], test=out["test"], dropped=dropped, target=cfg.property, origin=f"{corpus} ({'/'.join(sorted(want))})")
+
+
+def load_downstream(corpus: str | Path, cfg: DownstreamConfig) -> PropertySet:
+    """The downstream rows: ``cfg.file`` when set (:func:`load_property_file`), else the corpus rows of ``cfg.sources``
+    (:func:`load_property_set`)."""
+    return load_property_file(cfg.file, cfg) if cfg.file else load_property_set(corpus, cfg)
+
+
+def write_property_file(data: PropertySet, path: str | Path) -> Path:
+    """``data`` as a downstream file (JSON lines ``{id, cif, <property>, split}``), readable by :func:`load_property_file`
+    with the default column names; written atomically. Returns ``path``."""
+    lines = [
+        json.dumps({"id": r["id"], "cif": r["text"], data.target: r["y"], "split": s})
+        for s in SPLITS for r in getattr(data, s)
+    ]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    return Path(path)
+
+
+def _read_table(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str] | None]:
+    """``([(row number, record)], CSV header or None)``; a JSONL line that is not an object is an error."""
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_CIF_CHARS + 1))
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                rows = []
+                for i, rec in enumerate(reader, start=1):
+                    if None in rec:
+                        raise DownstreamError(f"{path}: row {i}: more fields than the header's {len(header)} columns")
+                    rows.append((i, {k.strip(): v for k, v in rec.items() if k is not None}))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DownstreamError(f"{path}: not a readable CSV file ({type(exc).__name__}: {exc})") from None
+        if not header:
+            raise DownstreamError(f"{path}: empty CSV file (no header row)")
+        return rows, header
+    if suffix in JSONL_SUFFIXES:
+        rows = []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DownstreamError(f"{path}: not UTF-8 text ({exc})") from None
+        n = 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            n += 1
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DownstreamError(f"{path}: row {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DownstreamError(f"{path}: row {n}: not a JSON object")
+            rows.append((n, rec))
+        return rows, None
+    raise DownstreamError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; use {', '.join(CSV_SUFFIXES + JSONL_SUFFIXES)}")
+
+
+def _number(v: Any) -> float | None:
+    """A property value -> float; None for an empty cell / null; raises ``ValueError`` for anything else."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(repr(v))
+    return float(v)
+
+
+def _hashed_split(formula: str, cfg: DownstreamConfig) -> str:
+    u = int.from_bytes(hashlib.sha256(f"{cfg.split_seed}:{formula}".encode()).digest()[:8], "big") / 2**64
+    return "test" if u < cfg.test_fraction else "val" if u < cfg.test_fraction + cfg.val_fraction else "train"
+
+
+def _canonical(text: str) -> tuple[str, str]:
+    """(canonical text, reduced formula) of one CIF text (pymatgen parse, spglib symmetrization at 0.1 Angstrom)."""
+    s = read_cif_text(text)
+    return structure_to_text(s), format_formula(s.composition, reduced=True)
+
+
+def load_property_file(path: str | Path, cfg: DownstreamConfig) -> PropertySet:
+    """The downstream rows of a user's CSV / JSONL file (module docstring); raises :class:`DownstreamError` naming the
+    file and row on the first bad row."""
+    p = Path(path)
+    if not p.is_file():
+        raise DownstreamError(f"{p}: no such downstream file")
+    records, header = _read_table(p)
+    if not records:
+        raise DownstreamError(f"{p}: no data rows")
+    prop, cif_col, id_col, split_col = cfg.property, cfg.cif_column, cfg.id_column, cfg.split_column
+    if header is not None:
+        for col, what in ((cif_col, "CIF text (cif_column)"), (prop, "property values (property)")):
+            if col not in header:
+                raise DownstreamError(f"{p}: row 1: no column {col!r} for the {what}; columns: {', '.join(header)}")
+    has_split = any(split_col in rec for _, rec in records)
+    dropped: dict[str, int] = {}
+    todo: list[tuple[int, str, float, str | None, str]] = []  # (row, id, y, split, cif text)
+    seen: dict[str, int] = {}
+    for n, rec in records:
+        for col in (cif_col, prop) + ((split_col,) if has_split else ()):
+            if col not in rec:
+                raise DownstreamError(f"{p}: row {n}: no column {col!r}; keys: {', '.join(map(str, rec))}")
+        rid = str(rec.get(id_col) or "").strip() or f"row{n}"
+        if rid in seen:
+            raise DownstreamError(f"{p}: row {n}: id {rid!r} repeats row {seen[rid]}")
+        seen[rid] = n
+        try:
+            y = _number(rec[prop])
+        except ValueError:
+            raise DownstreamError(f"{p}: row {n} (id {rid}): {prop} = {str(rec[prop])[:40]!r} is not a number") from None
+        if y is None:
+            dropped[f"no_{prop}"] = dropped.get(f"no_{prop}", 0) + 1
+            continue
+        if not math.isfinite(y):
+            raise DownstreamError(f"{p}: row {n} (id {rid}): {prop} = {rec[prop]!r} is not finite")
+        if cfg.log_target and y < 0:
+            raise DownstreamError(f"{p}: row {n} (id {rid}): {prop} = {y:g} is negative, log_target needs values >= 0; set downstream.log_target=false")
+        split = None
+        if has_split:
+            split = SPLIT_ALIASES.get(str(rec[split_col]).strip().lower())
+            if split is None:
+                raise DownstreamError(f"{p}: row {n} (id {rid}): {split_col} = {str(rec[split_col])[:40]!r} is not one of train/val/test")
+        text = rec[cif_col]
+        if not isinstance(text, str):
+            raise DownstreamError(f"{p}: row {n} (id {rid}): {cif_col} is not a CIF text ({type(text).__name__})")
+        todo.append((n, rid, y, split, text))
+
+    def failed(item: str, reason: str, detail: str) -> tuple[str, str]:
+        return "", " ".join(f"{reason}: {detail}".replace("<string>: ", "").split())  # one line
+
+    texts = [t[4] for t in todo]
+    parsed = dict(map_with_time_limit(_canonical, texts, cfg.cif_time_limit_s, workers=0, on_failure=failed))
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for i, (n, rid, y, split, _) in enumerate(todo):
+        text, formula = parsed[i]
+        if not text:
+            raise DownstreamError(f"{p}: row {n} (id {rid}): unparsable CIF ({formula[:240]})")
+        if _hydrogen_fraction(formula) > cfg.max_hydrogen_fraction:
+            dropped["hydrogen_rich"] = dropped.get("hydrogen_rich", 0) + 1
+            continue
+        out[split or _hashed_split(formula, cfg)].append({"id": rid, "text": text, "reduced_formula": formula, "y": y})
+    for s in SPLITS:
+        if not out[s]:
+            how = f"column {split_col!r}" if has_split else f"a split hashed on the formula (val_fraction {cfg.val_fraction}, test_fraction {cfg.test_fraction})"
+            raise DownstreamError(f"{p}: no {s} rows after reading {len(records)} rows with {how}; dropped {json.dumps(dropped)}")
+        out[s].sort(key=lambda r: r["id"])
+    return PropertySet(train=out["train"], val=out["val"], test=out["test"], dropped=dropped, target=prop, origin=str(p))
 
 
 # ------------------------------------------------------------------------------------------------ neural regressor

@@ -8,20 +8,26 @@ this shape can do with that much data.
 
 Schedule of one size ``n`` (:func:`plan_steps`; one step = ``per_step`` = batch x grad_accum CIFs):
 
+* learning rate (``lr_schedule``): ``constant`` (default) = linear warm-up over ``warmup_steps`` then the peak rate
+  until the stop, so the trajectory does not depend on the cap and the stop comes from the validation loss alone (the
+  ``wsd`` schedule of :class:`cifllm.training.config.TrainArgs` with a one-step decay); ``cosine`` = the issue-17
+  protocol, a cosine decay spanning the cap with ``warmup_fraction`` of it as warm-up (with a cap of ~10 passes every
+  run of that sweep ended on the cap, its best validation loss at the last step);
 * step cap ``max_steps = clip(ceil(epochs_cap * n / per_step), min_steps, max_steps_cap)``, rounded up to a whole
-  number of evaluation intervals; the cosine learning-rate schedule spans the cap;
+  number of evaluation intervals: a *safety bound*; a run that reaches it is reported ``stop_reason = step_cap`` and
+  counts as not converged;
 * an evaluation on the fixed validation set every ``eval_steps = clip(round(eval_epochs * n / per_step),
   eval_min_steps, eval_max_steps)`` steps (a checkpoint at each);
 * stop when ``patience`` evaluations in a row did not lower the validation loss by more than ``min_delta``
   (nats/token; Hugging Face ``EarlyStoppingCallback``), then restore the best checkpoint
-  (``load_best_model_at_end``): the saved model is the one with the lowest validation loss;
-* warm-up: ``warmup_fraction`` of the cap.
+  (``load_best_model_at_end``): the saved model is the one with the lowest validation loss.
 
 :func:`pretrain_early_stopping` is :func:`cifllm.training.pretrain.pretrain` (same preparation, data, training
 arguments, run folder and resume) plus those two Trainer settings; ``model/cifllm_run.json`` gains ``early_stopping``:
 ``max_steps``, ``eval_steps``, ``steps_run``, ``best_step``, ``best_val_loss`` (nats/token), ``init_val_loss`` (at step
 0), ``stop_reason`` (``early_stop`` / ``step_cap``), ``restored_best`` and the validation curve. A killed run resumes
-from its last checkpoint with the early-stopping counter and the best checkpoint restored from the trainer state.
+from its last checkpoint with the early-stopping counter (``restore_callback_states_from_checkpoint``) and the best
+checkpoint restored from the trainer state.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cifllm.core.config import config_to_dict, save_config
 from cifllm.core.records import MANIFEST_FILE
@@ -71,15 +77,18 @@ def nested_subset_corpus(run: Path, train: list[dict], val: list[dict], manifest
 class EarlyStopConfig:
     """Step cap, evaluation interval and patience of the data-limited protocol (see module docstring)."""
 
-    epochs_cap: float = 10.0  #: step cap in passes over the size's subset (before clipping)
-    min_steps: int = 60  #: smallest step cap (optimizer steps)
-    max_steps_cap: int = 2000  #: largest step cap (optimizer steps): bounds the cost of the largest sizes
+    #: constant: warm-up then the peak rate until the stop (the cap is only a safety bound); cosine: decay over the cap
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    epochs_cap: float = 200.0  #: step cap (safety bound) in passes over the size's subset (before clipping)
+    min_steps: int = 2000  #: smallest step cap (optimizer steps)
+    max_steps_cap: int = 40000  #: largest step cap (optimizer steps): bounds the cost of the largest sizes
     eval_epochs: float = 0.5  #: evaluation interval in passes over the subset (before clipping)
-    eval_min_steps: int = 10  #: smallest evaluation interval (steps)
-    eval_max_steps: int = 150  #: largest evaluation interval (steps)
-    patience: int = 3  #: evaluations in a row without an improvement larger than min_delta before stopping
-    min_delta: float = 0.002  #: smallest validation-loss improvement that counts (nats/token)
-    warmup_fraction: float = 0.05  #: linear warm-up as a fraction of the step cap
+    eval_min_steps: int = 50  #: smallest evaluation interval (steps)
+    eval_max_steps: int = 200  #: largest evaluation interval (steps)
+    patience: int = 5  #: evaluations in a row without an improvement larger than min_delta before stopping
+    min_delta: float = 0.001  #: smallest validation-loss improvement that counts (nats/token)
+    warmup_steps: int = 100  #: constant schedule: linear warm-up (optimizer steps; at most half the cap)
+    warmup_fraction: float = 0.05  #: cosine schedule: linear warm-up as a fraction of the step cap
 
     def __post_init__(self) -> None:
         if not self.epochs_cap > 0:
@@ -94,6 +103,8 @@ class EarlyStopConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.warmup_fraction < 0.5:
             raise ValueError(f"warmup_fraction must be in [0, 0.5), got {self.warmup_fraction}")
 
@@ -107,15 +118,19 @@ class StepPlan:
     max_steps: int
     eval_steps: int
     warmup_steps: int
+    lr_schedule: str = "constant"  #: ``constant`` or ``cosine`` (:class:`EarlyStopConfig`)
 
     @property
     def epochs_at_cap(self) -> float:
         """Passes over the subset if the cap is reached."""
         return self.max_steps * self.per_step / self.n
 
-    def overrides(self) -> dict[str, int]:
-        """``PretrainConfig`` keys that apply the plan (a checkpoint at every evaluation)."""
-        return {"max_steps": self.max_steps, "eval_steps": self.eval_steps, "save_steps": self.eval_steps, "warmup_steps": self.warmup_steps}
+    def overrides(self) -> dict[str, Any]:
+        """``PretrainConfig`` keys that apply the plan (a checkpoint at every evaluation; ``constant``: the wsd schedule
+        with a one-step decay at the cap, i.e. the peak rate until the stop)."""
+        out: dict[str, Any] = {"max_steps": self.max_steps, "eval_steps": self.eval_steps, "save_steps": self.eval_steps, "warmup_steps": self.warmup_steps}
+        out.update({"lr_schedule": "wsd", "decay_steps": 1} if self.lr_schedule == "constant" else {"lr_schedule": "cosine", "decay_steps": 0})
+        return out
 
 
 def plan_steps(n: int, per_step: int, es: EarlyStopConfig) -> StepPlan:
@@ -126,8 +141,11 @@ def plan_steps(n: int, per_step: int, es: EarlyStopConfig) -> StepPlan:
     cap = min(max(math.ceil(es.epochs_cap * steps_per_epoch), es.min_steps), es.max_steps_cap)
     every = min(max(round(es.eval_epochs * steps_per_epoch), es.eval_min_steps), es.eval_max_steps, cap)
     cap = math.ceil(cap / every) * every  # the last step is an evaluation step
-    warm = min(max(1, round(es.warmup_fraction * cap)), cap - 1)
-    return StepPlan(n=n, per_step=per_step, max_steps=cap, eval_steps=every, warmup_steps=warm)
+    if es.lr_schedule == "constant":
+        warm = min(max(1, es.warmup_steps), cap // 2)
+    else:
+        warm = min(max(1, round(es.warmup_fraction * cap)), cap - 1)
+    return StepPlan(n=n, per_step=per_step, max_steps=cap, eval_steps=every, warmup_steps=warm, lr_schedule=es.lr_schedule)
 
 
 def _say(msg: str) -> None:
@@ -159,6 +177,9 @@ def pretrain_early_stopping(cfg: PretrainConfig, patience: int, min_delta: float
     args.load_best_model_at_end = True
     args.metric_for_best_model = "eval_loss"
     args.greater_is_better = False
+    # a resumed run takes the early-stopping counter over from the checkpoint (transformers' default is to reset it,
+    # which would let an interrupted run train `patience` evaluations longer than an uninterrupted one)
+    args.restore_callback_states_from_checkpoint = True
 
     start_run_folder(prep, data_manifest)
     tok = prep.tokenizer

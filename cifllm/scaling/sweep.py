@@ -115,6 +115,8 @@ class ScalingConfig:
     # -- protocol early_stop (cifllm.scaling.transfer) ----------------------------------------------------------------
     #: corpus sources whose structures may be pretrained on (DFT-computed); rows of other sources only are excluded
     include_sources: tuple[str, ...] = COMPUTED_SOURCES
+    #: also run the whole computed pool (all its training CIFs) as the largest size; its row's size is the pool size
+    full_pool: bool = False
     #: also LoRA-fine-tune on ``task`` and score its test NLL (the generative curve; needs ``splits``)
     generative_metric: bool = True
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
@@ -146,7 +148,10 @@ def _parse_only(s: str) -> tuple[int, int] | None:
 
 
 #: keys a sweep may change when it continues in the same ``out`` (the rest define the runs already in runs.jsonl)
-RESUME_MUTABLE_KEYS = frozenset({"sizes", "repeats", "out", "target", "keep_models", "threads", "only", "progress"})
+RESUME_MUTABLE_KEYS = frozenset({"sizes", "full_pool", "repeats", "out", "target", "keep_models", "threads", "only", "progress"})
+#: step-cap keys a sweep may also change when it continues, if its learning rate is constant (``early_stop.lr_schedule``):
+#: the cap is then only a safety bound and moving it changes no run that stopped before it
+CAP_KEYS = frozenset({"early_stop.epochs_cap", "early_stop.min_steps", "early_stop.max_steps_cap"})
 
 
 def pretrain_config_for(cfg: ScalingConfig) -> PretrainConfig:
@@ -254,7 +259,10 @@ def run_sweep(cfg: ScalingConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG_FILE
     if saved.is_file():  # the one resume policy (cifllm.core.config.merge_for_resume): only RESUME_MUTABLE_KEYS may change
-        merge_for_resume(load_scaling_config(saved), cfg, flatten(config_to_dict(cfg), ScalingConfig), RESUME_MUTABLE_KEYS)
+        prev = load_scaling_config(saved)
+        mutable = RESUME_MUTABLE_KEYS | (CAP_KEYS if prev.protocol == "early_stop" and prev.early_stop.lr_schedule == "constant" else frozenset())
+        merge_for_resume(prev, cfg, flatten(config_to_dict(cfg), ScalingConfig), mutable)
+        save_config(replace(cfg, only=""), saved)  # the continued sweep's config (differs only in mutable keys)
     else:
         save_config(cfg, saved)
     if cfg.threads > 0:
@@ -319,6 +327,8 @@ def render_sweep_pbs(cfg: ScalingConfig, job_dir: str | Path, workdir: str = "."
     tpl = resources_root() / "templates" / "miyabi" / "scaling.pbs.tmpl"
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.protocol == "early_stop" and cfg.full_pool:
+        raise ValueError("--emit-pbs needs every size written out: full_pool=true is only resolved when the pool is built; list the pool size in sizes")
     group = group or os.environ.get("GROUP") or "CHANGE_ME"
     files = []
     base_args = ["--task", cfg.task]

@@ -30,17 +30,13 @@ Files (``out``): ``config.yaml``, ``pool.json``, ``runs.jsonl`` (run and referen
 ``transfer_fit.json`` and ``REPORT.md`` (the summary). Finished rows are skipped when the sweep is run again; an
 interrupted pretraining resumes from its last checkpoint.
 
-Budget on this machine (2 CPU cores shared with other jobs), and why the ``tiny`` preset: the ``tiny`` preset
-(0.14 M parameters) trains at ~9.5-12.7k tokens/s through the Trainer with both cores busy (load 5;
-``benchmarks/results/train_cpu.md``), the ``mini`` preset (4.9 M) at ~3k tokens/s on 2 idle cores. A CIF of the
-computed pool is ~295 tokens (``pool.json``). With the defaults (batch 16; step cap 10 passes, at least 60 and at most
-2,000 steps) the caps of the six sizes are 400 / 780 / 1,560 / 2,000 / 2,000 / 2,000 steps, i.e. at most
-1.9 + 3.7 + 7.4 + 3 x 9.4 = 41 M tokens per repeat, 82 M for 2 repeats: ~2.3 h at 10k tokens/s if no run stops
-early (early stopping shortens the small sizes). The regression fine-tune (562 train CIFs x at most 15 epochs, ~140k
-tokens per epoch) adds ~3.5 min per run, ~50 min for 12 runs and 2 n = 0 references; the LoRA fine-tune and test NLL of
-the generative metric ~1-2 min per run. Total ~3-3.5 h with ``tiny``; ``mini`` would need ~3x longer for pretraining
-alone at the same caps, so the default stays ``tiny`` (a GPU run can set ``pretrain_config=builtin:mini``; no new
-preset was needed).
+Budget and model size (issue 32): the ``tiny`` preset (0.14 M parameters), batch 16, a constant learning rate after
+100 warm-up steps, and a step cap of 200 passes (at least 2,000, at most 40,000 steps) that only bounds the cost: the
+stop comes from the validation loss (``eval/scaling_converged.yaml``). ``mini`` (4.9 M) trains >= 3x slower per token on
+CPU (~3k tokens/s on 2 idle cores against ~10k for ``tiny`` with both busy, ``benchmarks/results/train_cpu.md``) and
+would need more steps to converge, so every run would cost several times more on 2 shared cores; the pilot that fixed the rule (steps to convergence and CPU seconds per step at 625 and 5,000 CIFs) is in BENCHMARKS.md,
+"Converged Sim2Real sweep" and ``benchmarks/results/scaling-converged/pilot/``. The issue-17 budget (``lr_schedule:
+cosine``, a cap of ~10 passes, at most 2,000 steps) ended every run on its cap.
 """
 
 from __future__ import annotations
@@ -71,7 +67,7 @@ from cifllm.core.records import (
 from cifllm.data.corpus import load_corpus, load_manifest
 from cifllm.evaluation.nll import HYPOTHETICAL_SOURCES, nll_per_token
 from cifllm.modeling import max_positions_for
-from cifllm.scaling.downstream import PropertySet, finetune_regressor, gbt_baseline, load_property_set, scratch_backbone
+from cifllm.scaling.downstream import PropertySet, finetune_regressor, gbt_baseline, load_downstream, scratch_backbone
 from cifllm.scaling.fit import (
     ScalingError,
     assess_power_law,
@@ -80,7 +76,7 @@ from cifllm.scaling.fit import (
     holdout_check,
     size_for_target,
 )
-from cifllm.scaling.protocol import nested_subset_corpus, plan_steps, pretrain_early_stopping
+from cifllm.scaling.protocol import STOP_EARLY, nested_subset_corpus, plan_steps, pretrain_early_stopping
 from cifllm.scaling.report import write_report
 from cifllm.tokenization import load_tokenizer
 from cifllm.training.config import PretrainConfig
@@ -104,12 +100,24 @@ COMPUTED_SOURCES: tuple[str, ...] = (
 )
 #: corpus sources of experimentally determined structures (ICSD-derived SuperCon3D)
 EXPERIMENTAL_SOURCES: tuple[str, ...] = ("supercon3d",)
-#: metrics of a run row: name -> (axis label, unit)
+#: metrics of a run row: name -> (axis label, unit) for the default downstream (measured Tc); :func:`metric_labels`
+#: gives them for another property
 METRICS: dict[str, tuple[str, str]] = {
     "mae": ("Tc MAE on the held-out test split", "K"),
     "mae_log1p": ("MAE of ln(1 + Tc/K)", "dimensionless"),
     "test_nll": ("test NLL of the task CIFs", "nats/token"),
 }
+
+
+def metric_labels(prop: str = "tc", unit: str = "K") -> dict[str, tuple[str, str]]:
+    """:data:`METRICS` for the downstream property ``prop`` measured in ``unit``."""
+    if prop == "tc":
+        return dict(METRICS)
+    return {
+        "mae": (f"{prop} MAE on the held-out test split", unit or "n/a"),
+        "mae_log1p": (f"MAE of ln(1 + {prop})", "dimensionless"),
+        "test_nll": METRICS["test_nll"],
+    }
 REFERENCES = ("scratch", "gbt_composition", "gbt_oracle")
 POOL_FILE = "pool.json"
 
@@ -218,7 +226,7 @@ def _regression(model_dir: Path | None, cfg: Any, data: PropertySet, seed: int, 
 
 
 def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict], manifest: dict, data: PropertySet, gen: tuple | None) -> dict[str, Any]:
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     seed = cfg.seed + repeat
     run = cfg.out_dir / "runs" / f"{size}-r{repeat}"
     corpus_dir = nested_subset_corpus(run, train, val, manifest, size, seed, {"protocol": "early_stop", "repeat": repeat})
@@ -226,12 +234,13 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
     plan = plan_steps(size, base.batch_size * base.grad_accum, cfg.early_stop)
     pcfg = _pretrain_config(cfg, {**plan.overrides(), "corpus": str(corpus_dir), "out": str(run / "pretrain"), "seed": seed, "progress": cfg.progress})
     model = run / "pretrain" / MODEL_DIR
-    t_pre = time.time()
+    t_pre, c_pre = time.time(), time.process_time()
     if not (model / "config.json").is_file():
         pretrain_early_stopping(pcfg, cfg.early_stop.patience, cfg.early_stop.min_delta, resume=True)
     pre = json.loads((model / "cifllm_run.json").read_text())
     es = pre["early_stopping"]
     pretrain_s = round(time.time() - t_pre, 1)
+    pretrain_cpu_s = round(time.process_time() - c_pre, 1)
     t_down = time.time()
     reg = _regression(model, cfg, data, seed, pcfg.preset, int(pre["max_position_embeddings"]))
     row: dict[str, Any] = {
@@ -242,7 +251,10 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
             "max_steps": es["max_steps"], "eval_steps": es["eval_steps"], "steps_run": es["steps_run"], "best_step": es["best_step"],
             "best_val_loss": es["best_val_loss"], "init_val_loss": es["init_val_loss"], "stop_reason": es["stop_reason"],
             "restored_best": es["restored_best"], "epochs_run": es["epochs_run"], "tokens_seen": pre["tokens_seen"],
-            "train_s": pre["train_seconds_this_session"], "wall_s": pretrain_s,
+            "train_s": pre["train_seconds_this_session"], "wall_s": pretrain_s, "cpu_s_this_session": pretrain_cpu_s,
+            "resumed_from": pre.get("resumed_from"), "converged": es["stop_reason"] == STOP_EARLY,
+            "lr_schedule": cfg.early_stop.lr_schedule, "val_curve": es.get("val_curve"),
+            "best_epoch": round(es["best_step"] * plan.per_step / size, 3) if es.get("best_step") is not None else None,
         },
         "regression": {k: v for k, v in reg.items() if k not in ("mae", "mae_log1p")},
         "regression_wall_s": round(time.time() - t_down, 1),
@@ -264,6 +276,7 @@ def _one_run(cfg: Any, size: int, repeat: int, train: list[dict], val: list[dict
             raise ValueError(f"{nll['n_skipped']} test CIFs of task {task.name} are longer than the run's context; set max_position_embeddings in pretrain_overrides")
         row.update(test_nll=nll["nll"], test_tokens=nll["n_tokens"], test_texts=nll["n_texts"], generative_wall_s=round(time.time() - t_gen, 1))
     row["wall_s"] = round(time.time() - t0, 1)
+    row["cpu_s_this_session"] = round(time.process_time() - c0, 1)  # CPU seconds of this process (threads=1: one core)
     if not all(math.isfinite(row[m]) for m in METRICS if row.get(m) is not None):
         row["status"] = "non_finite"
     if not cfg.keep_models:
@@ -297,12 +310,12 @@ def run_transfer_sweep(cfg: Any) -> Path:
     """Run every missing row of the early-stopping sweep ``cfg`` (a ``ScalingConfig``), then fit (unless ``only``)."""
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    data = load_property_set(cfg.corpus, cfg.downstream)
+    data = load_downstream(cfg.corpus, cfg.downstream)
     gen = _task_parts(cfg) if cfg.generative_metric else None
     train, val, counts = build_pool(cfg, data, gen[1] if gen else set())
     base = _pretrain_config(cfg)
     per_step = base.batch_size * base.grad_accum
-    sizes = sorted(set(cfg.sizes))
+    sizes = sorted(set(cfg.sizes) | ({len(train)} if cfg.full_pool else set()))
     if sizes[0] < per_step:
         raise ValueError(f"size {sizes[0]} is smaller than one pretraining batch ({per_step} CIFs per step): no step could be made")
     if sizes[-1] > len(train):
@@ -310,7 +323,7 @@ def run_transfer_sweep(cfg: Any) -> Path:
     if not val:
         raise ValueError(f"{cfg.corpus}: the computed-structure pool has no val rows (needed for early stopping)")
     plans = {n: plan_steps(n, per_step, cfg.early_stop) for n in sizes}
-    counts["downstream"] = data.summary()
+    counts["downstream"] = {**data.summary(), "unit": cfg.downstream.unit}
     counts["step_plans"] = {str(n): {"max_steps": p.max_steps, "eval_steps": p.eval_steps, "warmup_steps": p.warmup_steps, "epochs_at_cap": round(p.epochs_at_cap, 2)} for n, p in plans.items()}
     atomic_write_json(out / POOL_FILE, counts)
     _say(
@@ -356,25 +369,46 @@ def _references(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, 
     return out
 
 
-def fit_transfer(out: str | Path, target: float | None = None, meta: dict[str, Any] | None = None, n_boot: int = 1000) -> dict[str, Path]:
+def _downstream_info(out: Path) -> dict[str, Any]:
+    pool = json.loads((out / POOL_FILE).read_text()) if (out / POOL_FILE).is_file() else {}
+    return dict(pool.get("downstream") or {})
+
+
+def fit_transfer(
+    out: str | Path, target: float | None = None, meta: dict[str, Any] | None = None, n_boot: int = 1000, include_capped: bool = False
+) -> dict[str, Path]:
     """Fit every metric of ``out/runs.jsonl`` (run rows; reference rows are drawn, not fitted) and write the
-    per-metric reports, ``transfer_fit.json``, ``transfer_scaling.png`` and ``REPORT.md``. ``target`` is a Tc MAE (K)
-    to reach; without it the target is the composition baseline's MAE (how much computed data the model needs to
-    match the trees)."""
+    per-metric reports, ``transfer_fit.json``, ``transfer_scaling.png``, ``val_curves.png`` and ``REPORT.md``.
+    ``target`` is a downstream MAE (property units) to reach; without it the target is the composition baseline's MAE
+    (how much computed data the model needs to match the trees). Runs that stopped on the step cap (not converged) are
+    left out of the fit and listed, unless ``include_capped``."""
     out = Path(out)
     rows = [r for r in _read_rows(out / SWEEP_ROWS) if r.get("status") == "ok"]
-    runs = [r for r in rows if r.get("kind") == "run"]
-    if not runs:
+    all_runs = [r for r in rows if r.get("kind") == "run"]
+    if not all_runs:
         raise ScalingError(f"{out / SWEEP_ROWS}: no finished runs to fit")
-    summary: dict[str, Any] = {"meta": dict(meta or {}), "metrics": {}}
+    capped = [r for r in all_runs if (r.get("pretrain") or {}).get("stop_reason") != STOP_EARLY]
+    runs = all_runs if include_capped else [r for r in all_runs if r not in capped]
+    info = _downstream_info(out)
+    labels = metric_labels(info.get("property") or "tc", info.get("unit") or "K")
+    sizes_done = sorted({r["size"] for r in runs})
+    summary: dict[str, Any] = {
+        "meta": dict(meta or {}), "downstream": info, "metrics": {},
+        "convergence": {
+            "runs": len(all_runs), "converged": len(all_runs) - len(capped), "fitted": len(runs),
+            "step_cap": [[r["size"], r["repeat"]] for r in capped], "capped_in_fit": bool(include_capped and capped),
+            "sizes_fitted": sizes_done, "repeats_per_size": {str(n): sum(r["size"] == n for r in runs) for n in sizes_done},
+        },
+    }
     written: dict[str, Path] = {}
-    for metric, (label, unit) in METRICS.items():
+    for metric, (label, unit) in labels.items():
         pts = [{"size": r["size"], "repeat": r["repeat"], "metric": metric, "value": float(r[metric])} for r in runs if r.get(metric) is not None]
         refs = _references(rows, metric)
         entry: dict[str, Any] = {"label": label, "unit": unit, "n_points": len(pts), "references": refs}
         if not pts:
             entry["fit"] = None
-            entry["not_measured"] = "no run measured this metric"
+            measured = any(r.get(metric) is not None for r in all_runs)
+            entry["not_measured"] = "no converged run (every run that measured it stopped on the step cap)" if measured else "no run measured this metric"
             summary["metrics"][metric] = entry
             continue
         tgt_value = target if metric == "mae" and target is not None else (refs.get("gbt_composition", {}).get("mean") if metric in ("mae", "mae_log1p") else None)
@@ -392,20 +426,30 @@ def fit_transfer(out: str | Path, target: float | None = None, meta: dict[str, A
             written.update({f"{metric}_{k}": v for k, v in write_report(out / metric, pts, fit, assessment=assessment, holdout=hold, target=tgt, comparison=compare_models(pts), pure_fit=pure, meta=m_meta).items()})
             entry.update(
                 fit=fit.to_dict(), supported=assessment.supported, reasons=list(assessment.reasons),
+                lack_of_fit=_lack_of_fit(assessment),
                 target=None if tgt is None else {**tgt.to_dict(), "source": "given" if (metric == "mae" and target is not None) else "gbt_composition"},
             )
             entry["_fit"] = fit
         except ScalingError as exc:
             entry.update(fit=None, fit_error=str(exc), supported=False, reasons=[str(exc)])
         summary["metrics"][metric] = entry
-    png = plot_transfer(runs, summary, out / "transfer_scaling.png")
+    png = plot_transfer(all_runs, summary, out / "transfer_scaling.png", info)
+    curves = plot_val_curves(all_runs, out / "val_curves.png")
     for e in summary["metrics"].values():
         e.pop("_fit", None)
-    summary["runs"] = _run_table(runs)
+    summary["runs"] = _run_table(all_runs)
     atomic_write_json(out / "transfer_fit.json", _clean(summary))
-    atomic_write_text(out / SCALING_REPORT, render_transfer_report(runs, rows, summary, png.name, out))
-    written.update(plot=png, json=out / "transfer_fit.json", report=out / SCALING_REPORT)
+    atomic_write_text(out / SCALING_REPORT, render_transfer_report(all_runs, rows, summary, png.name, out, curves.name))
+    written.update(plot=png, val_curves=curves, json=out / "transfer_fit.json", report=out / SCALING_REPORT)
     return written
+
+
+def _lack_of_fit(assessment: Any) -> dict[str, Any] | None:
+    """The lack-of-fit F-test of an assessment (``None`` when it could not be computed)."""
+    checks = dict(assessment.checks)
+    if "lack_of_fit_F" not in checks:
+        return None
+    return {"F": checks["lack_of_fit_F"], "p": checks["lack_of_fit_p"], "df": checks["lack_of_fit_df"]}
 
 
 def _clean(obj: Any) -> Any:
@@ -421,37 +465,84 @@ def _clean(obj: Any) -> Any:
 
 
 def _run_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("max_steps", "steps_run", "best_step", "best_val_loss", "stop_reason", "epochs_run", "train_s")
+    keys = ("max_steps", "steps_run", "best_step", "best_epoch", "best_val_loss", "stop_reason", "epochs_run", "train_s", "lr_schedule")
     return [
         {"size": r["size"], "repeat": r["repeat"], "mae": r["mae"], "mae_log1p": r["mae_log1p"], "test_nll": r.get("test_nll"), "wall_s": r.get("wall_s"), **{k: r.get("pretrain", {}).get(k) for k in keys}}
         for r in sorted(runs, key=lambda r: (r["size"], r["repeat"]))
     ]
 
 
-def plot_transfer(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Path:
-    """One PNG: a panel per measured metric against the pretraining size (log axis): runs, per-size mean +- std, the
-    fit ``D n^-alpha + C`` with its bootstrap band and C, and the reference rows as horizontal lines."""
+def plot_val_curves(runs: list[dict[str, Any]], path: Path) -> Path:
+    """One PNG: the pretraining validation loss (nats/token) of every run against optimizer steps (log x), one colour
+    per size, the best step marked (a run that hit the step cap ends with a cross)."""
+    import io
+
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    sizes = sorted({r["size"] for r in runs})
+    cmap = colormaps["viridis"]
+    for r in sorted(runs, key=lambda r: (r["size"], r["repeat"])):
+        pre = r.get("pretrain") or {}
+        curve = [(s, v) for s, v in (pre.get("val_curve") or []) if s > 0]
+        if not curve:
+            continue
+        color = cmap(sizes.index(r["size"]) / max(1, len(sizes) - 1))
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], color=color, lw=1, alpha=0.8, label=f"n = {r['size']:,}" if r["repeat"] == min(x["repeat"] for x in runs if x["size"] == r["size"]) else None)
+        if pre.get("best_step"):
+            ax.scatter([pre["best_step"]], [pre["best_val_loss"]], color=color, s=18, zorder=3)
+        if pre.get("stop_reason") != STOP_EARLY:
+            ax.scatter([curve[-1][0]], [curve[-1][1]], color="red", marker="x", s=40, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Pretraining validation curves (dot: best step, restored; red x: stopped on the step cap)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:  # rows written before issue 32 carry no validation curve
+        ax.text(0.5, 0.5, "no validation curve recorded in these rows", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_transfer(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path, info: dict[str, Any] | None = None) -> Path:
+    """One PNG: a panel per measured metric against the pretraining size (log axis): runs (converged: grey dots; stopped
+    on the step cap: red crosses, not in the fit), per-size mean +- std of the converged runs, the fit
+    ``D n^-alpha + C`` with its bootstrap band and C, and the reference rows as horizontal lines."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
 
-    shown = [m for m, e in summary["metrics"].items() if e["n_points"]]
+    shown = [m for m in summary["metrics"] if any(r.get(m) is not None for r in runs)]
     fig = Figure(figsize=(5.2 * len(shown), 4.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     ref_style = {"scratch": ("#555555", "-.", "n = 0 (same head, random init)"), "gbt_composition": ("#228833", ":", "GBT, composition only"), "gbt_oracle": ("#aa7733", "--", "GBT, composition + cell")}
     for ax, metric in zip(axes, shown):
         e = summary["metrics"][metric]
-        pts = [(r["size"], float(r[metric])) for r in runs if r.get(metric) is not None]
+        ok = (lambda r: (r.get("pretrain") or {}).get("stop_reason") == STOP_EARLY) if not summary.get("convergence", {}).get("capped_in_fit") else (lambda r: True)
+        pts = [(r["size"], float(r[metric])) for r in runs if r.get(metric) is not None and ok(r)]
+        bad = [(r["size"], float(r[metric])) for r in runs if r.get(metric) is not None and not ok(r)]
+        if bad:
+            ax.scatter([b[0] for b in bad], [b[1] for b in bad], s=22, color="#cc3311", marker="x", zorder=2, label="stopped on the step cap (not fitted)")
         n = np.asarray([p[0] for p in pts], float)
         y = np.asarray([p[1] for p in pts], float)
-        sizes = np.unique(n)
-        means = np.array([y[n == s].mean() for s in sizes])
-        stds = np.array([y[n == s].std(ddof=1) if (n == s).sum() > 1 else 0.0 for s in sizes])
-        ax.scatter(n, y, s=14, color="#999999", alpha=0.6, zorder=2, label="runs")
-        ax.errorbar(sizes, means, yerr=stds, fmt="o", color="#4477aa", capsize=3, zorder=3, label="mean ± std")
+        sizes = np.unique(n) if pts else np.unique([b[0] for b in bad]).astype(float)
+        if pts:
+            means = np.array([y[n == s].mean() for s in np.unique(n)])
+            stds = np.array([y[n == s].std(ddof=1) if (n == s).sum() > 1 else 0.0 for s in np.unique(n)])
+            ax.scatter(n, y, s=14, color="#999999", alpha=0.6, zorder=2, label="converged runs")
+            ax.errorbar(np.unique(n), means, yerr=stds, fmt="o", color="#4477aa", capsize=3, zorder=3, label="mean ± std")
         fit = e.get("_fit")
         if fit is not None:
             grid = np.geomspace(sizes[0] / 1.3, sizes[-1] * 4, 200)
@@ -473,7 +564,9 @@ def plot_transfer(runs: list[dict[str, Any]], summary: dict[str, Any], path: Pat
         ax.set_title(f"{e['label']}\n({verdict})", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Sim2Real transfer: pretraining on computed crystals, fine-tuning on measured Tc (SuperCon3D)", fontsize=11)
+    info = info or {}
+    what = info.get("origin") or "SuperCon3D"
+    fig.suptitle(f"Sim2Real transfer: pretraining on computed crystals, fine-tuning on measured {info.get('property', 'tc')} ({what})", fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -485,61 +578,89 @@ def _g(x: Any, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{float(x):.{nd}g}"
 
 
-def render_transfer_report(runs: list[dict], rows: list[dict], summary: dict[str, Any], plot_name: str, out: Path) -> str:
-    """The summary ``REPORT.md`` of a transfer sweep."""
+def _target_text(t: dict[str, Any] | None) -> str:
+    if t is None:
+        return "n/a"
+    ci = t.get("n_ci")
+    ci_txt = "" if not ci else f" [{_g(ci[0], 3)}, {'∞' if t.get('n_ci_upper_unbounded') else _g(ci[1], 3)}]"
+    unreach = t.get("frac_boot_unreachable")
+    boot = "" if unreach is None else f"; {unreach:.0%} of bootstrap fits cannot reach it"
+    if t.get("reachable"):
+        return f"{_g(t['target'], 4)} ({t['source']}): n ≈ {_g(t['n'], 3)}{ci_txt}{boot}"
+    return f"{_g(t['target'], 4)} ({t['source']}): not reachable on this curve (target ≤ C = {_g(t.get('C'), 4)}){boot}"
+
+
+def render_transfer_report(runs: list[dict], rows: list[dict], summary: dict[str, Any], plot_name: str, out: Path, curves_name: str = "val_curves.png") -> str:
+    """The summary ``REPORT.md`` of a transfer sweep (``runs``: every run row, converged or not)."""
     pool = json.loads((out / POOL_FILE).read_text()) if (out / POOL_FILE).is_file() else {}
-    md = ["# Sim2Real transfer scaling: computed crystals -> measured Tc", ""]
+    ds = pool.get("downstream", {})
+    prop = ds.get("property") or "tc"
+    name = "Tc" if prop == "tc" else prop
+    unit = ds.get("unit") or "K"
+    conv = summary.get("convergence", {})
+    md = [f"# Sim2Real transfer scaling: computed crystals -> measured {name}", ""]
     md += [f"![transfer scaling]({plot_name})", ""]
-    md += ["## Verdict per metric", "", "| metric | runs | α (95% CI) | C (95% CI) | power law? | target | references (mean) |", "|---|---:|---|---|---|---|---|"]
+    md += [
+        "## Convergence", "",
+        f"{conv.get('converged')} of {conv.get('runs')} runs stopped on their validation loss (early stopping); "
+        f"{len(conv.get('step_cap') or [])} stopped on the step cap and count as **not converged**"
+        + (f" ({', '.join(f'n = {a} repeat {b}' for a, b in conv['step_cap'])})" if conv.get("step_cap") else "")
+        + ("; they are in the fit (include_capped)" if conv.get("capped_in_fit") else "; the fit uses the converged runs only")
+        + f". Runs fitted per size: {json.dumps(conv.get('repeats_per_size'))}.",
+        "", f"![validation curves]({curves_name})", "",
+    ]
+    md += ["## Verdict per metric", "", "| metric | runs | α (95% CI) | D (95% CI) | C (95% CI) | lack of fit | power law? | n for the target (95% CI) | references (mean) |", "|---|---:|---|---|---|---|---|---|---|"]
     for metric, e in summary["metrics"].items():
         refs = "; ".join(f"{k} {_g(v['mean'], 4)}" for k, v in e["references"].items()) or "none measured"
         if e.get("fit") is None:
             why = e.get("fit_error") or e.get("not_measured", "")
-            md.append(f"| {metric} ({e['unit']}) | {e['n_points']} | n/a | n/a | no fit: {why} | n/a | {refs} |")
+            md.append(f"| {metric} ({e['unit']}) | {e['n_points']} | n/a | n/a | n/a | n/a | no fit: {why} | n/a | {refs} |")
             continue
         f = e["fit"]
-        t = e.get("target")
-        if t is None:
-            tgt = "n/a"
-        elif t.get("reachable"):
-            tgt = f"{_g(t['target'], 4)} ({t['source']}) needs n ≈ {_g(t['n'], 3)}"
-        else:
-            tgt = f"{_g(t['target'], 4)} ({t['source']}): unreachable, below C"
+        lof = e.get("lack_of_fit")
+        lof_txt = "not testable" if lof is None else f"F = {_g(lof['F'])}, p = {_g(lof['p'])}"
         verdict = "yes" if e["supported"] else "no: " + "; ".join(e["reasons"])[:300]
+        d_ci = f.get("D_ci") or [None, None]
         md.append(
             f"| {metric} ({e['unit']}) | {e['n_points']} | {_g(f['alpha'])} [{_g(f['alpha_ci'][0])}, {_g(f['alpha_ci'][1])}] | "
-            f"{_g(f['C'], 4)} [{_g(f['C_ci'][0], 4)}, {_g(f['C_ci'][1], 4)}] | {verdict} | {tgt} | {refs} |"
+            f"{_g(f.get('D'))} [{_g(d_ci[0])}, {_g(d_ci[1])}] | "
+            f"{_g(f['C'], 4)} [{_g(f['C_ci'][0], 4)}, {_g(f['C_ci'][1], 4)}] | {lof_txt} | {verdict} | {_target_text(e.get('target'))} | {refs} |"
         )
     md += ["", "Per-metric details (fit, assessment, model comparison, held-out size): " + ", ".join(f"[{m}]({m}/{SCALING_REPORT})" for m, e in summary["metrics"].items() if e.get("fit")), ""]
-    md += ["## Runs", "", "| n | repeat | steps run / cap | best step | best val loss | stop | epochs | Tc MAE (K) | log1p MAE | test NLL | wall (s) |", "|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    md += [
+        "## Runs", "",
+        f"| n | repeat | steps run / cap | best step | best epoch | best val loss | stop | converged | epochs | {name} MAE ({unit}) | log1p MAE | test NLL | pretrain (s) | wall (s) |",
+        "|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in summary["runs"]:
         md.append(
-            f"| {r['size']} | {r['repeat']} | {r['steps_run']} / {r['max_steps']} | {r['best_step']} | {_g(r['best_val_loss'], 4)} | {r['stop_reason']} | "
-            f"{_g(r['epochs_run'])} | {_g(r['mae'], 4)} | {_g(r['mae_log1p'], 4)} | {_g(r['test_nll'], 4)} | {_g(r['wall_s'], 4)} |"
+            f"| {r['size']} | {r['repeat']} | {r['steps_run']} / {r['max_steps']} | {r['best_step']} | {_g(r.get('best_epoch'))} | {_g(r['best_val_loss'], 4)} | {r['stop_reason']} | "
+            f"{'yes' if r['stop_reason'] == STOP_EARLY else 'NO'} | {_g(r['epochs_run'])} | {_g(r['mae'], 4)} | {_g(r['mae_log1p'], 4)} | {_g(r['test_nll'], 4)} | {_g(r.get('train_s'), 4)} | {_g(r['wall_s'], 4)} |"
         )
-    md += ["", "## Reference rows", "", "| reference | repeat | Tc MAE (K) | log1p MAE | what |", "|---|---:|---:|---:|---|"]
+    md += ["", "## Reference rows", "", f"| reference | repeat | {name} MAE ({unit}) | log1p MAE | what |", "|---|---:|---:|---:|---|"]
     what = {"scratch": "same head and fine-tuning budget on a randomly initialised model (n = 0)", "gbt_composition": "bench oracle GBT, composition features only", "gbt_oracle": "bench oracle GBT, composition + cell features"}
     for r in sorted((r for r in rows if r.get("kind") == "reference"), key=lambda r: (r["reference"], r["repeat"])):
         md.append(f"| {r['reference']} | {r['repeat']} | {_g(r['mae'], 4)} | {_g(r['mae_log1p'], 4)} | {what.get(r['reference'], '')} |")
     if pool:
-        ds = pool.get("downstream", {})
         md += [
             "", "## Data", "",
             f"- Pretraining pool: {pool.get('pool_train')} computed training CIFs (sources {', '.join(pool.get('include_sources', []))}), "
             f"{pool.get('pool_val_used')} fixed validation CIFs; mean {pool.get('mean_tokens_train')} tokens per CIF.",
             f"- Excluded (no computed source): {pool.get('excluded_not_computed_total')} rows; by source: {json.dumps(pool.get('excluded_not_computed'))}.",
             f"- Dropped: {json.dumps(pool.get('dropped'))} (downstream_overlap: same reduced formula or id as a downstream row, any split).",
-            f"- Downstream ({ds.get('property')}): train {ds.get('train', {}).get('n')}, val {ds.get('val', {}).get('n')}, test {ds.get('test', {}).get('n')}; dropped {json.dumps(ds.get('dropped'))}.",
+            f"- Downstream ({prop}, {unit}; from {ds.get('origin') or 'n/a'}): train {ds.get('train', {}).get('n')}, val {ds.get('val', {}).get('n')}, "
+            f"test {ds.get('test', {}).get('n')}; dropped {json.dumps(ds.get('dropped'))}.",
         ]
     md += [
         "", "## Method", "",
         "Each size is pretrained until its validation loss stops improving (early stopping with patience on a fixed "
-        "validation set of computed CIFs, step cap growing with n, best checkpoint restored; `cifllm/scaling/protocol.py`), "
-        "then the whole model plus a small regression head is fine-tuned on the measured Tc of SuperCon3D's fixed train split "
-        "(epoch chosen on its val split) and scored on its fixed test split (`cifllm/scaling/downstream.py`). "
-        "`err(n) = D n^-α + C` is fitted per metric over every run with cluster-bootstrap 95% intervals "
+        "validation set of computed CIFs; the step cap is a safety bound and a run that reaches it counts as not converged; "
+        "best checkpoint restored; `cifllm/scaling/protocol.py`), then the whole model plus a small regression head is "
+        f"fine-tuned on the measured {name} of the downstream train split (epoch chosen on its val split) and scored on its "
+        "test split (`cifllm/scaling/downstream.py`). `err(n) = D n^-α + C` is fitted per metric over every converged run "
+        "with cluster-bootstrap 95% intervals, a lack-of-fit F-test of the per-size means against the repeat noise "
         "(`cifllm/scaling/fit.py`). Targets: given, or the composition-only GBT's error (how much computed data the "
-        "model needs to match it); a target at or below C is unreachable.",
+        "model needs to match it); a target at or below C is not reachable on this curve.",
         "",
     ]
     return "\n".join(md)
