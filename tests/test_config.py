@@ -35,3 +35,16 @@ def test_unknown_and_bad_values():
         parse_overrides(["steps"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Cfg, "/nonexistent.yaml")
+
+
+def test_train_args_refuse_a_nonpositive_lr_and_a_bad_min_lr_ratio():
+    """The lr / min_lr_ratio checks run in __post_init__ (they once sat after a return and never ran)."""
+    import pytest
+
+    from cifllm.training.config import TrainArgs
+
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainArgs(lr=0.0)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        TrainArgs(min_lr_ratio=1.5)
+    assert TrainArgs().lr > 0

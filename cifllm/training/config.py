@@ -57,6 +57,10 @@ class TrainArgs:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
         if self.decay_steps < 0 or self.warmup_steps + self.decay_steps > self.max_steps:
             raise ValueError(f"decay_steps ({self.decay_steps}) must be >= 0 and warmup_steps + decay_steps <= max_steps ({self.max_steps})")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     def scheduler(self) -> tuple[str, dict[str, Any]]:
         """``(lr_scheduler_type, lr_scheduler_kwargs)`` for ``transformers.TrainingArguments``."""
@@ -65,10 +69,6 @@ class TrainArgs:
             decay = min(decay, self.max_steps - self.warmup_steps)
             return "warmup_stable_decay", {"num_decay_steps": decay, "min_lr_ratio": self.min_lr_ratio, "decay_type": "cosine"}
         return "cosine_with_min_lr", {"min_lr_rate": self.min_lr_ratio}
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass(frozen=True)
