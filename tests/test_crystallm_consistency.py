@@ -190,3 +190,21 @@ def test_report_shows_both_definitions(tmp_path):
     md = write_report(tmp_path, m, verdicts)[0].read_text()
     assert "## Self-consistency: CrystaLLM's definition vs the strict rule" in md and "| pass | fail | 1 |" in md
     assert "| consistent | 2 |" in md and "| consistent_strict | 1 |" in md and "CrystaLLM is_sensible" in md
+
+
+def test_crystallm_bond_check_is_bounded_like_the_strict_one():
+    """An elongated cell whose Voronoi search would run away (999 A axis) is refused before CrystalNN, in seconds,
+    by the same bounds as the strict bond check (it ran for minutes before)."""
+    import time
+
+    from pymatgen.core import Lattice, Structure
+
+    from cifllm.cif import parse_canonical, structure_to_text
+    from cifllm.evaluation.crystallm_consistency import check_crystallm
+
+    s = Structure(Lattice.orthorhombic(5.7, 5.7, 999.0), ["Na", "Cl"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.001], [0, 0.5, 0.001], [0, 0.5, 0.3], [0.5, 0, 0.3], [0.5, 0.5, 0.6], [0, 0, 0.6]])
+    t0 = time.perf_counter()
+    v = check_crystallm(parse_canonical(structure_to_text(s)))
+    assert time.perf_counter() - t0 < 60
+    bond = v.checks["crystallm_bond_length"]
+    assert bond.ok is False and bond.reason == "crystallm_resource_gate" and ("bond_search_too_large" in bond.detail or "cell_too_sparse" in bond.detail)

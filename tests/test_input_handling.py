@@ -17,7 +17,7 @@ from cifllm.cif.formula import parse_stated_formula
 from cifllm.cif.io import read_cif_text, structure_block
 from cifllm.data.filters import FilterSettings, Reject, process_record
 from cifllm.data.readers import RawRecord
-from cifllm.evaluation import checks
+from cifllm.evaluation import bond_gates, checks
 from cifllm.evaluation.checks import CheckSettings, check_bond_lengths, check_sample, check_structural
 
 
@@ -156,7 +156,7 @@ def test_isolated_atoms_fail_the_bond_check(monkeypatch):
     s = Structure(Lattice.cubic(100.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     r = check_bond_lengths(s)
     assert r.ok is False and r.reason == "cell_too_sparse_for_bond_check" and r.value is None
-    monkeypatch.setattr(checks, "MAX_BOND_VOLUME_PER_SITE", float("inf"))
+    monkeypatch.setattr(bond_gates, "MAX_BOND_VOLUME_PER_SITE", float("inf"))
     r = check_bond_lengths(s)
     assert r.ok is False and r.reason == "bond_length_unreasonable" and "no neighbour" in r.detail
 
@@ -256,9 +256,9 @@ def test_elongated_cell_does_not_run_away_in_the_bond_check(structures):
     assert v.checks["bond_length"].reason == "cell_too_sparse_for_bond_check" and v.checks["bond_length"].value is None
     # dense but elongated: a chain of 80 atoms 2.5 A apart in a 200 x 3 x 3 A cell (22.5 A^3 per site)
     chain = Structure(Lattice.orthorhombic(200.0, 3.0, 3.0), ["Cu"] * 80, [[i / 80, 0, 0] for i in range(80)])
-    assert checks._voronoi_reach(chain) > checks.MAX_BOND_SEARCH_ATOMS
+    assert bond_gates.voronoi_reach(chain) > bond_gates.MAX_BOND_SEARCH_ATOMS
     t0 = time.perf_counter()
     r = check_bond_lengths(chain)
     assert time.perf_counter() - t0 < 1.0
     assert r.ok is False and r.reason == "bond_search_too_large" and r.value is None
-    assert checks._voronoi_reach(structures[0]) < 1_000  # a dense cell: far below the bound
+    assert bond_gates.voronoi_reach(structures[0]) < 1_000  # a dense cell: far below the bound

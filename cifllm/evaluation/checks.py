@@ -55,6 +55,7 @@ import numpy as np
 
 from cifllm.cif import CanonicalCIF, CIFError, expand_sites, format_formula, parse_canonical, text_to_structure
 from cifllm.cif.bonds import expected_bond_length
+from cifllm.evaluation.bond_gates import MAX_BOND_SEARCH_ATOMS, MAX_BOND_VOLUME_PER_SITE, bond_search_gate
 from cifllm.evaluation.crystallm_consistency import CRYSTALLM_CHECKS, check_crystallm
 from cifllm.evaluation.results import CheckResult
 
@@ -280,23 +281,6 @@ def _nearest(structure: Any, i: int) -> list[tuple[Any, float]]:
     return []
 
 
-#: CrystalNN's Voronoi search widens its sphere (7, 14, 28, ... Angstrom) up to the cell's longest diagonal until the
-#: site is enclosed. A cell whose diagonal sphere holds more atoms than this (n / V x 4/3 pi d^3: ~22 n for a cube, far
-#: more for an elongated cell such as 999 x 5.7 x 5.7 Angstrom, which ran > 5 minutes and gigabytes) is not analysed.
-#: Real cells stay well below: at most 13,194 (MP-20), 32,710 (MPTS-52), 2,079 (Carbon-24), 108 (Perov-5) in 700 each.
-MAX_BOND_SEARCH_ATOMS = 100_000
-#: Nor is a cell with more volume per site than this (Angstrom^3; solids have 5-50, the corpus filter drops > 250):
-#: around an atom in such vacuum the search widens to the cell size (a 640 x 640 x 4.3 Angstrom LiOH cell: 25 s).
-MAX_BOND_VOLUME_PER_SITE = 500.0
-
-
-def _voronoi_reach(structure: Any) -> float:
-    """Atoms (periodic images included, estimated from the density) within the longest cell diagonal of any site."""
-    m = structure.lattice.matrix
-    d = max(float(np.linalg.norm(np.asarray(c) @ m)) for c in ([1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]))
-    return len(structure) / float(structure.volume) * 4.0 / 3.0 * math.pi * d**3
-
-
 def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings(), equivalent_atoms: Any = None) -> CheckResult:
     """CrystaLLM bond-length reasonableness score (see module table); passes when score >= ``bond_cutoff``.
 
@@ -334,14 +318,9 @@ def check_bond_lengths(structure: Any, settings: CheckSettings = CheckSettings()
         eq = np.asarray(equivalent_atoms)
         uniq, counts = np.unique(eq, return_counts=True)
         reps, weights = [int(u) for u in uniq], [int(c) for c in counts]
-    if len(reps) > settings.max_bond_sites:
-        return _fail("bond_length", "too_many_sites_for_bond_check", f"{len(reps)} symmetry-unique sites > {settings.max_bond_sites}: bonds not analysed")
-    vps = float(s.volume) / len(s)
-    if vps > MAX_BOND_VOLUME_PER_SITE:
-        return _fail("bond_length", "cell_too_sparse_for_bond_check", f"{vps:.4g} A^3 per site > {MAX_BOND_VOLUME_PER_SITE}: bonds not analysed")
-    reach = _voronoi_reach(s)
-    if reach > MAX_BOND_SEARCH_ATOMS:
-        return _fail("bond_length", "bond_search_too_large", f"~{reach:.3g} atoms within the cell diagonal > {MAX_BOND_SEARCH_ATOMS} (an elongated or sparse cell): bonds not analysed")
+    gate = bond_search_gate(s, len(reps), settings.max_bond_sites)
+    if gate is not None:
+        return _fail("bond_length", *gate)
     cnn = CrystalNN()
     lo, hi = 1 - settings.bond_tolerance, 1 + settings.bond_tolerance
     good = total = 0.0

@@ -52,6 +52,7 @@ import numpy as np
 
 from cifllm.cif import CanonicalCIF, CIFError, parse_canonical
 from cifllm.cif.crystallm import crystallm_cif, generated_site_count
+from cifllm.evaluation.bond_gates import bond_search_gate
 from cifllm.evaluation.results import CheckResult
 
 __all__ = [
@@ -83,6 +84,8 @@ SYMPREC = 0.1
 #: Angstrom; spglib tolerance for the symmetry orbits the bond score is computed on (one site each). Tight, so only
 #: sites the stated operators map onto each other (to the text's 4 decimals) share an orbit.
 ORBIT_SYMPREC = 1e-3
+#: most symmetry-unique sites the bond analysis runs on (the strict check's ``max_bond_sites``; CrystalNN ~15 ms each)
+MAX_BOND_SITES = 200
 CRYSTALLM_CHECKS = ("crystallm_sensible", "crystallm_formula", "crystallm_multiplicity", "crystallm_space_group", "crystallm_bond_length")
 _DATA_FORMULA = re.compile(r"[A-Za-z0-9]+")
 
@@ -262,6 +265,10 @@ def _structure_checks(parsed: CanonicalCIF, max_sites: int, min_cell_flatness: f
             equivalent = SpacegroupAnalyzer(structure, symprec=ORBIT_SYMPREC).get_symmetry_dataset().equivalent_atoms
     except Exception:
         equivalent = None  # every site on its own: the plain all-site score
+    gate = bond_search_gate(structure, len(set(equivalent.tolist())) if equivalent is not None else len(structure), MAX_BOND_SITES)
+    if gate is not None:  # the same bounds as the strict bond check (CrystalNN would run for minutes or gigabytes)
+        out[bond] = _fail(bond, "crystallm_resource_gate", f"{gate[0]}: {gate[1]}")
+        return out
     try:
         out[bond] = bond_length_reasonableness(structure, equivalent)
     except Exception as exc:  # CrystalNN/Voronoi on a strange cell: CrystaLLM counts the exception as invalid
