@@ -18,6 +18,7 @@ from cifllm.data.prep import PrepConfig
 from cifllm.data.registry import load_registry
 from cifllm.evaluation.run import EvalConfig
 from cifllm.sampling.run import SampleConfig
+from cifllm.scaling.sweep import ScalingConfig
 from cifllm.training.config import PretrainConfig
 from cifllm.training.deepspeed_config import load_deepspeed_config
 from cifllm.training.finetune import FinetuneConfig
@@ -47,6 +48,8 @@ def _config_class(path: Path) -> type:
         return SampleConfig
     if name == "eval.yaml":
         return EvalConfig
+    if name.startswith("scaling"):
+        return ScalingConfig
     if folder in ("data", "data_prep"):
         return PrepConfig
     raise AssertionError(f"no config class known for {path}")
@@ -59,7 +62,7 @@ TASK_YAMLS = _files("cifllm/resources/tasks/*.yaml", "eval/tasks/*.yaml")
 
 def test_every_kind_is_shipped():
     kinds = {_config_class(p) for p in STAGE_YAMLS}
-    assert kinds == {PretrainConfig, FinetuneConfig, RLConfig, SampleConfig, EvalConfig, PrepConfig}
+    assert kinds == {PretrainConfig, FinetuneConfig, RLConfig, SampleConfig, EvalConfig, PrepConfig, ScalingConfig}
     assert len(TASK_YAMLS) >= 7
 
 
