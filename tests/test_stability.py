@@ -311,3 +311,18 @@ def test_bench_template_row_with_stability(tmp_path, tiny_corpus):
     st = res["rows"][0]["denovo"]["stability"]
     assert st["n_samples"] == 4 and sum(st["reasons"].values()) + st["n_e_hull"] == 4
     assert "Stability of de novo samples" in (tmp_path / "results" / "BENCH.md").read_text()
+
+
+def test_stage_configs_choose_the_potential_and_the_hull():
+    """`cifllm evaluate stability_hull=dft stability_potential=...` and the bench's keys reach StabilitySettings."""
+    from cifllm.bench.runner import BenchConfig
+    from cifllm.core.config import load_config
+    from cifllm.evaluation.run import EvalConfig
+    from cifllm.evaluation.stability import StabilitySettings
+
+    cfg = load_config(EvalConfig, None, ["samples=x", "stability_hull=dft", "stability_potential=chgnet"])
+    st = StabilitySettings.from_config(cfg, workers=0)
+    assert st.hull == "dft" and st.potential == "chgnet"
+    assert StabilitySettings.from_config(load_config(EvalConfig, None, ["samples=x"]), workers=0).hull == "reference"
+    bench = load_config(BenchConfig, None, ["task=id_random", "stability_hull=dft"])
+    assert StabilitySettings.from_config(bench, workers=0).hull == "dft"

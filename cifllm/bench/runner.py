@@ -120,6 +120,8 @@ class BenchConfig:
     template_baseline: bool = True  #: add the template baseline row (element substitution into training structures of the same anonymized formula)
     stability: bool = False  #: relax de novo samples with CHGNet, E_hull vs the task's reference (needs the mlip extra)
     stability_cache: str | None = None  #: folder of relaxation + hull caches; null = <out>/<task>/stability_cache
+    stability_potential: str | None = None  #: universal potential of the stability relaxations: chgnet or sevennet; null = chgnet
+    stability_hull: str | None = None  #: reference (the task's reference relaxed with the potential) or dft (the DFT-anchored hull); null = reference
     engine: Literal["hf", "vllm"] = "hf"  #: sampling engine of the model rows: hf or vllm
     gpu_memory_utilization: float = 0.5  #: engine=vllm: share of GPU memory for weights + KV cache
     #: the constraint engine for the model rows: true / false, null = auto (on for cif-v2 models, off for cif-v1)

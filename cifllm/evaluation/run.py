@@ -114,6 +114,8 @@ class EvalConfig(BlockAccess):
     # stability (cifllm.evaluation.stability, needs the mlip extra); null = StabilitySettings default
     stability: bool = False  #: relax valid samples with CHGNet and report E_hull (needs the mlip extra)
     stability_cache: str | None = None  #: folder of relaxation + hull caches; null = <out>/stability_cache
+    stability_potential: str | None = None  #: universal potential: chgnet or sevennet (mlip7 extra); null = chgnet
+    stability_hull: str | None = None  #: hull: reference (the reference corpus relaxed with the potential) or dft (the DFT-anchored hull, only samples relaxed); null = reference
     stability_model: str | None = None  #: CHGNet checkpoint version; null = the StabilitySettings default
     stability_fmax: float | None = None  #: relaxation force threshold, eV/A; null = the StabilitySettings default
     stability_max_steps: int | None = None  #: most relaxation steps per structure; null = the StabilitySettings default
@@ -377,7 +379,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log: Callable[[str], None] 
         raise ValueError("samples= is required (a `cifllm sample` run folder or its samples.jsonl)")
     if cfg.stability:
 
-        potential_key(cfg.stability_model or "0.3.0")  # the mlip extra is installed (else a one-line error)
+        potential_key(cfg.stability_model or "", cfg.stability_potential or "chgnet")  # the extra is installed (else a one-line error)
     src = Path(cfg.samples)
     run_dir = src if src.is_dir() else src.parent
     out = Path(cfg.out) if cfg.out else run_dir / EVAL_DIR
