@@ -2,7 +2,7 @@
 
 Reads the committed rows (``<bench>/<task>/rows/<row>.samples.jsonl.gz``, with their valid / unique / novel verdicts),
 scores the first ``--n`` de novo samples of each row with a universal potential (single point, unrelaxed) on the
-shipped DFT hull, and writes ``<out>/sun.json`` and ``<out>/SUN.md``. Energies are cached by text across rows, and
+default DFT hull (built from the data once, cached), and writes ``<out>/sun.json`` and ``<out>/SUN.md``. Energies are cached by text across rows, and
 finished rows are kept in ``sun.json`` (a rerun only scores the missing ones).
 
     python benchmarks/bench_sun.py [--bench benchmarks/results/bench] [--out benchmarks/results/sun] [--n 300]
@@ -20,7 +20,7 @@ from pathlib import Path
 from cifllm.bench.sun import sun_of_samples
 from cifllm.potentials import get_potential
 from cifllm.potentials.hull import HullScorer
-from cifllm.potentials.packaged_hull import load_packaged_hull
+from cifllm.potentials.hull_table import load_default_hull
 from cifllm.utils import atomic_write_json, atomic_write_text
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     out = Path(a.out)
     res_path = out / "sun.json"
     res = json.loads(res_path.read_text()) if res_path.is_file() else {"rows": {}}
-    scorer = HullScorer(get_potential(a.potential), load_packaged_hull())
+    scorer = HullScorer(get_potential(a.potential), load_default_hull())
     cache: dict[str, dict] = {}
     t0 = time.perf_counter()
     for f in sorted(Path(a.bench).glob("*/rows/*.samples.jsonl.gz")):
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"{key}: S.U.N. {_fmt(r['sun'])}, M.S.U.N. {_fmt(r['msun'])}, coverage {_fmt(r['coverage'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
     lines = [
         f"S.U.N. / M.S.U.N. of the first {a.n} de novo samples of every benchmark row: {a.potential} single point of the sample as generated "
-        "(unrelaxed) on the shipped DFT hull (MP-20 + MPTS-52 phases, elements at 0); unique within the row, novel against the task's reference "
+        "(unrelaxed) on the default DFT hull (MP-20 + MPTS-52 phases, elements at 0); unique within the row, novel against the task's reference "
         "(the row's own verdicts). Denominator: all samples. Wilson 95% intervals.",
         "",
         "| task | row | n | valid | S.U.N. | M.S.U.N. | stable among valid | E_hull coverage (valid) | median E_hull (eV/atom) |",

@@ -100,3 +100,21 @@ def toy_model(tmp_path_factory) -> Path:
     from cifllm.sampling.toy import save_random_llama
 
     return save_random_llama(tmp_path_factory.mktemp("toy") / "model", shape="test", max_positions=256)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _small_default_hull(tmp_path_factory):
+    """The default DFT hull of ranking / S.U.N. / the stability reward, for tests: a small table (rock salt NaCl at
+    its MP formation energy) instead of one built from the data folder, so no test depends on the user's cache."""
+    from cifllm.potentials.hull import HullEntry
+    from cifllm.potentials.hull_table import write_hull_table
+
+    path = tmp_path_factory.mktemp("hull") / "hull.csv.gz"
+    write_hull_table([HullEntry("mp_20:mp-22862", (("Cl", 1.0), ("Na", 1.0)), -2.109608)], path)
+    old = os.environ.get("CIFLLM_HULL")
+    os.environ["CIFLLM_HULL"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CIFLLM_HULL", None)
+    else:
+        os.environ["CIFLLM_HULL"] = old

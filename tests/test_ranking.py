@@ -13,7 +13,7 @@ from cifllm.cif import structure_to_text
 from cifllm.evaluation.ranking import RankSettings, dedupe, feasible_space_groups, order, space_group_plan
 from cifllm.potentials.dft import DftRow
 from cifllm.potentials.hull import DftHull
-from cifllm.potentials.packaged_hull import hull_phases, load_packaged_hull, write_hull_table
+from cifllm.potentials.hull_table import hull_phases, load_hull_table, write_hull_table
 from cifllm.sampling.engines import Generation
 
 FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
@@ -100,16 +100,31 @@ def test_packaged_hull_pruning_is_exact(tmp_path):
         assert pruned.e_above_hull(comp, ef)["e_above_hull"] == pytest.approx(full.e_above_hull(comp, ef)["e_above_hull"], abs=1e-9)
     path = tmp_path / "hull.csv.gz"
     assert write_hull_table(hull_phases(rows), path) == len(kept)
-    again = load_packaged_hull(path)
+    again = load_hull_table(path)
     assert sorted(e.id for e in again.entries) == sorted(kept)
     assert again.e_above_hull({"Na": 1, "Cl": 1}, -2.0)["e_above_hull"] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_shipped_hull_loads_and_knows_rock_salt():
-    hull = load_packaged_hull()
-    assert len(hull.entries) > 1000 and "MP-20" in hull.source
-    nacl = [e for e in hull.by_system["Cl-Na"] if dict(e.composition) == {"Na": 1.0, "Cl": 1.0} or sorted(dict(e.composition).values()) == [1.0, 1.0]]
-    assert nacl and min(e.formation_energy_per_atom for e in nacl) < -1.5  # NaCl, DFT ~ -2.1 eV/atom
+def test_default_hull_is_built_from_the_data_once_then_cached(tmp_path, monkeypatch):
+    """No table: built from the DFT rows of the data folder, cached, and read from the cache afterwards; with neither a
+    table nor data, a one-line error saying what to set."""
+    from cifllm.potentials import hull_table
+
+    monkeypatch.setenv("CIFLLM_HULL", str(tmp_path / "cache" / "hull.csv.gz"))
+    calls = []
+    rows = _rows([("NaCl", {"Na": 1, "Cl": 1}, -2.1), ("NaCl3", {"Na": 1, "Cl": 3}, -0.2)])
+    monkeypatch.setattr(hull_table, "dft_rows", lambda data_dir=None: calls.append(data_dir) or rows)
+    hull = hull_table.load_default_hull()
+    assert [e.id for e in hull.entries] == ["NaCl"] and (tmp_path / "cache" / "hull.csv.gz").is_file()  # NaCl3 is above the hull
+    assert [e.id for e in hull_table.load_default_hull().entries] == ["NaCl"] and len(calls) == 1
+    monkeypatch.setenv("CIFLLM_HULL", str(tmp_path / "missing.csv.gz"))
+
+    def no_data(data_dir=None):
+        raise FileNotFoundError("no data folder")
+
+    monkeypatch.setattr(hull_table, "dft_rows", no_data)
+    with pytest.raises(hull_table.HullUnavailableError, match="CIFLLM_DATA_DIR"):
+        hull_table.load_default_hull()
 
 
 def test_hf_logprob_is_the_teacher_forced_log_probability(toy_model):

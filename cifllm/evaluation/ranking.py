@@ -11,7 +11,7 @@ The steps (each a function, used by :func:`cifllm.api.generate` and the benchmar
    (:mod:`cifllm.potentials`, CHGNet by default) the energy per atom (eV/atom) of the candidate as written (one
    batched single point: ~40 ms a structure on 2 cores), its formation energy on the MP2020 scale from the
    potential's elemental references, and its E_hull (eV/atom) on a DFT hull
-   (:func:`cifllm.potentials.packaged_hull.load_packaged_hull` unless one is given). Likelihood needs no potential:
+   (:func:`cifllm.potentials.hull_table.load_default_hull` unless one is given). Likelihood needs no potential:
    the engine's mean log-probability per generated token (nats; ``Generation.logprob / tokens``), or, for a pool
    with template candidates, every candidate's teacher-forced mean log-probability under the model.
 3. **Order** (:func:`order`): by E_hull (lower first; a candidate without one - no energy, unsupported element -
@@ -28,7 +28,7 @@ The steps (each a function, used by :func:`cifllm.api.generate` and the benchmar
 
 What E_hull is here: the potential's formation energy placed on a hull of DFT formation energies (Materials Project,
 MP2020-corrected) - not a DFT E_hull. The potential's own error (CHGNet: tens of meV/atom) and the hull's
-incompleteness (only the phases of the shipped data sets) both move it; ``benchmarks/bench_hull.py`` measures both.
+incompleteness (only the phases of MP-20 and MPTS-52) both move it; ``benchmarks/bench_hull.py`` measures both.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from cifllm.cif.matching import fit_reduced, make_matcher, reduce_for_matching
 from cifllm.evaluation.nll import load_scoring_model, token_nll
 from cifllm.potentials import RelaxSettings, get_potential
 from cifllm.potentials.hull import DftHull, HullScorer
-from cifllm.potentials.packaged_hull import load_packaged_hull
+from cifllm.potentials.hull_table import load_default_hull
 from cifllm.sampling.constraints import realizable
 from cifllm.sampling.prompts import build_prompt, parse_composition
 
@@ -155,13 +155,13 @@ def dedupe(structures: Sequence[Any | None]) -> list[int]:
 
 
 def _scorer(settings: RankSettings, hull: DftHull | None) -> HullScorer:
-    return HullScorer(get_potential(settings.potential), hull if hull is not None else load_packaged_hull())
+    return HullScorer(get_potential(settings.potential), hull if hull is not None else load_default_hull())
 
 
 def score_energy(structures: Sequence[Any], settings: RankSettings = RankSettings(by="energy"), hull: DftHull | None = None) -> list[dict[str, Any]]:
     """Energy records (:meth:`cifllm.potentials.hull.HullScorer.score` keys: ``energy_per_atom``,
     ``formation_energy_per_atom``, ``e_above_hull``, ``stable``, ``metastable``, ``reason``, ...) of every structure
-    as given: one batched single point with ``settings.potential`` on ``hull`` (None: the shipped DFT hull)."""
+    as given: one batched single point with ``settings.potential`` on ``hull`` (None: the default DFT hull)."""
     recs = _scorer(settings, hull).score(list(structures)) if structures else []
     for r in recs:
         r["relaxed"] = False

@@ -50,7 +50,7 @@ from cifllm.evaluation.matching import ReferenceIndex
 from cifllm.evaluation.stability import HullReference, StabilitySettings, run_stability
 from cifllm.potentials import get_potential
 from cifllm.potentials.hull import HullScorer
-from cifllm.potentials.packaged_hull import load_packaged_hull
+from cifllm.potentials.hull_table import load_default_hull
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -229,11 +229,11 @@ def _chgnet_factory(ctx: RewardContext) -> EnergyAboveHull:
 class DftHullEnergy:
     """:class:`EnergyAboveHull` on the DFT-anchored hull (the default of the ``stability`` term): a batched CHGNet
     single point of each structure as sampled (no relaxation: ~0.1 s a structure on 2 cores), its formation energy
-    from CHGNet's shipped elemental references, placed on the shipped MP-20 + MPTS-52 hull
+    from CHGNet's shipped elemental references, placed on the default MP-20 + MPTS-52 hull
     (:mod:`cifllm.potentials`). Needs no task: the hull does not depend on it."""
 
     def __init__(self, potential: str = "chgnet") -> None:
-        self.scorer = HullScorer(get_potential(potential), load_packaged_hull())
+        self.scorer = HullScorer(get_potential(potential), load_default_hull())
 
     def __call__(self, texts: Sequence[str]) -> list[float | None]:
         structures, where = [], []
